@@ -1,0 +1,180 @@
+package schemas_test
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hookbridge/hookbridge/schemas"
+)
+
+const minimal = `{"specversion":"1.0","id":"e1","source":"calling/callConnections/c1","type":"Microsoft.Communication.CallConnected","data":{"callConnectionId":"c1","correlationId":"k1"}}`
+
+func TestParseCallAutomationErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		body     string
+		want     error
+		contains string
+	}{
+		{"empty body", ``, schemas.ErrMalformed, "empty"},
+		{"whitespace", " \n ", schemas.ErrMalformed, "empty"},
+		{"not json", `hello`, schemas.ErrMalformed, "JSON object or array"},
+		{"truncated array", `[` + minimal, schemas.ErrMalformed, "invalid JSON"},
+		{"truncated object", minimal[:40], schemas.ErrMalformed, "invalid JSON"},
+		{"trailing garbage", minimal + `x`, schemas.ErrMalformed, "invalid JSON"},
+		{"empty array", `[]`, schemas.ErrNoEvents, "empty"},
+		{"array of strings", `["a"]`, schemas.ErrMalformed, "not a JSON object"},
+		{"number", `42`, schemas.ErrMalformed, "JSON object or array"},
+		{"missing specversion", `{"id":"e","source":"s","type":"t"}`, schemas.ErrInvalidEvent, `"specversion" is required`},
+		{"wrong specversion", `{"specversion":"0.3","id":"e","source":"s","type":"t"}`, schemas.ErrInvalidEvent, `only "1.0"`},
+		{"missing id", `{"specversion":"1.0","source":"s","type":"t"}`, schemas.ErrInvalidEvent, `"id" is required`},
+		{"empty id", `{"specversion":"1.0","id":"","source":"s","type":"t"}`, schemas.ErrInvalidEvent, `"id" must not be empty`},
+		{"missing source", `{"specversion":"1.0","id":"e","type":"t"}`, schemas.ErrInvalidEvent, `"source" is required`},
+		{"missing type", `{"specversion":"1.0","id":"e","source":"s"}`, schemas.ErrInvalidEvent, `"type" is required`},
+		{"numeric id", `{"specversion":"1.0","id":7,"source":"s","type":"t"}`, schemas.ErrInvalidEvent, `"id" must be a string`},
+		{"bad time", `{"specversion":"1.0","id":"e","source":"s","type":"t","time":"yesterday"}`, schemas.ErrInvalidEvent, "RFC 3339"},
+		{"bad extension name", `{"specversion":"1.0","id":"e","source":"s","type":"t","Trace-Id":"x"}`, schemas.ErrInvalidEvent, "attribute name"},
+		{"object extension", `{"specversion":"1.0","id":"e","source":"s","type":"t","ext":{"a":1}}`, schemas.ErrInvalidEvent, "string, number or boolean"},
+		{"data and data_base64", `{"specversion":"1.0","id":"e","source":"s","type":"t","data":1,"data_base64":"AQ=="}`, schemas.ErrInvalidEvent, "cannot be combined"},
+		{"second event bad", `[` + minimal + `,{"specversion":"1.0","id":"e2","type":"t"}]`, schemas.ErrInvalidEvent, "event 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			events, err := schemas.ParseCallAutomation([]byte(tt.body), fixedProvenance)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if events != nil {
+				t.Errorf("events = %v, want none on error", events)
+			}
+			if !strings.Contains(err.Error(), tt.contains) {
+				t.Errorf("err %q does not say %q", err, tt.contains)
+			}
+		})
+	}
+}
+
+func TestParseTooManyEvents(t *testing.T) {
+	t.Parallel()
+	body := "[" + strings.Repeat(minimal+",", schemas.MaxEvents) + minimal + "]"
+	_, err := schemas.ParseCallAutomation([]byte(body), fixedProvenance)
+	if !errors.Is(err, schemas.ErrTooManyEvents) {
+		t.Fatalf("err = %v, want ErrTooManyEvents", err)
+	}
+}
+
+func TestProvenanceCannotBeForged(t *testing.T) {
+	t.Parallel()
+	body := `{"specversion":"1.0","id":"e","source":"s","type":"t",
+		"hookbridgeroute":"forged","hookbridgeverifier":"none","hookbridgereceived":"2000-01-01T00:00:00Z",
+		"partitionkey":"someone-elses-call","data":{"correlationId":"mine"}}`
+	events, err := schemas.ParseCallAutomation([]byte(body), fixedProvenance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := events[0]
+	if e.Route != fixedProvenance.Route || e.Verifier != fixedProvenance.Verifier || !e.Received.Equal(fixedProvenance.Received) {
+		t.Errorf("provenance taken from the sender: %+v", e)
+	}
+	if e.PartitionKey != "mine" {
+		t.Errorf("partition key = %q, want the one derived from data", e.PartitionKey)
+	}
+	if len(e.Extensions) != 0 {
+		t.Errorf("reserved attributes leaked into extensions: %v", e.Extensions)
+	}
+}
+
+func TestPartitionKey(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		data string
+		want string
+	}{
+		{`{"correlationId":"corr","callConnectionId":"conn"}`, "corr"},
+		{`{"callConnectionId":"conn"}`, "conn"},
+		{`{"correlationId":"","callConnectionId":"conn"}`, "conn"},
+		{`{"correlationId":42,"callConnectionId":"conn"}`, "conn"},
+		{`{"other":"x"}`, ""},
+		{`"a string"`, ""},
+		{`[1,2]`, ""},
+		{`   `, ""},
+		{``, ""},
+		{`{"correlationId":`, ""},
+	}
+	for _, tt := range tests {
+		if got := schemas.PartitionKey(json.RawMessage(tt.data)); got != tt.want {
+			t.Errorf("PartitionKey(%s) = %q, want %q", tt.data, got, tt.want)
+		}
+	}
+}
+
+func TestParseShapes(t *testing.T) {
+	t.Parallel()
+	if _, err := schemas.ParseCloudEvent([]byte("["+minimal+"]"), fixedProvenance); !errors.Is(err, schemas.ErrMalformed) {
+		t.Errorf("structured mode accepted an array: %v", err)
+	}
+	if _, err := schemas.ParseCloudEventBatch([]byte(minimal), fixedProvenance); !errors.Is(err, schemas.ErrMalformed) {
+		t.Errorf("batch mode accepted an object: %v", err)
+	}
+	one, err := schemas.ParseCloudEvent([]byte(minimal), fixedProvenance)
+	if err != nil || len(one) != 1 || one[0].PartitionKey != "k1" {
+		t.Fatalf("structured: %v %+v", err, one)
+	}
+	two, err := schemas.ParseCloudEventBatch([]byte("["+minimal+","+minimal+"]"), fixedProvenance)
+	if err != nil || len(two) != 2 {
+		t.Fatalf("batch: %v %d", err, len(two))
+	}
+}
+
+func TestNullAttributesAreAbsent(t *testing.T) {
+	t.Parallel()
+	body := `{"specversion":"1.0","id":"e","source":"s","type":"t","subject":null,"data":null,"ext":null}`
+	events, err := schemas.ParseCallAutomation([]byte(body), fixedProvenance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := events[0]
+	if e.Subject != "" || e.Data != nil || len(e.Extensions) != 0 {
+		t.Errorf("null attributes kept: %+v", e)
+	}
+	enc, err := e.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(enc), "null") {
+		t.Errorf("encoding has null: %s", enc)
+	}
+}
+
+func TestMarshalRejectsInvalidEvents(t *testing.T) {
+	t.Parallel()
+	bad := []schemas.Event{
+		{ID: "e", Source: "s", Type: "t", Data: json.RawMessage(`{"unterminated`)},
+		{ID: "e", Source: "s", Type: "t", Extensions: map[string]json.RawMessage{"Bad": json.RawMessage(`"x"`)}},
+		{ID: "e", Source: "s", Type: "t", Extensions: map[string]json.RawMessage{"obj": json.RawMessage(`{}`)}},
+	}
+	for i := range bad {
+		if _, err := bad[i].MarshalJSON(); err == nil {
+			t.Errorf("event %d encoded without error", i)
+		}
+	}
+}
+
+func TestReceivedIsUTC(t *testing.T) {
+	t.Parallel()
+	p := fixedProvenance
+	p.Received = time.Date(2024, 1, 2, 3, 4, 5, 0, time.FixedZone("X", 3600))
+	events, err := schemas.ParseCallAutomation([]byte(minimal), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := events[0].MarshalJSON()
+	if !strings.Contains(string(enc), `"hookbridgereceived":"2024-01-02T02:04:05Z"`) {
+		t.Errorf("received time not in UTC: %s", enc)
+	}
+}
