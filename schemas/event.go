@@ -162,21 +162,3 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 	buf.WriteByte('}')
 	return buf.Bytes(), nil
 }
-
-// Attributes returns the event's context attributes as strings, as the
-// CloudEvents AMQP and HTTP bindings carry them (absent ones omitted).
-func (e *Event) Attributes() map[string]string {
-	a := map[string]string{
-		"specversion": SpecVersion,
-		"id":          e.ID,
-		"source":      e.Source,
-		"type":        e.Type,
-	}
-	if e.Subject != "" {
-		a["subject"] = e.Subject
-	}
-	if e.Time != "" {
-		a["time"] = e.Time
-	}
-	return a
-}

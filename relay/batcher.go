@@ -1,0 +1,251 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// BatchSender writes messages to a queue durably: when SendBatch returns nil,
+// every message is in the queue (or was dropped as a duplicate). A backend may
+// split a batch, but must report failure if any part failed.
+type BatchSender interface {
+	SendBatch(ctx context.Context, msgs []Message) error
+}
+
+// BatchConfig bounds group commit.
+type BatchConfig struct {
+	// MaxMessages is the most messages in one commit. Default 512.
+	MaxMessages int
+	// MaxBytes is the most bytes (Message.Size) in one commit; a single
+	// request bigger than this is committed alone. Default 4 MiB.
+	MaxBytes int
+	// Linger is how long a commit waits for more requests once it has
+	// started gathering. Requests that arrive while a commit is running are
+	// always gathered into the next one, so a zero linger still batches
+	// under load without delaying a lone request. Default 0.
+	Linger time.Duration
+	// MaxInFlight is how many commits may run at once. Default 1, right for
+	// SQLite (one writer); Service Bus takes concurrent sends.
+	MaxInFlight int
+	// Timeout bounds one commit. Default 10s.
+	Timeout time.Duration
+	// MaxPending is how many requests may wait for a commit before Publish
+	// blocks (backpressure). Default 4096.
+	MaxPending int
+}
+
+func (c *BatchConfig) setDefaults() {
+	if c.MaxMessages == 0 {
+		c.MaxMessages = 512
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = 4 << 20
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 1
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 4096
+	}
+}
+
+// Validate reports the first invalid setting (zero values take defaults).
+func (c BatchConfig) Validate() error {
+	switch {
+	case c.MaxMessages < 0:
+		return fmt.Errorf("batch max messages %d: must not be negative", c.MaxMessages)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("batch max bytes %d: must not be negative", c.MaxBytes)
+	case c.Linger < 0 || c.Linger > time.Second:
+		return fmt.Errorf("batch linger %s: must be between 0 and 1s", c.Linger)
+	case c.MaxInFlight < 0:
+		return fmt.Errorf("batch max in flight %d: must not be negative", c.MaxInFlight)
+	case c.Timeout < 0:
+		return fmt.Errorf("batch timeout %s: must not be negative", c.Timeout)
+	case c.MaxPending < 0:
+		return fmt.Errorf("batch max pending %d: must not be negative", c.MaxPending)
+	}
+	return nil
+}
+
+type request struct {
+	msgs  []Message
+	size  int
+	start time.Time
+	done  chan error // buffered 1: the committer never blocks on a gone caller
+}
+
+// Batcher coalesces concurrent Publish calls into few queue writes (group
+// commit): each caller waits for the commit that holds its messages and gets
+// that commit's result. A request's messages always go into one commit.
+type Batcher struct {
+	sender  BatchSender
+	cfg     BatchConfig
+	metrics *Metrics
+
+	reqs chan *request
+	mu   sync.RWMutex // guards closed against concurrent Publish sends on reqs
+	stop chan struct{}
+
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewBatcher starts a batcher feeding sender. Close stops it. metrics may be
+// nil.
+func NewBatcher(sender BatchSender, cfg BatchConfig, metrics *Metrics) (*Batcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	b := &Batcher{
+		sender:  sender,
+		cfg:     cfg,
+		metrics: metrics,
+		reqs:    make(chan *request, cfg.MaxPending),
+		stop:    make(chan struct{}),
+	}
+	b.wg.Add(1)
+	go b.loop()
+	return b, nil
+}
+
+// Publish commits msgs and returns once the queue has them (nil) or the
+// commit failed. If ctx ends first, Publish returns ctx's error: the messages
+// may or may not have been committed, so the caller must treat the outcome as
+// unknown (a retry is deduplicated by MessageID).
+func (b *Batcher) Publish(ctx context.Context, msgs []Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	r := &request{msgs: msgs, start: time.Now(), done: make(chan error, 1)}
+	for i := range msgs {
+		r.size += msgs[i].Size()
+	}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case b.reqs <- r:
+		b.mu.RUnlock()
+	case <-ctx.Done():
+		b.mu.RUnlock()
+		return fmt.Errorf("waiting for the queue: %w", ctx.Err())
+	}
+	select {
+	case err := <-r.done:
+		b.metrics.observePublish(time.Since(r.start), err)
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the queue: %w", ctx.Err())
+	}
+}
+
+// Close stops accepting requests, commits those already accepted, and waits
+// for every commit to finish. It is safe to call more than once.
+func (b *Batcher) Close() {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.stop)
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+func (b *Batcher) loop() {
+	defer b.wg.Done()
+	slots := make(chan struct{}, b.cfg.MaxInFlight)
+	var carry *request // a request that did not fit the previous batch
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-b.reqs:
+			case <-b.stop:
+				// Publish can no longer send (closed is set under mu), so
+				// draining what is buffered empties reqs for good.
+				select {
+				case first = <-b.reqs:
+				default:
+					return // Close waits for running commits
+				}
+			}
+		}
+		// Wait for a commit slot before gathering: requests that arrive
+		// while all slots are busy join this batch.
+		slots <- struct{}{}
+		batch := []*request{first}
+		count, size := len(first.msgs), first.size
+		var linger <-chan time.Time
+		var timer *time.Timer
+		if b.cfg.Linger > 0 {
+			timer = time.NewTimer(b.cfg.Linger)
+			linger = timer.C
+		}
+	gather:
+		for count < b.cfg.MaxMessages && size < b.cfg.MaxBytes {
+			var r *request
+			select {
+			case r = <-b.reqs:
+			default:
+				if linger == nil {
+					break gather
+				}
+				select {
+				case r = <-b.reqs:
+				case <-linger:
+					break gather
+				}
+			}
+			if count+len(r.msgs) > b.cfg.MaxMessages || size+r.size > b.cfg.MaxBytes {
+				carry = r
+				break
+			}
+			batch = append(batch, r)
+			count += len(r.msgs)
+			size += r.size
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			defer func() { <-slots }()
+			b.commit(batch, count, size)
+		}()
+	}
+}
+
+func (b *Batcher) commit(batch []*request, count, size int) {
+	msgs := batch[0].msgs
+	if len(batch) > 1 {
+		msgs = make([]Message, 0, count)
+		for _, r := range batch {
+			msgs = append(msgs, r.msgs...)
+		}
+	}
+	// The commit outlives any one caller: it is not tied to a request's
+	// context, only bounded by the configured timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+	start := time.Now()
+	err := b.sender.SendBatch(ctx, msgs)
+	cancel()
+	if err != nil && errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("%w: commit timed out after %s: %w", ErrUnavailable, b.cfg.Timeout, err)
+	}
+	b.metrics.observeCommit(len(msgs), size, time.Since(start), err)
+	for _, r := range batch {
+		r.done <- err
+	}
+}

@@ -1,0 +1,22 @@
+// Package relay is the queue layer between the ingress and the workers: the
+// message model every backend shares, the mapping from normalized events to
+// messages, and group commit.
+//
+// A Message carries one normalized CloudEvent: MessageID = event id (so
+// duplicate detection drops a sender's redeliveries), SessionID = partition
+// key (so a call's events are handed out one at a time, in order), Subject =
+// type, and the CloudEvents AMQP binding's cloudEvents_* application
+// properties. NewMessage builds one from a schemas.Event.
+//
+// Batcher is group commit: concurrent Publish calls are coalesced into one
+// BatchSender.SendBatch call (bounded by count, bytes and an optional linger),
+// and each caller waits for the result of the commit holding its messages. A
+// nil error means the queue has the messages; nothing is acknowledged
+// earlier.
+//
+// Backends live in subpackages: relay/sqlite (embedded, the default) and
+// relay/servicebus (Azure Service Bus). Each passes relay/relaytest, the
+// conformance suite of the queue contract. Their errors wrap the sentinels
+// in errors.go: ErrUnavailable for anything a retry may fix, ErrMessageTooLarge
+// for what no retry can, ErrLockLost for settlements that came too late.
+package relay

@@ -1,0 +1,148 @@
+package relay
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/hookbridge/hookbridge/schemas"
+)
+
+// Message is one queue message, the same on every backend.
+type Message struct {
+	// ID is the MessageID: the CloudEvent id, or a fresh one for a replayed
+	// copy. Backends drop a second message with the same ID within their
+	// duplicate-detection window.
+	ID string
+	// SessionID is the event's partition key, "" when it has none. Backends
+	// deliver the messages of one session one at a time, in order.
+	SessionID string
+	// Subject is the CloudEvent type.
+	Subject string
+	// ContentType is the body's media type (schemas.ContentType).
+	ContentType string
+	// Body is the structured-mode CloudEvent.
+	Body []byte
+	// Properties are the application properties; values are string, bool,
+	// int64 or float64.
+	Properties map[string]any
+}
+
+// Size approximates the encoded size of m, for batching limits: body,
+// identifiers and properties.
+func (m *Message) Size() int {
+	n := len(m.Body) + len(m.ID) + len(m.SessionID) + len(m.Subject) + len(m.ContentType)
+	for k, v := range m.Properties {
+		n += len(k) + 8
+		if s, ok := v.(string); ok {
+			n += len(s)
+		}
+	}
+	return n
+}
+
+// Application properties set on every message: the CloudEvents AMQP
+// binding's attributes, so consumers can route without reading the body.
+const (
+	PropType    = "cloudEvents_type"
+	PropSource  = "cloudEvents_source"
+	PropID      = "cloudEvents_id"
+	PropSubject = "cloudEvents_subject"
+	PropTime    = "cloudEvents_time"
+
+	// PropReplayCount is set on a copy re-sent from the dead-letter queue:
+	// how many times the event has been replayed (int64).
+	PropReplayCount = "hookbridge_replay_count"
+	// PropReplayOf is the MessageID of the dead-lettered message a replayed
+	// copy was made from.
+	PropReplayOf = "hookbridge_replay_of"
+)
+
+// MaxIDLength is the longest MessageID and SessionID Service Bus accepts.
+// Longer identifiers are replaced by a digest (see boundedID), on every
+// backend alike, so duplicate detection and sessions behave the same.
+const MaxIDLength = 128
+
+// boundedID returns id, or a stable digest of it when it is longer than
+// MaxIDLength.
+func boundedID(id string) string {
+	if len(id) <= MaxIDLength {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256-" + hex.EncodeToString(sum[:])
+}
+
+// NewMessage maps a normalized event to its queue message: MessageID = event
+// id, SessionID = partition key, Subject = type, the body the structured
+// CloudEvent, and the cloudEvents_* application properties.
+func NewMessage(e *schemas.Event) (Message, error) {
+	body, err := e.MarshalJSON()
+	if err != nil {
+		return Message{}, fmt.Errorf("map event to message: %w", err)
+	}
+	props := map[string]any{PropType: e.Type, PropSource: e.Source, PropID: e.ID}
+	if e.Subject != "" {
+		props[PropSubject] = e.Subject
+	}
+	if e.Time != "" {
+		props[PropTime] = e.Time
+	}
+	return Message{
+		ID:          boundedID(e.ID),
+		SessionID:   boundedID(e.PartitionKey),
+		Subject:     e.Type,
+		ContentType: schemas.ContentType,
+		Body:        body,
+		Properties:  props,
+	}, nil
+}
+
+// Event decodes the message body back into the normalized event.
+func (m *Message) Event() (*schemas.Event, error) {
+	e, err := schemas.ParseNormalized(m.Body)
+	if err != nil {
+		return nil, fmt.Errorf("decode message %q: %w", m.ID, err)
+	}
+	return e, nil
+}
+
+// Received is a message handed out by a receiver under a lock: it stays
+// invisible to other receivers until it is settled or its lock expires.
+type Received struct {
+	Message
+	// SequenceNumber is the queue's number for the message, unique and
+	// increasing in enqueue order.
+	SequenceNumber int64
+	// DeliveryCount is how many times the message has been handed out,
+	// this time included (1 on first delivery).
+	DeliveryCount int
+	EnqueuedTime  time.Time
+	// LockedUntil is when the lock expires unless renewed.
+	LockedUntil time.Time
+	// LockToken identifies this delivery's lock.
+	LockToken string
+	// Backend is the backend's own handle of the delivery.
+	Backend any
+}
+
+// DeadLetter is a message in the dead-letter queue.
+type DeadLetter struct {
+	Message
+	SequenceNumber   int64
+	DeliveryCount    int
+	EnqueuedTime     time.Time
+	DeadLetteredTime time.Time
+	// Reason and Description say why the message was dead-lettered, for
+	// example "MaxDeliveryCountExceeded" or "BackendRejected".
+	Reason      string
+	Description string
+}
+
+// Dead-letter reasons set by hookbridge itself.
+const (
+	// ReasonMaxDelivery is the queue's reason once a message was delivered
+	// the queue's maximum number of times (the name Service Bus uses).
+	ReasonMaxDelivery = "MaxDeliveryCountExceeded"
+)
