@@ -148,11 +148,11 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 		}
 	}
 	if len(e.Data) > 0 {
-		if !json.Valid(e.Data) {
-			return nil, fmt.Errorf("encode event %q: data is not valid JSON", e.ID)
-		}
 		buf.WriteString(`,"data":`)
-		buf.Write(e.Data)
+		// Compacting validates too, and keeps one event on one line.
+		if err := json.Compact(&buf, e.Data); err != nil {
+			return nil, fmt.Errorf("encode event %q: data is not valid JSON: %w", e.ID, err)
+		}
 	}
 	if e.DataBase64 != "" {
 		b64, _ := json.Marshal(e.DataBase64) // a string always encodes

@@ -1,0 +1,172 @@
+package consumer
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hookbridge/hookbridge/schemas"
+)
+
+// Stdout is a Handler that writes each event as one JSON line to w.
+type Stdout struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewStdout returns a Handler writing JSON lines to w.
+func NewStdout(w io.Writer) *Stdout { return &Stdout{w: w} }
+
+// Handle writes e as one line. A write error is retryable.
+func (s *Stdout) Handle(_ context.Context, e *schemas.Event) error {
+	b, err := e.MarshalJSON()
+	if err != nil {
+		return Permanent(ReasonInvalidMessage, err)
+	}
+	b = append(b, '\n')
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.w.Write(b); err != nil {
+		return fmt.Errorf("write event: %w", err)
+	}
+	return nil
+}
+
+// HTTPConfig configures an HTTP target.
+type HTTPConfig struct {
+	// URL is the backend endpoint events are POSTed to. Required.
+	URL string
+	// Client sends the requests. Default: a client with sensible pooling
+	// and no overall timeout (the worker's delivery timeout bounds each
+	// request).
+	Client *http.Client
+	// Header is added to every request, for example an Authorization header
+	// the backend expects.
+	Header http.Header
+}
+
+// HTTP is a Handler that POSTs each event to a backend in the CloudEvents
+// HTTP binding's structured mode (Content-Type application/cloudevents+json).
+//
+// Outcomes: 2xx → delivered; 408, 429 and 5xx → retry (honouring
+// Retry-After); any other status → permanent, dead-lettered with reason
+// BackendRejected; network errors and timeouts → retry.
+type HTTP struct {
+	url     string
+	display string // the URL without credentials or query, for logs and reasons
+	client  *http.Client
+	header  http.Header
+}
+
+// NewHTTP returns an HTTP target.
+func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("delivery URL %q: must be an absolute http:// or https:// URL", Redact(cfg.URL))
+	}
+	client := cfg.Client
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:          256,
+			MaxIdleConnsPerHost:   256,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   5 * time.Second,
+			ResponseHeaderTimeout: 0,
+			ForceAttemptHTTP2:     true,
+		}}
+	}
+	return &HTTP{url: cfg.URL, display: Redact(cfg.URL), client: client, header: cfg.Header.Clone()}, nil
+}
+
+// Redact returns raw without user info and query, so a URL can be logged
+// without its secrets.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<invalid URL>"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "REDACTED"
+	}
+	u.Fragment = ""
+	return u.String()
+}
+
+// Handle POSTs e to the backend.
+func (h *HTTP) Handle(ctx context.Context, e *schemas.Event) error {
+	body, err := e.MarshalJSON()
+	if err != nil {
+		return Permanent(ReasonInvalidMessage, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
+	if err != nil {
+		return Permanent(ReasonBackendRejected, fmt.Errorf("build request to %s: %w", h.display, err))
+	}
+	for k, v := range h.header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", schemas.ContentType)
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", h.display, scrubURLError(err))
+	}
+	defer resp.Body.Close()
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // reuse the connection
+	code := resp.StatusCode
+	if code >= 200 && code < 300 {
+		return nil
+	}
+	err = fmt.Errorf("POST %s answered %s%s", h.display, resp.Status, bodyText(snippet))
+	switch {
+	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
+		if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			return RetryAfter(d, err)
+		}
+		return err
+	default:
+		return Permanent(ReasonBackendRejected, err)
+	}
+}
+
+// scrubURLError removes the URL (which may carry credentials) from a
+// *url.Error, keeping the cause.
+func scrubURLError(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return ue.Err
+	}
+	return err
+}
+
+func bodyText(b []byte) string {
+	s := strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
+	if s == "" {
+		return ""
+	}
+	return ": " + strings.Join(strings.Fields(s), " ")
+}
+
+// retryAfter parses a Retry-After header: delay seconds or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}

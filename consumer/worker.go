@@ -1,0 +1,349 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/schemas"
+)
+
+// Source is the queue a worker consumes. Implementations (relay/sqlite,
+// relay/servicebus) hand out each message under a lock, and never hand out a
+// session's next message before its previous one is settled; the worker
+// relies on that for per-call ordering.
+type Source interface {
+	// Receive blocks until at least one message is available and returns up
+	// to n, locked. It returns relay.ErrClosed once the source is closed.
+	Receive(ctx context.Context, n int) ([]*relay.Received, error)
+	// Complete removes the message.
+	Complete(ctx context.Context, m *relay.Received) error
+	// Abandon releases the lock for redelivery no sooner than delay from now.
+	Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error
+	// DeadLetter moves the message to the dead-letter queue.
+	DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error
+	// RenewLock extends the lock and updates m.LockedUntil.
+	RenewLock(ctx context.Context, m *relay.Received) error
+}
+
+// Handler delivers one event. It returns nil once the event is delivered, a
+// *PermanentError (see Permanent) when no retry can succeed, or any other
+// error for a retry with backoff. Handle is called concurrently for events of
+// different partition keys, and one at a time, in order, within a key.
+type Handler interface {
+	Handle(ctx context.Context, e *schemas.Event) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, e *schemas.Event) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, e *schemas.Event) error { return f(ctx, e) }
+
+// Config configures a Worker. Zero values take the defaults noted.
+type Config struct {
+	// Concurrency is the most deliveries in flight, across partition keys.
+	// Default 8.
+	Concurrency int
+	// DeliveryTimeout bounds one Handle call. Default 30s.
+	DeliveryTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait before a failed delivery is
+	// retried: MinBackoff doubled for each earlier delivery, with jitter,
+	// capped at MaxBackoff. Defaults 1s and 2m.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// ShutdownTimeout is how long Run lets in-flight deliveries finish once
+	// its context ends; then they are cancelled and their messages abandoned.
+	// Default 30s.
+	ShutdownTimeout time.Duration
+	// Logger receives the worker's logs. Default: discard.
+	Logger *slog.Logger
+	// Metrics, if set, records deliveries.
+	Metrics *Metrics
+}
+
+// Defaults.
+const (
+	DefaultConcurrency     = 8
+	DefaultDeliveryTimeout = 30 * time.Second
+	DefaultMinBackoff      = time.Second
+	DefaultMaxBackoff      = 2 * time.Minute
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Validate reports the first invalid setting.
+func (c Config) Validate() error {
+	switch {
+	case c.Concurrency < 0 || c.Concurrency > 1024:
+		return fmt.Errorf("concurrency %d: must be between 1 and 1024", c.Concurrency)
+	case c.DeliveryTimeout < 0:
+		return fmt.Errorf("delivery timeout %s: must not be negative", c.DeliveryTimeout)
+	case c.MinBackoff < 0 || c.MaxBackoff < 0:
+		return fmt.Errorf("backoff %s..%s: must not be negative", c.MinBackoff, c.MaxBackoff)
+	case c.MaxBackoff != 0 && c.MinBackoff > c.MaxBackoff:
+		return fmt.Errorf("min backoff %s exceeds max backoff %s", c.MinBackoff, c.MaxBackoff)
+	case c.ShutdownTimeout < 0:
+		return fmt.Errorf("shutdown timeout %s: must not be negative", c.ShutdownTimeout)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.DeliveryTimeout == 0 {
+		c.DeliveryTimeout = DefaultDeliveryTimeout
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = DefaultMinBackoff
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = max(DefaultMaxBackoff, c.MinBackoff)
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// settleTimeout bounds one settlement call; settlements use their own context
+// so that they still happen during shutdown.
+const settleTimeout = 30 * time.Second
+
+// Worker receives messages from a Source, hands each event to a Handler and
+// settles the message by the outcome: nil → complete; *PermanentError →
+// dead-letter; any other error → abandon after a backoff, so the queue
+// redelivers it until its maximum delivery count dead-letters it. Locks are
+// renewed while a delivery runs.
+type Worker struct {
+	src Source
+	h   Handler
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a worker. Run starts it.
+func New(src Source, h Handler, cfg Config) (*Worker, error) {
+	if src == nil || h == nil {
+		return nil, errors.New("consumer: a source and a handler are required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	cfg.setDefaults()
+	return &Worker{src: src, h: h, cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Run consumes until ctx ends or the source closes. On ctx's end it stops
+// receiving, gives in-flight deliveries ShutdownTimeout to finish, then
+// cancels the rest; every message it holds is settled (or abandoned) before
+// Run returns. It returns nil after a shutdown through ctx, and the source's
+// error otherwise.
+func (w *Worker) Run(ctx context.Context) error {
+	// hard is cancelled only when the shutdown grace period is over.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	runErr := w.receiveLoop(ctx, hard, slots, &wg)
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.log.Warn("worker: shutdown timeout reached; cancelling deliveries still in flight",
+			"in_flight", len(slots), "timeout", w.cfg.ShutdownTimeout)
+		cancelHard()
+		<-done
+	}
+	return runErr
+}
+
+func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wg *sync.WaitGroup) error {
+	failures := 0
+	for {
+		// Wait for one free slot, then take every other free one.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		free := 1
+	take:
+		for free < cap(slots) {
+			select {
+			case slots <- struct{}{}:
+				free++
+			default:
+				break take
+			}
+		}
+		msgs, err := w.src.Receive(ctx, free)
+		for range free - len(msgs) {
+			<-slots
+		}
+		switch {
+		case ctx.Err() != nil:
+			// Messages received just as ctx ended are still delivered.
+		case errors.Is(err, relay.ErrClosed):
+			return fmt.Errorf("worker: %w", err)
+		case err != nil:
+			failures++
+			wait := backoff(failures, 100*time.Millisecond, 10*time.Second)
+			w.log.Error("worker: receive failed; retrying", "error", err, "retry_in", wait)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+			continue
+		default:
+			failures = 0
+		}
+		for _, m := range msgs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				w.process(hard, m)
+			}()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// process delivers one message and settles it.
+func (w *Worker) process(hard context.Context, m *relay.Received) {
+	start := time.Now()
+	log := w.log.With("message_id", m.ID, "sequence_number", m.SequenceNumber,
+		"partition_key", m.SessionID, "delivery_count", m.DeliveryCount)
+	ev, err := m.Event()
+	if err != nil {
+		w.settle(log, m, nil, Permanent(ReasonInvalidMessage, err), start)
+		return
+	}
+	log = log.With("event_id", ev.ID, "type", ev.Type)
+
+	ctx, cancel := context.WithTimeout(hard, w.cfg.DeliveryTimeout)
+	lockLost := make(chan struct{})
+	renewDone := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		w.renewLoop(ctx, log, m, lockLost, cancel)
+	}()
+	err = w.h.Handle(ctx, ev)
+	cancel()
+	<-renewDone
+	select {
+	case <-lockLost:
+		// Someone else may hold the message now; settling is not ours to do.
+		w.cfg.Metrics.observe(outcomeLockLost, ev, start)
+		log.Warn("worker: lock lost during delivery; the queue will deliver the event again", "delivery_error", err)
+		return
+	default:
+	}
+	w.settle(log, m, ev, err, start)
+}
+
+// renewLoop renews m's lock at half its remaining time until ctx ends. If the
+// lock is lost it closes lost and cancels the delivery.
+func (w *Worker) renewLoop(ctx context.Context, log *slog.Logger, m *relay.Received, lost chan struct{}, cancel context.CancelFunc) {
+	for {
+		wait := time.Until(m.LockedUntil) / 2
+		if wait < 50*time.Millisecond {
+			wait = 50 * time.Millisecond
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		err := w.src.RenewLock(rctx, m)
+		rcancel()
+		switch {
+		case err == nil:
+		case errors.Is(err, relay.ErrLockLost):
+			close(lost)
+			cancel()
+			return
+		case time.Now().After(m.LockedUntil):
+			log.Error("worker: lock renewal failed and the lock expired", "error", err)
+			close(lost)
+			cancel()
+			return
+		default:
+			log.Warn("worker: lock renewal failed; trying again", "error", err)
+		}
+	}
+}
+
+// settle applies the settlement rules to a finished delivery.
+func (w *Worker) settle(log *slog.Logger, m *relay.Received, ev *schemas.Event, err error, start time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	var outcome string
+	var serr error
+	if err == nil {
+		outcome = outcomeCompleted
+		serr = w.src.Complete(ctx, m)
+	} else if p, ok := IsPermanent(err); ok {
+		outcome = outcomeDeadLettered
+		log.Warn("worker: delivery failed permanently; dead-lettering", "reason", p.Reason, "error", err)
+		serr = w.src.DeadLetter(ctx, m, p.Reason, truncate(err.Error(), 1024))
+	} else {
+		outcome = outcomeRetried
+		delay := backoff(m.DeliveryCount, w.cfg.MinBackoff, w.cfg.MaxBackoff)
+		var ra *RetryAfterError
+		if errors.As(err, &ra) && ra.After > delay {
+			delay = min(ra.After, w.cfg.MaxBackoff)
+		}
+		log.Warn("worker: delivery failed; will retry", "error", err, "retry_in", delay)
+		serr = w.src.Abandon(ctx, m, delay)
+	}
+	if serr != nil {
+		if errors.Is(serr, relay.ErrLockLost) {
+			log.Warn("worker: lock lost before settlement; the queue will deliver the event again", "settlement", outcome, "error", serr)
+		} else {
+			log.Error("worker: settlement failed; the queue will deliver the event again when its lock expires", "settlement", outcome, "error", serr)
+		}
+		outcome = outcomeSettleFailed
+	}
+	w.cfg.Metrics.observe(outcome, ev, start)
+	if outcome == outcomeCompleted {
+		log.Debug("worker: delivered", "duration", time.Since(start))
+	}
+}
+
+// backoff is min(base·2^(attempt-1), limit), with jitter taking it down to
+// as little as half, so retries of many messages spread out.
+func backoff(attempt int, base, limit time.Duration) time.Duration {
+	d := base
+	for i := 1; i < attempt && d < limit; i++ {
+		d *= 2
+	}
+	d = min(d, limit)
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
