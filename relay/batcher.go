@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/hookbridge/hookbridge/schemas"
 )
 
 // BatchSender writes messages to a queue durably: when SendBatch returns nil,
@@ -248,4 +250,18 @@ func (b *Batcher) commit(batch []*request, count, size int) {
 	for _, r := range batch {
 		r.done <- err
 	}
+}
+
+// PublishEvents maps events to messages (see NewMessage) and publishes them
+// as one request: all are committed together, or the call fails.
+func (b *Batcher) PublishEvents(ctx context.Context, events []schemas.Event) error {
+	msgs := make([]Message, len(events))
+	for i := range events {
+		m, err := NewMessage(&events[i])
+		if err != nil {
+			return err
+		}
+		msgs[i] = m
+	}
+	return b.Publish(ctx, msgs)
 }

@@ -1,0 +1,103 @@
+package ingress
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Error is a request failure with everything the error handler needs: the
+// status senders see, a short public message, the metric cause, optional
+// Retry-After and WWW-Authenticate values, and the internal error for the
+// log. Handlers and verifiers return *Error; anything else becomes a 500.
+type Error struct {
+	Status int
+	// Cause is a stable snake_case label for metrics and logs, e.g.
+	// "token_expired" or "queue_unavailable".
+	Cause string
+	// Message is safe to show to the sender: it says what was wrong and what
+	// to do, and never holds a token, key or internal detail.
+	Message string
+	// RetryAfter, if set, is sent as Retry-After (whole seconds, at least 1).
+	RetryAfter time.Duration
+	// Challenge, if set, is sent as WWW-Authenticate.
+	Challenge string
+	// Err is the internal cause, logged under the error ID.
+	Err error
+
+	errorID string
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%d %s: %s: %v", e.Status, e.Cause, e.Message, e.Err)
+	}
+	return fmt.Sprintf("%d %s: %s", e.Status, e.Cause, e.Message)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Causes used across the package (metric label values).
+const (
+	CauseMissingCredentials = "missing_credentials"
+	CauseInvalidToken       = "invalid_token"
+	CauseTokenExpired       = "token_expired"
+	CauseTokenNotYetValid   = "token_not_yet_valid"
+	CauseWrongAudience      = "wrong_audience"
+	CauseWrongIssuer        = "wrong_issuer"
+	CauseUnknownKey         = "unknown_signing_key"
+	CauseForbiddenHeader    = "forbidden_token_header"
+	CauseKeysUnavailable    = "signing_keys_unavailable"
+	CauseBodyTooLarge       = "body_too_large"
+	CauseUnsupportedMedia   = "unsupported_media_type"
+	CauseMalformedBody      = "malformed_body"
+	CauseInvalidEvent       = "invalid_event"
+	CauseQueueUnavailable   = "queue_unavailable"
+	CauseEventTooLarge      = "event_too_large"
+	CauseOverloaded         = "overloaded"
+	CauseNotFound           = "not_found"
+	CauseMethodNotAllowed   = "method_not_allowed"
+	CauseInternal           = "internal_error"
+)
+
+// unauthorized builds a 401 for a JWT route.
+func unauthorized(cause, msg string, err error) *Error {
+	return &Error{
+		Status:    http.StatusUnauthorized,
+		Cause:     cause,
+		Message:   msg,
+		Challenge: `Bearer error="invalid_token"`,
+		Err:       err,
+	}
+}
+
+// unavailable builds a 503 with Retry-After.
+func unavailable(cause, msg string, retry time.Duration, err error) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Cause: cause, Message: msg, RetryAfter: retry, Err: err}
+}
+
+// retryAfterValue renders a duration as Retry-After seconds, at least 1.
+func retryAfterValue(d time.Duration) string {
+	s := int((d + time.Second - 1) / time.Second)
+	return strconv.Itoa(max(s, 1))
+}
+
+// newErrorID returns a random ID tying a response to its log line.
+func newErrorID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// asError returns err as an *Error, mapping anything else to a 500.
+func asError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &Error{Status: http.StatusInternalServerError, Cause: CauseInternal, Message: "internal error; the request was not accepted, retry later", Err: err}
+}

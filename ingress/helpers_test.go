@@ -1,0 +1,162 @@
+package ingress_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/schemas"
+)
+
+const testAudience = "1b2c3d4e-0000-4000-8000-00000000acs1"
+
+// newIssuer serves a development issuer on loopback.
+func newIssuer(t testing.TB) *devissuer.Issuer {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	iss, err := devissuer.New("http://"+srv.Listener.Addr().String(), testAudience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = iss.Handler()
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return iss
+}
+
+// newACS returns a running ACS verifier trusting iss. With wait set it
+// returns once the keys are loaded.
+func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait bool) *ingress.ACSVerifier {
+	t.Helper()
+	if cfg.Audiences == nil {
+		cfg.Audiences = []string{testAudience}
+	}
+	cfg.OIDCURL = iss.DiscoveryURL()
+	v, err := ingress.NewACSVerifier(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { v.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if wait {
+		waitFor(t, 10*time.Second, v.Ready)
+	}
+	return v
+}
+
+func waitFor(t testing.TB, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakePublisher records published events, or fails with err.
+type fakePublisher struct {
+	mu     sync.Mutex
+	events []schemas.Event
+	err    error
+	delay  time.Duration
+}
+
+func (p *fakePublisher) PublishEvents(ctx context.Context, events []schemas.Event) error {
+	if p.delay > 0 {
+		select {
+		case <-time.After(p.delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	p.events = append(p.events, events...)
+	return nil
+}
+
+func (p *fakePublisher) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.events)
+}
+
+// syncBuffer is a concurrency-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// newServer builds an ingress with the given verifiers and publisher and
+// returns its handler and log.
+func newServer(t testing.TB, cfg ingress.Config) (http.Handler, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s, err := ingress.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Handler(), logs
+}
+
+const callConnected = `[{"id":"evt-1","source":"calling/callConnections/c1","type":"Microsoft.Communication.CallConnected","specversion":"1.0","datacontenttype":"application/json","time":"2024-05-14T17:30:12Z","subject":"calling/callConnections/c1","data":{"callConnectionId":"c1","serverCallId":"s1","correlationId":"corr-1"}}]`
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+// post sends a request to h and decodes the JSON answer.
+func post(t testing.TB, h http.Handler, path, token, contentType, body string) response {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	return do(t, h, req)
+}
+
+func do(t testing.TB, h http.Handler, req *http.Request) response {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	raw, _ := io.ReadAll(rec.Body)
+	r := response{status: rec.Code, header: rec.Header(), raw: string(raw)}
+	json.Unmarshal(raw, &r.body)
+	return r
+}
