@@ -1,11 +1,11 @@
 package ingress_test
 
 import (
-	"log/slog"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"

@@ -25,7 +25,7 @@ import (
 // staticVerifier accepts requests carrying its token in X-Test-Token.
 type staticVerifier struct{ ready bool }
 
-func (staticVerifier) Name() string { return "test" }
+func (staticVerifier) Name() string  { return "test" }
 func (v staticVerifier) Ready() bool { return v.ready }
 func (staticVerifier) Verify(r *http.Request) error {
 	if r.Header.Get("X-Test-Token") != "ok" {
