@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/ingress/devissuer"
+)
+
+// devAudience is the ACS resource ID the development issuer signs for.
+const devAudience = "00000000-0000-4000-8000-00000000dev0"
+
+func devCommand(getenv env) *cobra.Command {
+	var (
+		f           ingressFlags
+		w           workerFlags
+		logs        logFlags
+		queueURL    string
+		adminListen string
+		demo        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run ingress, worker and embedded queue in one process, with a local token issuer",
+		Long: `Run the ingress, a worker and the embedded queue in one process, for
+development. A token issuer on loopback (OpenID Connect discovery and a JWKS
+for a freshly generated RSA key) stands in for Microsoft's, and the ACS
+verifier trusts it instead. The listener binds to loopback by default.
+
+With --demo, signed sample events of a whole call go through the real HTTP
+path; each delivered event is printed, and the command exits 0 once all were
+delivered in order (non-zero otherwise).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logs.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			target, err := w.target(cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+
+			// The development issuer, on loopback.
+			il, err := listen("127.0.0.1:0", "the development issuer")
+			if err != nil {
+				return err
+			}
+			defer il.Close()
+			iss, err := devissuer.New("http://"+il.Addr().String(), devAudience)
+			if err != nil {
+				return err
+			}
+			acs, err := ingress.NewACSVerifier(ingress.ACSConfig{Audiences: []string{devAudience}, OIDCURL: iss.DiscoveryURL(), Logger: log})
+			if err != nil {
+				return err
+			}
+
+			q, err := openQueue(ctx, queueURL, log)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			reg := newRegistry()
+			st, err := startIngress(ctx, &f, q, []ingress.Verifier{acs}, reg, log)
+			if err != nil {
+				return err
+			}
+			defer st.close() // after Serve returned, before the queue closes
+			adm, err := listen(adminListen, "--admin-listen")
+			if err != nil {
+				return err
+			}
+			defer adm.Close()
+			var rec *recorder
+			if demo {
+				rec = newRecorder(target, cmd.ErrOrStderr())
+				target = rec
+			}
+			wcfg := w.config()
+			wcfg.ShutdownTimeout = f.shutdownTimeout
+			wcfg.Logger, wcfg.Metrics = log, consumer.NewMetrics(reg)
+			worker, err := consumer.New(q, target, wcfg)
+			if err != nil {
+				return usageError{err}
+			}
+
+			runCtx, stop := context.WithCancelCause(ctx)
+			defer stop(nil)
+			g, gctx := errgroup.WithContext(runCtx)
+			issuerSrv := &http.Server{Handler: iss.Handler(), ReadHeaderTimeout: 5 * time.Second}
+			g.Go(func() error {
+				go func() { <-gctx.Done(); issuerSrv.Close() }()
+				if err := issuerSrv.Serve(il); !errors.Is(err, http.ErrServerClosed) {
+					return fmt.Errorf("development issuer: %w", err)
+				}
+				return nil
+			})
+			g.Go(func() error { return acs.Run(gctx) })
+			st.run(gctx, g)
+			g.Go(func() error { return worker.Run(gctx) })
+			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, st.srv.Ready), log) })
+
+			base := "http://" + st.addr()
+			out := cmd.ErrOrStderr()
+			var demoErr error
+			if demo {
+				g.Go(func() error {
+					demoErr = runDemo(gctx, base, iss, acs, rec, out)
+					stop(nil) // the demo is over: shut everything down
+					return nil
+				})
+			} else {
+				printDevHelp(out, base, il.Addr().String(), queueURL, w.deliver)
+			}
+			err = g.Wait()
+			if demoErr != nil {
+				return demoErr
+			}
+			return err
+		},
+	}
+	f.register(cmd.Flags(), "127.0.0.1:8080")
+	w.register(cmd.Flags())
+	logs.register(cmd.Flags())
+	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, "queue URL: sqlite:<path>[?options]")
+	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics)")
+	cmd.Flags().BoolVar(&demo, "demo", false, "send a whole call's signed sample events through the HTTP path, print each delivered event, and exit once all were delivered")
+	return cmd
+}
+
+func printDevHelp(w io.Writer, base, issuer, queueURL, deliver string) {
+	event := `[{"specversion":"1.0","id":"test-1","source":"calling/callConnections/c1","type":"Microsoft.Communication.CallConnected","data":{"callConnectionId":"c1","correlationId":"call-1"}}]`
+	fmt.Fprintf(w, `
+hookbridge dev is running.
+  ingress   %s  (POST /acs/callbacks)
+  issuer    http://%s  (development tokens; the ACS verifier trusts it)
+  queue     %s
+  deliver   %s
+
+Send a signed test event by hand:
+  TOKEN=$(curl -s http://%s%s)
+  curl -i -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    --data '%s' \
+    %s/acs/callbacks
+
+Stop with Ctrl-C.
+`, base, issuer, queueURL, consumer.Redact(deliver), issuer, devissuer.TokenPath, strings.ReplaceAll(event, "'", `'\''`), base)
+}

@@ -1,0 +1,159 @@
+// Command hookbridge is the public front door for Azure Communication
+// Services events: `hookbridge ingress` verifies and queues them, `hookbridge
+// worker` delivers them to a private backend, and `hookbridge dev` runs both
+// with a local token issuer. Run `hookbridge -h` for every command and
+// setting.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hookbridge:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// usageError is a mistake in the command line or environment; it exits 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// env is the process environment, injected so tests can set it.
+type env func(string) string
+
+// run builds the command tree and executes it.
+func run(ctx context.Context, args []string, getenv env, stdin io.Reader, stdout, stderr io.Writer) error {
+	root := &cobra.Command{
+		Use:   "hookbridge",
+		Short: "Verified, durable front door for Azure Communication Services events",
+		Long: `hookbridge verifies every webhook that Azure Communication Services sends
+(Call Automation callbacks and Event Grid deliveries), queues each event
+durably, and delivers it to your private backend, in order per call.
+
+Every flag --some-name can also be set as the environment variable
+HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		return bindEnv(cmd, getenv)
+	}
+	root.AddCommand(
+		ingressCommand(getenv),
+		workerCommand(getenv),
+		devCommand(getenv),
+		versionCommand(),
+	)
+	for _, c := range root.Commands() {
+		annotateEnv(c)
+	}
+	return root.ExecuteContext(ctx)
+}
+
+// envName maps a flag name to its environment variable.
+func envName(flag string) string {
+	return "HOOKBRIDGE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// annotateEnv appends each flag's environment variable to its help text.
+func annotateEnv(cmd *cobra.Command) {
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" && !strings.Contains(f.Usage, "$HOOKBRIDGE_") {
+			f.Usage += " [$" + envName(f.Name) + "]"
+		}
+	})
+	for _, c := range cmd.Commands() {
+		annotateEnv(c)
+	}
+}
+
+// bindEnv fills every flag not given on the command line from its
+// environment variable.
+func bindEnv(cmd *cobra.Command, getenv env) error {
+	var err error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed || f.Name == "help" {
+			return
+		}
+		name := envName(f.Name)
+		v := getenv(name)
+		if v == "" {
+			return
+		}
+		if serr := cmd.Flags().Set(f.Name, v); serr != nil {
+			err = usageError{fmt.Errorf("environment variable %s=%q: %w", name, v, serr)}
+		}
+	})
+	return err
+}
+
+// secret reads a secret from the environment variable name, or from the file
+// named by name_FILE. Secrets never come from the command line.
+func secret(getenv env, name string) (string, error) {
+	v := getenv(name)
+	path := getenv(name + "_FILE")
+	switch {
+	case v != "" && path != "":
+		return "", usageError{fmt.Errorf("both %s and %s_FILE are set; set one", name, name)}
+	case path != "":
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("read %s_FILE: %w", name, err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return v, nil
+}
+
+// logFlags are the logging settings shared by every long-running command.
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (l *logFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: use debug, info, warn or error", l.level)}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, usageError{fmt.Errorf("--log-format %q: use text or json", l.format)}
+	}
+}

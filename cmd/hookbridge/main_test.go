@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hookbridge/hookbridge/ingress/devissuer"
+)
+
+// binary is the hookbridge executable built once for the tests that run it
+// as a process.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hookbridge-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "hookbridge")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build hookbridge:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runCLI runs the command tree in-process.
+func runCLI(t *testing.T, environ map[string]string, args ...string) (string, string, error) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, args, func(k string) string { return environ[k] }, strings.NewReader(""), &stdout, &stderr)
+	return stdout.String(), stderr.String(), err
+}
+
+func TestDemoBinary(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cmd := exec.Command(binary, "dev", "--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--queue", "sqlite:"+filepath.Join(dir, "demo.db"))
+	cmd.Dir = dir
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hookbridge dev --demo: %v\nstderr:\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	wantTypes := []string{"CallConnected", "PlayCompleted", "RecognizeCompleted", "CallDisconnected"}
+	if len(lines) != len(wantTypes) {
+		t.Fatalf("%d delivered events printed, want %d:\n%s", len(lines), len(wantTypes), stdout.String())
+	}
+	key := ""
+	for i, l := range lines {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("line %d is not JSON: %q", i, l)
+		}
+		if e["type"] != "Microsoft.Communication."+wantTypes[i] {
+			t.Errorf("event %d is %v, want %s", i, e["type"], wantTypes[i])
+		}
+		if e["hookbridgeverifier"] != "acs-jwt" {
+			t.Errorf("event %d verified by %v", i, e["hookbridgeverifier"])
+		}
+		if i == 0 {
+			key, _ = e["partitionkey"].(string)
+		} else if e["partitionkey"] != key {
+			t.Errorf("event %d has partition key %v, want the call's %s", i, e["partitionkey"], key)
+		}
+	}
+	if !strings.Contains(stderr.String(), "delivered all 4 events") {
+		t.Errorf("no summary in stderr:\n%s", stderr.String())
+	}
+	t.Logf("demo took %v", time.Since(start))
+}
+
+func TestHelpShowsEverySetting(t *testing.T) {
+	t.Parallel()
+	for _, sub := range []string{"ingress", "worker", "dev"} {
+		out, _, err := runCLI(t, nil, sub, "-h")
+		if err != nil {
+			t.Fatalf("%s -h: %v", sub, err)
+		}
+		for _, want := range []string{"--queue", "[$HOOKBRIDGE_QUEUE]", `(default "sqlite:hookbridge.db")`, "--log-level", "--admin-listen"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s -h lacks %q:\n%s", sub, want, out)
+			}
+		}
+		// Every flag names its environment variable.
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), "--") && !strings.Contains(l, "--help") && !strings.Contains(l, "$HOOKBRIDGE_") {
+				t.Errorf("%s -h: flag without its environment variable: %q", sub, l)
+			}
+		}
+	}
+	out, _, _ := runCLI(t, nil, "ingress", "-h")
+	for _, want := range []string{"--acs-audience", "--acs-oidc-url", "--listen", "--insecure-allow-unauthenticated", "--max-body-bytes"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ingress -h lacks %s", want)
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"unknown flag", nil, []string{"ingress", "--colour", "blue"}, "unknown flag: --colour"},
+		{"unknown command", nil, []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"no verifier", nil, []string{"ingress", "--queue", "sqlite:" + filepath.Join(t.TempDir(), "q.db"), "--listen", "127.0.0.1:0"}, "--insecure-allow-unauthenticated"},
+		{"bad queue URL", nil, []string{"worker", "--queue", "redis://x"}, "unknown queue URL"},
+		{"bad queue option", nil, []string{"worker", "--queue", "sqlite:q.db?lock=forever"}, `option lock="forever"`},
+		{"bad log level", nil, []string{"worker", "--log-level", "loud"}, "--log-level"},
+		{"bad deliver", nil, []string{"worker", "--deliver", "ftp://x"}, "--deliver"},
+		{"bad env value", map[string]string{"HOOKBRIDGE_CONCURRENCY": "many"}, []string{"worker"}, "HOOKBRIDGE_CONCURRENCY"},
+		{"remote plain-http OIDC", nil, []string{"ingress", "--queue", "sqlite:" + filepath.Join(t.TempDir(), "q.db"), "--acs-audience", "x", "--acs-oidc-url", "http://example.com/oidc"}, "plain http is allowed only to a loopback address"},
+		{"missing queue directory", nil, []string{"worker", "--queue", "sqlite:/nonexistent/dir/q.db", "--admin-listen", "127.0.0.1:0"}, "does not exist"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, _, err := runCLI(t, tt.env, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+	_, _, err := runCLI(t, nil, "worker", "--colour")
+	var ue usageError
+	if !errors.As(err, &ue) {
+		t.Errorf("a flag error is not a usage error (exit 2): %v", err)
+	}
+}
+
+func TestEnvironmentFillsFlags(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	// A bad delivery URL from the environment proves the variable was read;
+	// a command-line flag wins over it.
+	env := map[string]string{"HOOKBRIDGE_DELIVER": "gopher://x", "HOOKBRIDGE_QUEUE": "sqlite:" + filepath.Join(dir, "q.db")}
+	_, _, err := runCLI(t, env, "worker")
+	if err == nil || !strings.Contains(err.Error(), "gopher") {
+		t.Fatalf("HOOKBRIDGE_DELIVER not applied: %v", err)
+	}
+	_, _, err = runCLI(t, env, "worker", "--deliver", "ftp://y")
+	if err == nil || !strings.Contains(err.Error(), "ftp") {
+		t.Fatalf("the flag did not win over the environment: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	out, _, err := runCLI(t, nil, "version")
+	if err != nil || !strings.HasPrefix(out, "hookbridge ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(path, []byte("s3cret\n"), 0o600)
+	got, err := secret(func(k string) string { return map[string]string{"X_FILE": path}[k] }, "X")
+	if err != nil || got != "s3cret" {
+		t.Errorf("secret from file: %q %v", got, err)
+	}
+	if _, err := secret(func(string) string { return "v" }, "X"); err == nil {
+		t.Error("both X and X_FILE accepted")
+	}
+}
+
+// process is a hookbridge child process with its stderr captured.
+type process struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(t *testing.T, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s exited with %v:\n%s", p.cmd.Args[1], err, p.stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("%s did not stop on SIGTERM", p.cmd.Args[1])
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s never answered 200", url)
+}
+
+// TestIngressAndWorkerProcesses runs `hookbridge ingress` and `hookbridge
+// worker` as two processes sharing one SQLite file, kills the worker in the
+// middle of the run, and checks every accepted event reaches the backend.
+func TestIngressAndWorkerProcesses(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("process test skipped in -short mode")
+	}
+	dir := t.TempDir()
+	queue := "sqlite:" + filepath.Join(dir, "shared.db") + "?lock=2s"
+
+	// The development issuer stands in for Microsoft's.
+	issSrv := httptest.NewUnstartedServer(nil)
+	iss, err := devissuer.New("http://"+issSrv.Listener.Addr().String(), "acs-resource")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issSrv.Config.Handler = iss.Handler()
+	issSrv.Start()
+	defer issSrv.Close()
+
+	var mu sync.Mutex
+	got := map[string]int{}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e struct{ ID string }
+		json.NewDecoder(r.Body).Decode(&e)
+		mu.Lock()
+		got[e.ID]++
+		mu.Unlock()
+	}))
+	defer backend.Close()
+
+	listenAddr, adminAddr := freePort(t), freePort(t)
+	ing := start(t, "ingress", "--queue", queue, "--listen", listenAddr, "--admin-listen", adminAddr,
+		"--acs-audience", "acs-resource", "--acs-oidc-url", iss.DiscoveryURL())
+	waitHTTP(t, "http://"+adminAddr+"/readyz")
+	workerArgs := []string{"worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0"}
+	wrk := start(t, workerArgs...)
+
+	send := func(i int) {
+		tok, _ := iss.ACSToken("")
+		body := fmt.Sprintf(`[{"specversion":"1.0","id":"p-%d","source":"s","type":"Microsoft.Communication.PlayCompleted","data":{"correlationId":"call-%d"}}]`, i, i%7)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+listenAddr+"/acs/callbacks", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("event %d: %v", i, err)
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("event %d: status %d", i, resp.StatusCode)
+		}
+	}
+	const n = 200
+	for i := range n / 2 {
+		send(i)
+	}
+	// Kill the worker without warning, keep sending, then start another.
+	wrk.cmd.Process.Kill()
+	wrk.cmd.Wait()
+	for i := n / 2; i < n; i++ {
+		send(i)
+	}
+	wrk2 := start(t, workerArgs...)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		delivered := len(got)
+		mu.Unlock()
+		if delivered == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d accepted events delivered\ningress:\n%s\nworker:\n%s", delivered, n, ing.stderr.String(), wrk2.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	wrk2.stop(t)
+	ing.stop(t)
+	if strings.Contains(ing.stderr.String(), "eyJ") {
+		t.Error("a token appears in the ingress log")
+	}
+	// The access log has one line per request, with no query strings.
+	sc := bufio.NewScanner(strings.NewReader(ing.stderr.String()))
+	lines := 0
+	for sc.Scan() {
+		if regexp.MustCompile(`msg=request .*route=/acs/callbacks status=200`).MatchString(sc.Text()) {
+			lines++
+		}
+	}
+	if lines != n {
+		t.Errorf("%d access log lines for %d requests", lines, n)
+	}
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+)
+
+// DefaultQueue is the --queue default: the embedded queue in the working
+// directory.
+const DefaultQueue = "sqlite:hookbridge.db"
+
+// queue is what the commands need of a queue backend.
+type queue interface {
+	relay.BatchSender
+	consumer.Source
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// openQueue opens the queue named by a --queue URL.
+func openQueue(ctx context.Context, raw string, log *slog.Logger) (queue, error) {
+	switch {
+	case strings.HasPrefix(raw, "sqlite:"):
+		cfg, err := sqlite.ParseURL(raw)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--queue: %w", err)}
+		}
+		q, err := sqlite.Open(ctx, cfg, log)
+		if err != nil {
+			return nil, fmt.Errorf("open queue: %w", err)
+		}
+		return q, nil
+	default:
+		return nil, usageError{fmt.Errorf("--queue %q: unknown queue URL; use sqlite:<path> (e.g. %s)", raw, DefaultQueue)}
+	}
+}
