@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +41,16 @@ type keySet struct {
 	issuer  string
 	jwksURI string
 	kf      keyfunc.Keyfunc
+
+	// kids is a snapshot of the loaded key IDs, at most a second old, so
+	// the unknown-kid check costs a map lookup instead of a copy of the
+	// key set per request.
+	kids atomic.Pointer[kidSnapshot]
+}
+
+type kidSnapshot struct {
+	at   time.Time
+	kids map[string]bool
 }
 
 // keySource holds an issuer's signing keys: OIDC discovery, then the JWKS
@@ -258,12 +267,21 @@ var (
 )
 
 // known reports whether kid is among the loaded keys, without refreshing.
+// A recent snapshot answers yes; a no is confirmed against the key set.
 func (s *keySource) known(ctx context.Context, set *keySet, kid string) bool {
+	if snap := set.kids.Load(); snap != nil && time.Since(snap.at) < time.Second && snap.kids[kid] {
+		return true
+	}
 	all, err := set.kf.Storage().KeyReadAll(ctx)
 	if err != nil {
 		return false
 	}
-	return slices.ContainsFunc(all, func(j jwkset.JWK) bool { return j.Marshal().KID == kid })
+	snap := &kidSnapshot{at: time.Now(), kids: make(map[string]bool, len(all))}
+	for _, j := range all {
+		snap.kids[j.Marshal().KID] = true
+	}
+	set.kids.Store(snap)
+	return snap.kids[kid]
 }
 
 // refreshRetryAfter is how long until an unknown-kid refresh is allowed again.

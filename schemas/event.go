@@ -67,6 +67,21 @@ type Event struct {
 	// Extensions are further extension attributes by name, each a JSON
 	// string, number or boolean.
 	Extensions map[string]json.RawMessage
+
+	// parsedData is Data as a parser validated it; while Data is still
+	// that slice, MarshalJSON need not validate it again.
+	parsedData json.RawMessage
+}
+
+// setParsedData sets Data to raw, which encoding/json has decoded.
+func (e *Event) setParsedData(raw json.RawMessage) {
+	e.Data = raw
+	e.parsedData = raw
+}
+
+// dataTrusted reports whether Data is the validated slice a parser set.
+func (e *Event) dataTrusted() bool {
+	return len(e.Data) > 0 && len(e.Data) == len(e.parsedData) && &e.Data[0] == &e.parsedData[0]
 }
 
 // Provenance is what the ingress knows about a request, stamped on every
@@ -83,53 +98,40 @@ func (p Provenance) apply(e *Event) {
 	e.Verifier = p.Verifier
 }
 
-// wireEvent is the structured-mode JSON layout of the context attributes,
-// in the attribute order of the CloudEvents JSON format. Extensions and data
-// are appended by MarshalJSON so that data comes last.
-type wireEvent struct {
-	SpecVersion     string `json:"specversion"`
-	ID              string `json:"id"`
-	Source          string `json:"source"`
-	Type            string `json:"type"`
-	Subject         string `json:"subject,omitempty"`
-	Time            string `json:"time,omitempty"`
-	DataContentType string `json:"datacontenttype,omitempty"`
-	DataSchema      string `json:"dataschema,omitempty"`
-	PartitionKey    string `json:"partitionkey,omitempty"`
-	DataVersion     string `json:"dataversion,omitempty"`
-	Received        string `json:"hookbridgereceived,omitempty"`
-	Route           string `json:"hookbridgeroute,omitempty"`
-	Verifier        string `json:"hookbridgeverifier,omitempty"`
-}
-
 // MarshalJSON encodes the event in the CloudEvents JSON format (structured
-// mode). Extension attributes follow the known ones, sorted by name, and data
-// comes last, so the encoding of an event is deterministic.
+// mode): the context attributes in the format's order, then the extensions
+// sorted by name, then data, so the encoding of an event is deterministic.
+// Data is compacted, so an event is always one line.
 func (e *Event) MarshalJSON() ([]byte, error) {
-	w := wireEvent{
-		SpecVersion:     SpecVersion,
-		ID:              e.ID,
-		Source:          e.Source,
-		Type:            e.Type,
-		Subject:         e.Subject,
-		Time:            e.Time,
-		DataContentType: e.DataContentType,
-		DataSchema:      e.DataSchema,
-		PartitionKey:    e.PartitionKey,
-		DataVersion:     e.DataVersion,
-		Route:           e.Route,
-		Verifier:        e.Verifier,
+	b := make([]byte, 0, 384+len(e.Data)+len(e.DataBase64)+48*len(e.Extensions))
+	b = append(b, `{"specversion":"`+SpecVersion+`"`...)
+	attr := func(name, v string) {
+		if v != "" {
+			b = append(b, ',', '"')
+			b = append(b, name...)
+			b = append(b, '"', ':')
+			b = appendString(b, v)
+		}
 	}
+	b = append(b, `,"id":`...)
+	b = appendString(b, e.ID)
+	b = append(b, `,"source":`...)
+	b = appendString(b, e.Source)
+	b = append(b, `,"type":`...)
+	b = appendString(b, e.Type)
+	attr("subject", e.Subject)
+	attr("time", e.Time)
+	attr("datacontenttype", e.DataContentType)
+	attr("dataschema", e.DataSchema)
+	attr(ExtPartitionKey, e.PartitionKey)
+	attr(ExtDataVersion, e.DataVersion)
 	if !e.Received.IsZero() {
-		w.Received = e.Received.UTC().Format(time.RFC3339Nano)
+		b = append(b, `,"`+ExtReceived+`":"`...)
+		b = e.Received.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
 	}
-	head, err := json.Marshal(&w)
-	if err != nil {
-		return nil, fmt.Errorf("encode event %q: %w", e.ID, err)
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(head) + len(e.Data) + len(e.DataBase64) + 48*len(e.Extensions) + 16)
-	buf.Write(head[:len(head)-1]) // without the closing brace
+	attr(ExtRoute, e.Route)
+	attr(ExtVerifier, e.Verifier)
 	if len(e.Extensions) > 0 {
 		names := make([]string, 0, len(e.Extensions))
 		for name := range e.Extensions {
@@ -141,24 +143,33 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 			if !validExtensionName(name) || !validExtensionValue(v) {
 				return nil, fmt.Errorf("encode event %q: extension %q must be named [a-z0-9] and hold a string, number or boolean", e.ID, name)
 			}
-			buf.WriteString(`,"`)
-			buf.WriteString(name) // [a-z0-9]+: nothing to escape
-			buf.WriteString(`":`)
-			buf.Write(v)
+			b = append(b, ',', '"')
+			b = append(b, name...) // [a-z0-9]+: nothing to escape
+			b = append(b, '"', ':')
+			b = append(b, bytes.TrimSpace(v)...)
 		}
 	}
 	if len(e.Data) > 0 {
-		buf.WriteString(`,"data":`)
+		b = append(b, `,"data":`...)
+		if e.dataTrusted() && bytes.IndexByte(e.Data, '\n') < 0 && bytes.IndexByte(e.Data, '\r') < 0 {
+			b = append(b, e.Data...) // valid, and already one line
+			return e.finish(b), nil
+		}
 		// Compacting validates too, and keeps one event on one line.
-		if err := json.Compact(&buf, e.Data); err != nil {
+		buf := bytes.NewBuffer(b)
+		if err := json.Compact(buf, e.Data); err != nil {
 			return nil, fmt.Errorf("encode event %q: data is not valid JSON: %w", e.ID, err)
 		}
+		b = buf.Bytes()
 	}
+	return e.finish(b), nil
+}
+
+// finish appends what follows data.
+func (e *Event) finish(b []byte) []byte {
 	if e.DataBase64 != "" {
-		b64, _ := json.Marshal(e.DataBase64) // a string always encodes
-		buf.WriteString(`,"data_base64":`)
-		buf.Write(b64)
+		b = append(b, `,"data_base64":`...)
+		b = appendString(b, e.DataBase64)
 	}
-	buf.WriteByte('}')
-	return buf.Bytes(), nil
+	return append(b, '}')
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxEvents is the most events one body may hold: Event Grid's largest
@@ -34,16 +35,12 @@ func ParseCloudEventBatch(body []byte, p Provenance) ([]Event, error) {
 // eventTime→time, data→data, dataVersion→extension dataversion.
 // metadataVersion is envelope metadata and is dropped.
 func ParseEventGrid(body []byte, p Provenance) ([]Event, error) {
-	raws, err := split(body, shapeEither)
+	objs, err := split(body, shapeEither)
 	if err != nil {
 		return nil, err
 	}
-	events := make([]Event, len(raws))
-	for i, raw := range raws {
-		attrs, err := decodeObject(i, raw)
-		if err != nil {
-			return nil, err
-		}
+	events := make([]Event, len(objs))
+	for i, attrs := range objs {
 		e := &events[i]
 		fields := []struct {
 			name     string
@@ -66,7 +63,7 @@ func ParseEventGrid(body []byte, p Provenance) ([]Event, error) {
 			return nil, err
 		}
 		if d, ok := attrs["data"]; ok && !isNull(d) {
-			e.Data = d
+			e.setParsedData(d)
 		}
 		e.PartitionKey = PartitionKey(e.Data)
 		p.apply(e)
@@ -78,10 +75,11 @@ func ParseEventGrid(body []byte, p Provenance) ([]Event, error) {
 // queue message body). Unlike the ingress parsers it keeps partitionkey and
 // the provenance extensions.
 func ParseNormalized(body []byte) (*Event, error) {
-	attrs, err := decodeObject(0, body)
+	objs, err := split(body, shapeObject)
 	if err != nil {
 		return nil, err
 	}
+	attrs := objs[0]
 	e := new(Event)
 	if err := fromCloudEvent(0, attrs, e, true); err != nil {
 		return nil, err
@@ -98,16 +96,12 @@ const (
 )
 
 func parseCloudEvents(body []byte, p Provenance, s shape) ([]Event, error) {
-	raws, err := split(body, s)
+	objs, err := split(body, s)
 	if err != nil {
 		return nil, err
 	}
-	events := make([]Event, len(raws))
-	for i, raw := range raws {
-		attrs, err := decodeObject(i, raw)
-		if err != nil {
-			return nil, err
-		}
+	events := make([]Event, len(objs))
+	for i, attrs := range objs {
 		if err := fromCloudEvent(i, attrs, &events[i], false); err != nil {
 			return nil, err
 		}
@@ -118,8 +112,8 @@ func parseCloudEvents(body []byte, p Provenance, s shape) ([]Event, error) {
 }
 
 // split returns the top-level objects of body: the elements of an array, or
-// the object itself.
-func split(body []byte, s shape) ([]json.RawMessage, error) {
+// the object itself, each decoded into its attributes.
+func split(body []byte, s shape) ([]map[string]json.RawMessage, error) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 {
 		return nil, fmt.Errorf("%w: the body is empty; send a JSON object or array of events", ErrMalformed)
@@ -129,29 +123,51 @@ func split(body []byte, s shape) ([]json.RawMessage, error) {
 		if s == shapeObject {
 			return nil, fmt.Errorf("%w: expected one JSON object (structured mode); send a batch as application/cloudevents-batch+json", ErrMalformed)
 		}
-		var raws []json.RawMessage
-		if err := json.Unmarshal(body, &raws); err != nil {
-			return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErrorText(err))
+		var objs []map[string]json.RawMessage
+		if err := json.Unmarshal(body, &objs); err != nil {
+			return nil, arrayError(body)
 		}
-		if len(raws) == 0 {
+		if len(objs) == 0 {
 			return nil, fmt.Errorf("%w: the array is empty", ErrNoEvents)
 		}
-		if len(raws) > MaxEvents {
-			return nil, fmt.Errorf("%w: %d events, at most %d allowed", ErrTooManyEvents, len(raws), MaxEvents)
+		if len(objs) > MaxEvents {
+			return nil, fmt.Errorf("%w: %d events, at most %d allowed", ErrTooManyEvents, len(objs), MaxEvents)
 		}
-		return raws, nil
+		for i, o := range objs {
+			if o == nil { // a JSON null element
+				return nil, &ParseError{Index: i, Reason: "is not a JSON object", Err: ErrMalformed}
+			}
+		}
+		return objs, nil
 	case '{':
 		if s == shapeArray {
 			return nil, fmt.Errorf("%w: expected a JSON array (batch mode)", ErrMalformed)
 		}
-		if !json.Valid(body) {
-			var v any
-			return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErrorText(json.Unmarshal(body, &v)))
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(body, &obj); err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErrorText(err))
 		}
-		return []json.RawMessage{trimmed}, nil
+		return []map[string]json.RawMessage{obj}, nil
 	default:
 		return nil, fmt.Errorf("%w: expected a JSON object or array of events", ErrMalformed)
 	}
+}
+
+// arrayError explains why body, which starts like an array, did not decode
+// into objects: the fast path failed, so decode again element by element
+// for a precise message.
+func arrayError(body []byte) error {
+	var raws []json.RawMessage
+	if err := json.Unmarshal(body, &raws); err != nil {
+		return fmt.Errorf("%w: %s", ErrMalformed, jsonErrorText(err))
+	}
+	for i, raw := range raws {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+			return &ParseError{Index: i, Reason: "is not a JSON object", Err: ErrMalformed}
+		}
+	}
+	return fmt.Errorf("%w: invalid JSON", ErrMalformed)
 }
 
 func jsonErrorText(err error) string {
@@ -159,18 +175,6 @@ func jsonErrorText(err error) string {
 		return "invalid JSON"
 	}
 	return "invalid JSON: " + err.Error()
-}
-
-func decodeObject(i int, raw json.RawMessage) (map[string]json.RawMessage, error) {
-	raw = bytes.TrimLeft(raw, " \t\r\n")
-	if len(raw) == 0 || raw[0] != '{' {
-		return nil, &ParseError{Index: i, Reason: "is not a JSON object", Err: ErrMalformed}
-	}
-	var attrs map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &attrs); err != nil {
-		return nil, &ParseError{Index: i, Reason: jsonErrorText(err), Err: ErrMalformed}
-	}
-	return attrs, nil
 }
 
 // fromCloudEvent fills e from the attributes of one CloudEvent. With
@@ -210,7 +214,7 @@ func fromCloudEvent(i int, attrs map[string]json.RawMessage, e *Event, normalize
 			dst = &e.DataVersion
 		case "data":
 			if !isNull(raw) {
-				e.Data = raw
+				e.setParsedData(raw)
 			}
 			continue
 		case ExtPartitionKey:
@@ -281,14 +285,29 @@ func stringAttr(i int, attrs map[string]json.RawMessage, name string, required b
 		}
 		return "", nil
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", invalid(i, name, "must be a string")
+	s, ok := plainString(raw)
+	if !ok {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", invalid(i, name, "must be a string")
+		}
 	}
 	if required && s == "" {
 		return "", invalid(i, name, "must not be empty")
 	}
 	return s, nil
+}
+
+// plainString decodes a JSON string without escapes, the common case,
+// without reflection.
+func plainString(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') >= 0 || bytes.IndexByte(inner, '"') >= 0 || !utf8.Valid(inner) {
+		return "", false
+	}
+	return string(inner), true
 }
 
 func checkTime(i int, name, value string) error {
@@ -336,23 +355,21 @@ func validExtensionValue(raw json.RawMessage) bool {
 // PartitionKey derives the partition key of an event from its data: the
 // call's correlationId, else its callConnectionId, else "" (no key). Every
 // event of one call, IncomingCall included, carries the same correlationId,
-// so all of a call's events share one key and are delivered in order.
+// so all of a call's events share one key and are delivered in order. data
+// must be valid JSON.
 func PartitionKey(data json.RawMessage) string {
-	data = bytes.TrimLeft(data, " \t\r\n")
-	if len(data) == 0 || data[0] != '{' {
-		return ""
-	}
-	var ids struct {
-		CorrelationID    any `json:"correlationId"`
-		CallConnectionID any `json:"callConnectionId"`
-	}
-	if json.Unmarshal(data, &ids) != nil {
-		return ""
-	}
-	for _, v := range []any{ids.CorrelationID, ids.CallConnectionID} {
-		if s, ok := v.(string); ok && s != "" {
-			return s
+	var corr, conn string
+	objectStrings(data, func(key []byte, v string) bool {
+		switch string(key) {
+		case "correlationId":
+			corr = v
+		case "callConnectionId":
+			conn = v
 		}
+		return true
+	})
+	if corr != "" {
+		return corr
 	}
-	return ""
+	return conn
 }

@@ -3,6 +3,7 @@ package schemas_test
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +177,23 @@ func TestReceivedIsUTC(t *testing.T) {
 	enc, _ := events[0].MarshalJSON()
 	if !strings.Contains(string(enc), `"hookbridgereceived":"2024-01-02T02:04:05Z"`) {
 		t.Errorf("received time not in UTC: %s", enc)
+	}
+}
+
+func BenchmarkParseCallAutomation(b *testing.B) {
+	body, err := os.ReadFile("testdata/callautomation/PlayCompleted.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for range b.N {
+		events, err := schemas.ParseCallAutomation(body, fixedProvenance)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := events[0].MarshalJSON(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

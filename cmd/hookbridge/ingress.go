@@ -136,7 +136,9 @@ type runningIngress struct {
 // startIngress builds the group commit and the server and binds the
 // listener.
 func startIngress(_ context.Context, f *ingressFlags, q queue, verifiers []ingress.Verifier, reg *prometheus.Registry, log *slog.Logger) (*runningIngress, error) {
-	b, err := relay.NewBatcher(q, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout}, relay.NewMetrics(reg))
+	// Two commits in flight: on the embedded queue, one writes while the
+	// previous one's fsync completes (see relay/sqlite's walSyncer).
+	b, err := relay.NewBatcher(q, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout, MaxInFlight: 2}, relay.NewMetrics(reg))
 	if err != nil {
 		return nil, usageError{err}
 	}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,16 +80,24 @@ type Queue struct {
 	cfg Config
 	log *slog.Logger
 
-	// Two connections: sends commit with synchronous=FULL, everything else
-	// with synchronous=NORMAL. writeMu serializes this process's write
-	// transactions so they queue in Go instead of in SQLite's sleeping busy
-	// handler; other processes are arbitrated by SQLite's file locks.
+	// Three connections: one for sends (made durable by wal), one for
+	// receiving and settling, one for checkpoints. writeMu serializes this
+	// process's write transactions so they queue in Go instead of in
+	// SQLite's sleeping busy handler; other processes are arbitrated by
+	// SQLite's file locks.
 	send    *sql.DB
 	settle  *sql.DB
+	ckpt    *sql.DB
 	writeMu sync.Mutex
+	wal     *walSyncer
+	stmts   stmtCache // the send connection's, under writeMu
+	bg      sync.WaitGroup
 
 	wake    *notifier
 	watcher *watcher
+	// signal is written after every commit that may let a receiver make
+	// progress, so receivers in other processes wake (see watch).
+	signal *os.File
 
 	mu        sync.Mutex
 	closed    bool
@@ -111,32 +120,66 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 		return nil, fmt.Errorf("open sqlite queue: resolve %q: %w", cfg.Path, err)
 	}
 	q := &Queue{cfg: cfg, log: log, wake: newNotifier(), closing: make(chan struct{})}
-	if q.send, err = openDB(path, "FULL", cfg.BusyTimeout); err != nil {
+	if err := q.open(ctx, path); err != nil {
+		q.closeFiles()
 		return nil, err
 	}
-	if q.settle, err = openDB(path, "NORMAL", cfg.BusyTimeout); err != nil {
-		q.send.Close()
-		return nil, err
-	}
-	if _, err := q.send.ExecContext(ctx, schema); err != nil {
-		q.closeDBs()
-		return nil, fmt.Errorf("open sqlite queue %s: create tables: %w", path, err)
-	}
-	// Other processes commit to the same file: watch its write-ahead log so
-	// receivers here wake as soon as they do.
-	q.watcher, err = watch(path+"-wal", q.wake.broadcast)
-	if err != nil {
-		log.Warn("sqlite queue: cannot watch for writes by other processes; receivers fall back to polling", "error", err)
-	}
+	q.bg.Add(1)
+	go q.checkpointLoop()
 	return q, nil
 }
 
-func openDB(path, synchronous string, busy time.Duration) (*sql.DB, error) {
+func (q *Queue) open(ctx context.Context, path string) error {
+	var err error
+	if q.send, err = openDB(path, q.cfg.BusyTimeout); err != nil {
+		return err
+	}
+	// WAL mode is persistent: set once, every later connection uses it.
+	if _, err := q.send.ExecContext(ctx, "PRAGMA journal_mode = WAL"); err != nil {
+		return fmt.Errorf("open sqlite queue %s: enable WAL: %w", path, err)
+	}
+	if _, err := q.send.ExecContext(ctx, schema); err != nil {
+		return fmt.Errorf("open sqlite queue %s: create tables: %w", path, err)
+	}
+	if q.stmts, err = prepareStatements(ctx, q.send); err != nil {
+		return fmt.Errorf("open sqlite queue %s: %w", path, err)
+	}
+	if q.settle, err = openDB(path, q.cfg.BusyTimeout); err != nil {
+		return err
+	}
+	if q.ckpt, err = openDB(path, q.cfg.BusyTimeout); err != nil {
+		return err
+	}
+	if q.wal, err = newWALSyncer(path + "-wal"); err != nil {
+		return fmt.Errorf("open sqlite queue %s: %w", path, err)
+	}
+	// Other processes commit to the same file and write path-notify after
+	// each commit: watch it so receivers here wake as soon as they do.
+	if q.signal, err = os.OpenFile(path+"-notify", os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return fmt.Errorf("open sqlite queue %s: notification file: %w", path, err)
+	}
+	q.watcher, err = watch(path+"-notify", q.wake.broadcast)
+	if err != nil {
+		q.log.Warn("sqlite queue: cannot watch for commits by other processes; receivers fall back to polling", "error", err)
+	}
+	return nil
+}
+
+// openDB opens one connection. Every connection commits with
+// synchronous=NORMAL: the write-ahead log is not fsynced by a commit; sends
+// fsync it themselves before they return (see walSyncer), and the log is
+// fsynced before every checkpoint.
+func openDB(path string, busy time.Duration) (*sql.DB, error) {
 	dsn := (&url.URL{Scheme: "file", Path: path}).String() + "?" + url.Values{
 		"_pragma": {
-			"journal_mode(WAL)",
-			"synchronous(" + synchronous + ")",
 			fmt.Sprintf("busy_timeout(%d)", busy.Milliseconds()),
+			"synchronous(NORMAL)",
+			// Statement journals in memory, not in temporary files.
+			"temp_store(MEMORY)",
+			// Checkpoints run in the background (see checkpointLoop), never
+			// inside a commit.
+			"wal_autocheckpoint(0)",
+			fmt.Sprintf("journal_size_limit(%d)", 64<<20),
 			"foreign_keys(OFF)",
 		},
 		"_txlock": {"immediate"},
@@ -187,13 +230,37 @@ func (q *Queue) Close() error {
 	if q.watcher != nil {
 		q.watcher.close()
 	}
+	q.bg.Wait()
 	q.writeMu.Lock() // let a running write transaction finish
 	defer q.writeMu.Unlock()
-	return q.closeDBs()
+	return q.closeFiles()
 }
 
-func (q *Queue) closeDBs() error {
-	return errors.Join(q.send.Close(), q.settle.Close())
+// closeFiles closes whatever is open.
+func (q *Queue) closeFiles() error {
+	var errs []error
+	if q.stmts != nil {
+		errs = append(errs, q.stmts.close())
+	}
+	for _, db := range []*sql.DB{q.send, q.settle, q.ckpt} {
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
+	}
+	if q.wal != nil {
+		errs = append(errs, q.wal.close())
+	}
+	if q.signal != nil {
+		errs = append(errs, q.signal.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// notify wakes this process's receivers, and other processes' through the
+// notification file.
+func (q *Queue) notify() {
+	q.wake.broadcast()
+	q.signal.WriteAt([]byte{0}, 0) // best effort: receivers also poll
 }
 
 // Ping checks that the database answers.
@@ -208,28 +275,29 @@ func (q *Queue) Ping(ctx context.Context) error {
 	return nil
 }
 
-// writeTx runs fn in an immediate (write-locked) transaction on db.
-func (q *Queue) writeTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
+// writeTx runs fn in an immediate (write-locked) transaction on db and
+// returns the commit's generation in the write-ahead log (see walSyncer).
+func (q *Queue) writeTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) (uint64, error) {
 	if q.isClosed() {
-		return relay.ErrClosed
+		return 0, relay.ErrClosed
 	}
 	q.writeMu.Lock()
 	defer q.writeMu.Unlock()
 	if q.isClosed() {
-		return relay.ErrClosed
+		return 0, relay.ErrClosed
 	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return unavailable("begin", err)
+		return 0, unavailable("begin", err)
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
-		return err
+		return 0, err
 	}
 	if err := tx.Commit(); err != nil {
-		return unavailable("commit", err)
+		return 0, unavailable("commit", err)
 	}
-	return nil
+	return q.wal.committed(), nil
 }
 
 // unavailable wraps a database error as relay.ErrUnavailable, saying what
@@ -266,7 +334,8 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		}
 	}
 	added := 0
-	err := q.writeTx(ctx, q.send, func(tx *sql.Tx) error {
+	gen, err := q.writeTx(ctx, q.send, func(tx *sql.Tx) error {
+		added = 0
 		now := time.Now()
 		nowNS := now.UnixNano()
 		if q.cfg.DuplicateWindow > 0 && now.Sub(q.lastPrune) > time.Second {
@@ -276,53 +345,172 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 				return unavailable("prune duplicate window", err)
 			}
 		}
-		var dedup *sql.Stmt
-		if q.cfg.DuplicateWindow > 0 {
-			var err error
-			dedup, err = tx.PrepareContext(ctx, `INSERT INTO dedup(message_id, expires_at) VALUES(?, ?)
-				ON CONFLICT(message_id) DO UPDATE SET expires_at = excluded.expires_at WHERE dedup.expires_at <= ?`)
-			if err != nil {
-				return unavailable("prepare", err)
+		// Multi-row statements: per-statement overhead, not per-row work,
+		// dominates small inserts.
+		for rest := msgs; len(rest) > 0; {
+			chunk := rest[:chunkSize(len(rest))]
+			rest = rest[len(chunk):]
+			fresh := chunk
+			if q.cfg.DuplicateWindow > 0 {
+				var err error
+				if fresh, err = q.dedup(ctx, tx, chunk, now); err != nil {
+					return err
+				}
 			}
-			defer dedup.Close()
-		}
-		insert, err := tx.PrepareContext(ctx, `INSERT INTO messages
-			(message_id, session_id, subject, content_type, properties, body, enqueued_at, visible_at)
-			VALUES(?, ?, ?, ?, ?, ?, ?, ?)`)
-		if err != nil {
-			return unavailable("prepare", err)
-		}
-		defer insert.Close()
-		expires := now.Add(q.cfg.DuplicateWindow).UnixNano()
-		for i := range msgs {
-			m := &msgs[i]
-			if dedup != nil {
-				res, err := dedup.ExecContext(ctx, m.ID, expires, nowNS)
+			if len(fresh) == 0 {
+				continue
+			}
+			args := make([]any, 0, 8*len(fresh))
+			for i := range fresh {
+				m := &fresh[i]
+				props, err := encodeProperties(m.Properties)
 				if err != nil {
-					return unavailable("duplicate check", err)
+					return fmt.Errorf("sqlite queue: message %q: %w", m.ID, err)
 				}
-				if n, _ := res.RowsAffected(); n == 0 {
-					continue // seen within the window: drop, as Service Bus does
+				args = append(args, m.ID, m.SessionID, m.Subject, m.ContentType, props, m.Body, nowNS, nowNS)
+			}
+			for len(args) > 0 {
+				n := chunkSize(len(args) / 8)
+				if _, err := q.stmts.get(ctx, tx, insertStmt, n).ExecContext(ctx, args[:8*n]...); err != nil {
+					return unavailable("insert", err)
 				}
+				args = args[8*n:]
 			}
-			props, err := encodeProperties(m.Properties)
-			if err != nil {
-				return fmt.Errorf("sqlite queue: message %q: %w", m.ID, err)
-			}
-			if _, err := insert.ExecContext(ctx, m.ID, m.SessionID, m.Subject, m.ContentType, props, m.Body, nowNS, nowNS); err != nil {
-				return unavailable("insert", err)
-			}
-			added++
+			added += len(fresh)
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	// Durable before acknowledged. Receivers may already see the messages;
+	// that is harmless, since only the acknowledgement promises anything.
 	if added > 0 {
-		q.wake.broadcast()
+		q.notify()
+	}
+	if err := q.wal.wait(gen); err != nil {
+		return unavailable("sync", err)
 	}
 	return nil
+}
+
+// dedup records the chunk's IDs in the duplicate window and returns the
+// messages not seen within it (the first of any repeated within the chunk).
+func (q *Queue) dedup(ctx context.Context, tx *sql.Tx, chunk []relay.Message, now time.Time) ([]relay.Message, error) {
+	args := make([]any, 0, 2*len(chunk)+1)
+	expires := now.Add(q.cfg.DuplicateWindow).UnixNano()
+	for i := range chunk {
+		args = append(args, chunk[i].ID, expires)
+	}
+	args = append(args, now.UnixNano())
+	// An ID is new if inserted, or updated because its entry had expired;
+	// RETURNING yields exactly those rows.
+	rows, err := q.stmts.get(ctx, tx, dedupStmt, len(chunk)).QueryContext(ctx, args...)
+	if err != nil {
+		return nil, unavailable("duplicate check", err)
+	}
+	fresh := make(map[string]bool, len(chunk))
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, unavailable("duplicate check", err)
+		}
+		fresh[id] = true
+	}
+	if err := rows.Close(); err != nil {
+		return nil, unavailable("duplicate check", err)
+	}
+	out := chunk[:0:0]
+	for _, m := range chunk {
+		if fresh[m.ID] {
+			out = append(out, m)
+			delete(fresh, m.ID) // a repeat later in the chunk is a duplicate
+		}
+	}
+	return out, nil
+}
+
+// chunkSize is the largest power of two ≤ min(n, maxChunk): batches are
+// split into such chunks so that few distinct statements are ever prepared.
+func chunkSize(n int) int {
+	c := 1
+	for c*2 <= min(n, maxChunk) {
+		c *= 2
+	}
+	return c
+}
+
+// maxChunk is the most rows per multi-row statement (8 parameters each, well
+// under SQLite's variable limit).
+const maxChunk = 256
+
+type stmtKind int
+
+const (
+	insertStmt stmtKind = iota
+	dedupStmt
+)
+
+// stmtCache holds the send connection's prepared multi-row statements, by
+// kind and row count: every power of two up to maxChunk, prepared at open
+// (preparing later would need a second connection while a transaction holds
+// the only one).
+type stmtCache map[[2]int]*sql.Stmt
+
+func prepareStatements(ctx context.Context, db *sql.DB) (stmtCache, error) {
+	c := stmtCache{}
+	for n := 1; n <= maxChunk; n *= 2 {
+		for _, kind := range []stmtKind{insertStmt, dedupStmt} {
+			stmt, err := db.PrepareContext(ctx, statementSQL(kind, n))
+			if err != nil {
+				c.close()
+				return nil, fmt.Errorf("prepare statements: %w", err)
+			}
+			c[[2]int{int(kind), n}] = stmt
+		}
+	}
+	return c, nil
+}
+
+func (c stmtCache) close() error {
+	var errs []error
+	for _, stmt := range c {
+		errs = append(errs, stmt.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// get returns the statement for n rows (a power of two), bound to tx.
+func (c stmtCache) get(ctx context.Context, tx *sql.Tx, kind stmtKind, n int) *sql.Stmt {
+	return tx.StmtContext(ctx, c[[2]int{int(kind), n}])
+}
+
+func statementSQL(kind stmtKind, n int) string {
+	var b strings.Builder
+	switch kind {
+	case insertStmt:
+		b.WriteString(`INSERT INTO messages (message_id, session_id, subject, content_type, properties, body, enqueued_at, visible_at) VALUES `)
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("(?,?,?,?,?,?,?,?)")
+		}
+	case dedupStmt:
+		// An ID is new if inserted, or updated because its entry had
+		// expired; RETURNING yields exactly those rows. The last parameter
+		// is the current time.
+		b.WriteString(`INSERT INTO dedup (message_id, expires_at) VALUES `)
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("(?,?)")
+		}
+		fmt.Fprintf(&b, ` ON CONFLICT(message_id) DO UPDATE SET expires_at = excluded.expires_at WHERE dedup.expires_at <= ?%d RETURNING message_id`, 2*n+1)
+	}
+	return b.String()
 }
 
 // Receive waits until at least one message is available (or ctx ends, or
@@ -380,7 +568,7 @@ func (q *Queue) claim(ctx context.Context, n int) ([]*relay.Received, time.Time,
 	var out []*relay.Received
 	var due time.Time
 	exhausted := 0
-	err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
+	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
 		now := time.Now()
 		nowNS := now.UnixNano()
 		rows, err := tx.QueryContext(ctx, claimQuery, nowNS, n)
@@ -476,7 +664,7 @@ func moveToDeadLetter(ctx context.Context, tx *sql.Tx, seq int64, reason, desc s
 // returns relay.ErrLockLost. Settling wakes receivers: it may have freed the
 // next message of a session.
 func (q *Queue) settleTx(ctx context.Context, m *relay.Received, what string, fn func(tx *sql.Tx, nowNS int64, deliveries int) error) error {
-	err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
+	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
 		nowNS := time.Now().UnixNano()
 		var deliveries int
 		err := tx.QueryRowContext(ctx, `SELECT delivery_count FROM messages WHERE seq = ? AND lock_token = ? AND locked_until > ?`,
@@ -490,7 +678,7 @@ func (q *Queue) settleTx(ctx context.Context, m *relay.Received, what string, fn
 		return fn(tx, nowNS, deliveries)
 	})
 	if err == nil {
-		q.wake.broadcast()
+		q.notify()
 	}
 	return err
 }
@@ -533,7 +721,7 @@ func (q *Queue) DeadLetter(ctx context.Context, m *relay.Received, reason, descr
 // RenewLock extends m's lock by the lock duration and updates m.LockedUntil.
 func (q *Queue) RenewLock(ctx context.Context, m *relay.Received) error {
 	until := time.Now().Add(q.cfg.LockDuration)
-	err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
+	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE messages SET locked_until = ? WHERE seq = ? AND lock_token = ? AND locked_until > ?`,
 			until.UnixNano(), m.SequenceNumber, m.LockToken, time.Now().UnixNano())
 		if err != nil {

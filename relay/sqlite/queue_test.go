@@ -2,10 +2,12 @@ package sqlite_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -99,6 +101,42 @@ func TestConfigValidate(t *testing.T) {
 		tt.change(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", tt.name)
+		}
+	}
+}
+
+// TestSharedFileWakesOtherInstance opens the same file twice, as an ingress
+// process and a worker process do, and checks that a receiver on one is
+// woken promptly by a send on the other (the notification file), not by the
+// one-second safety poll.
+func TestSharedFileWakesOtherInstance(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "shared.db")
+	sender := openTemp(t, sqlite.Config{Path: path})
+	receiver := openTemp(t, sqlite.Config{Path: path})
+	for i := range 5 {
+		got := make(chan time.Duration, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			msgs, err := receiver.Receive(ctx, 1)
+			if err != nil {
+				got <- -1
+				return
+			}
+			got <- time.Since(msgs[0].EnqueuedTime)
+			receiver.Complete(context.Background(), msgs[0])
+		}()
+		time.Sleep(100 * time.Millisecond) // the receiver is waiting
+		if err := sender.SendBatch(context.Background(), []relay.Message{relaytest.Msg(fmt.Sprintf("x-%d", i), "")}); err != nil {
+			t.Fatal(err)
+		}
+		d := <-got
+		if d < 0 {
+			t.Fatal("receiver got nothing")
+		}
+		if d > 250*time.Millisecond {
+			t.Errorf("round %d: woken %v after the send on the other instance", i, d)
 		}
 	}
 }

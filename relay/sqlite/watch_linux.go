@@ -1,20 +1,17 @@
 package sqlite
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // watcher calls fn whenever the file at path is written, by any process,
-// using inotify on its directory (the file itself may not exist yet, and
-// SQLite recreates the write-ahead log after a checkpoint truncates it).
+// using inotify. Unread events for the file coalesce, so a burst of writes
+// costs the watcher one wake-up.
 type watcher struct {
 	f  *os.File
 	wg sync.WaitGroup
@@ -25,10 +22,9 @@ func watch(path string, fn func()) (*watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inotify: %w", err)
 	}
-	dir, name := filepath.Dir(path), []byte(filepath.Base(path))
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MODIFY|unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_MODIFY); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("inotify watch %s: %w", dir, err)
+		return nil, fmt.Errorf("inotify watch %s: %w", path, err)
 	}
 	// A non-blocking descriptor in an *os.File is served by the runtime
 	// poller, so Close interrupts the blocked Read.
@@ -36,27 +32,15 @@ func watch(path string, fn func()) (*watcher, error) {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+		buf := make([]byte, 64*unix.SizeofInotifyEvent)
 		for {
-			n, err := w.f.Read(buf)
-			if err != nil {
+			if _, err := w.f.Read(buf); err != nil {
 				if !errors.Is(err, os.ErrClosed) {
-					fn() // fall back to the receivers' safety poll
+					fn() // receivers fall back to their safety poll
 				}
 				return
 			}
-			hit := false
-			for off := 0; off+unix.SizeofInotifyEvent <= n; {
-				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
-				nameBytes := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
-				if ev.Mask&unix.IN_Q_OVERFLOW != 0 || bytes.Equal(bytes.TrimRight(nameBytes, "\x00"), name) {
-					hit = true
-				}
-				off += unix.SizeofInotifyEvent + int(ev.Len)
-			}
-			if hit {
-				fn()
-			}
+			fn()
 		}
 	}()
 	return w, nil

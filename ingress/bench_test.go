@@ -1,0 +1,181 @@
+package ingress_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+)
+
+// benchTokens signs n distinct valid tokens up front: signing is far more
+// expensive than verifying and must not be measured.
+func benchTokens(b *testing.B, iss *devissuer.Issuer, n int) []string {
+	b.Helper()
+	toks := make([]string, n)
+	for i := range toks {
+		toks[i] = sign(b, iss, claims(iss))
+	}
+	return toks
+}
+
+// BenchmarkACSCallbacks measures POST /acs/callbacks with an RS256 token and
+// one event, from many concurrent senders:
+//
+//   - verify-only: a bare handler that checks the token and reads the body,
+//     the baseline (RSA verification is the physical limit);
+//   - durable: the real ingress (Echo, verification, parsing, normalizing) and
+//     group commit into the SQLite queue with fsync, answering only after the
+//     commit.
+//
+// Compare the two with benchstat; the target is durable ≥ 0.7 × verify-only.
+func BenchmarkACSCallbacks(b *testing.B) {
+	benchACS(b, func(b *testing.B, toks []string, h http.Handler) {
+		var seq atomic.Int64
+		b.ReportAllocs()
+		b.SetParallelism(64)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := seq.Add(1)
+				body := strings.Replace(callConnected, "evt-1", fmt.Sprintf("evt-%d", i), 1)
+				req := httptest.NewRequest(http.MethodPost, "/acs/callbacks", strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+toks[i%int64(len(toks))])
+				req.Header.Set("Content-Type", "application/json")
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkACSCallbacksLoopback is BenchmarkACSCallbacks over real HTTP on
+// loopback: a keep-alive client in the same process posts to a listening
+// server, so both sides of the HTTP exchange cost what they cost in
+// production.
+func BenchmarkACSCallbacksLoopback(b *testing.B) {
+	benchACS(b, func(b *testing.B, toks []string, h http.Handler) {
+		srv := httptest.NewServer(h)
+		defer srv.Close()
+		client := &http.Client{Transport: &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512}}
+		defer client.CloseIdleConnections()
+		var seq atomic.Int64
+		b.ReportAllocs()
+		b.SetParallelism(128)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := seq.Add(1)
+				body := strings.Replace(callConnected, "evt-1", fmt.Sprintf("evt-%d", i), 1)
+				req, _ := http.NewRequest(http.MethodPost, srv.URL+"/acs/callbacks", strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+toks[i%int64(len(toks))])
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+		})
+	})
+}
+
+// benchACS runs fn against the verify-only baseline and the durable
+// ingress, in one process so both see the same machine.
+func benchACS(b *testing.B, fn func(b *testing.B, toks []string, h http.Handler)) {
+	iss := newIssuer(b)
+	acs := newACS(b, iss, ingress.ACSConfig{}, true)
+	toks := benchTokens(b, iss, 512)
+
+	b.Run("verify-only", func(b *testing.B) {
+		defer reportCPU(b)()
+		fn(b, toks, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := acs.Verify(r); err != nil {
+				http.Error(w, err.Error(), http.StatusUnauthorized)
+				return
+			}
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusOK)
+		}))
+	})
+	b.Run("durable", func(b *testing.B) {
+		defer reportCPU(b)()
+		q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "q.db")}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer q.Close()
+		reg := prometheus.NewRegistry()
+		batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2}, relay.NewMetrics(reg))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer batcher.Close()
+		s, err := ingress.New(ingress.Config{Publisher: batcher, ACSVerifiers: []ingress.Verifier{acs}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		fn(b, toks, s.Handler())
+		b.StopTimer()
+		reportCommits(b, reg)
+	})
+}
+
+// reportCommits adds the mean group-commit size and duration to the
+// benchmark's output.
+func reportCommits(b *testing.B, reg *prometheus.Registry) {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			h := m.GetHistogram()
+			if h == nil || h.GetSampleCount() == 0 {
+				continue
+			}
+			mean := h.GetSampleSum() / float64(h.GetSampleCount())
+			switch mf.GetName() {
+			case "hookbridge_queue_commit_messages":
+				b.ReportMetric(mean, "msgs/commit")
+			case "hookbridge_queue_commit_duration_seconds":
+				b.ReportMetric(mean*1e6, "µs/commit")
+			case "hookbridge_enqueue_duration_seconds":
+				b.ReportMetric(mean*1e6, "µs/enqueue")
+			}
+		}
+	}
+}
+
+// reportCPU reports the process's CPU time (user and system) per operation
+// from now until the returned function runs: how much work a request costs,
+// whatever the pipelining.
+func reportCPU(b *testing.B) func() {
+	start := cpuTime()
+	return func() {
+		b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

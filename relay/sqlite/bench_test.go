@@ -1,0 +1,111 @@
+package sqlite_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+)
+
+// benchMessage is about the size of a normalized Call Automation event.
+func benchMessage(i int64) relay.Message {
+	id := fmt.Sprintf("evt-%012d", i)
+	return relay.Message{
+		ID:          id,
+		SessionID:   fmt.Sprintf("call-%d", i%64),
+		Subject:     "Microsoft.Communication.PlayCompleted",
+		ContentType: "application/cloudevents+json; charset=utf-8",
+		Body:        []byte(`{"specversion":"1.0","id":"` + id + `","source":"calling/callConnections/401f3500-62bd-46b9-8c09-c8ad9ba04d91","type":"Microsoft.Communication.PlayCompleted","data":{"pad":"` + strings.Repeat("x", 600) + `"}}`),
+		Properties:  map[string]any{relay.PropType: "Microsoft.Communication.PlayCompleted", relay.PropID: id, relay.PropSource: "calling/callConnections/401f3500"},
+	}
+}
+
+func openBench(b *testing.B) *sqlite.Queue {
+	b.Helper()
+	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "q.db")}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { q.Close() })
+	return q
+}
+
+// BenchmarkSendBatch is one durable commit of n messages; events/s is the
+// queue's enqueue throughput at that batch size.
+func BenchmarkSendBatch(b *testing.B) {
+	for _, n := range []int{1, 16, 128} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			q := openBench(b)
+			var seq int64
+			batch := make([]relay.Message, n)
+			b.ResetTimer()
+			for range b.N {
+				for j := range batch {
+					seq++
+					batch[j] = benchMessage(seq)
+				}
+				if err := q.SendBatch(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkPublishParallel is enqueue throughput through group commit with
+// many concurrent publishers of one event each, as the ingress does.
+func BenchmarkPublishParallel(b *testing.B) {
+	q := openBench(b)
+	batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer batcher.Close()
+	var seq atomic.Int64
+	b.SetParallelism(64)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := batcher.Publish(context.Background(), []relay.Message{benchMessage(seq.Add(1))}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkReceiveComplete drains a pre-filled queue with a receiver taking
+// up to 32 messages at a time and completing each.
+func BenchmarkReceiveComplete(b *testing.B) {
+	q := openBench(b)
+	var batch []relay.Message
+	for i := range int64(b.N) {
+		batch = append(batch, benchMessage(i))
+		if len(batch) == 256 || i == int64(b.N)-1 {
+			if err := q.SendBatch(context.Background(), batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		msgs, err := q.Receive(context.Background(), 32)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := q.Complete(context.Background(), m); err != nil {
+				b.Fatal(err)
+			}
+		}
+		done += len(msgs)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
