@@ -76,7 +76,7 @@ func (s *walSyncer) close() error { return s.f.Close() }
 // checkpointEvery is how often the background checkpointer copies the
 // write-ahead log into the database. Commits never checkpoint themselves
 // (wal_autocheckpoint is off), so no acknowledged send waits for one.
-const checkpointEvery = 250 * time.Millisecond
+const checkpointEvery = time.Second
 
 // checkpointLoop runs passive checkpoints until the queue closes. A passive
 // checkpoint never blocks writers or readers; once it has copied every frame,
