@@ -216,4 +216,3 @@ func BenchmarkEndToEndLatency(b *testing.B) {
 		})
 	}
 }
-
