@@ -38,7 +38,6 @@ func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string) {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may finish")
 	fs.IntVar(&f.batchMax, "batch-max-messages", 512, "most events in one group commit")
 	fs.DurationVar(&f.batchLinger, "batch-linger", 0, "how long a group commit waits for more requests (0: commit as soon as the queue is free)")
-	fs.BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 }
 
 // acsFlags are the Call Automation verifier's settings.
@@ -112,6 +111,7 @@ once all its events are durably in the queue.`,
 		},
 	}
 	f.register(cmd.Flags(), ":8080")
+	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 	acs.register(cmd.Flags())
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, "queue URL: sqlite:<path>[?options]")
