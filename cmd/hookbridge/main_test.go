@@ -21,6 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/hookbridge/hookbridge/ingress/devissuer"
 )
 
@@ -370,5 +373,22 @@ func TestIngressAndWorkerProcesses(t *testing.T) {
 	}
 	if lines != n {
 		t.Errorf("%d access log lines for %d requests", lines, n)
+	}
+}
+
+// TestREADMEListsEveryFlag keeps the README's configuration reference true:
+// every flag of every command is documented there.
+func TestREADMEListsEveryFlag(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []*cobra.Command{ingressCommand(nil), workerCommand(nil), devCommand(nil)} {
+		cmd.Flags().VisitAll(func(f *pflag.Flag) {
+			if !bytes.Contains(readme, []byte("`--"+f.Name+"`")) {
+				t.Errorf("README does not document %s --%s", cmd.Name(), f.Name)
+			}
+		})
 	}
 }
