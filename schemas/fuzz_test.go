@@ -67,3 +67,25 @@ func FuzzParseCallAutomation(f *testing.F) {
 		checkParsed(t, events, err)
 	})
 }
+
+func FuzzParseEventGrid(f *testing.F) {
+	addInputs(f, "eventgrid")
+	f.Add([]byte(`[{"id":"1","topic":"/t","eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"abc"}}]`))
+	f.Add([]byte(`[{"id":"1","topic":"/t","eventType":"T","data":null,"dataVersion":""}]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		events, err := schemas.ParseEventGrid(body, eventGridProvenance)
+		checkParsed(t, events, err)
+	})
+}
+
+func FuzzParseCloudEvents(f *testing.F) {
+	addInputs(f, "cloudevents")
+	f.Add([]byte(minimal))
+	f.Add([]byte("[" + minimal + "]"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		events, err := schemas.ParseCloudEvent(body, eventGridProvenance)
+		checkParsed(t, events, err)
+		events, err = schemas.ParseCloudEventBatch(body, eventGridProvenance)
+		checkParsed(t, events, err)
+	})
+}

@@ -134,3 +134,52 @@ func TestGoldenCallAutomation(t *testing.T) {
 	t.Parallel()
 	runGolden(t, goldenCase{dir: "callautomation", parse: schemas.ParseCallAutomation, prov: fixedProvenance})
 }
+
+var eventGridProvenance = schemas.Provenance{
+	Received: time.Date(2024, 5, 14, 17, 30, 12, 500_000_000, time.UTC),
+	Route:    schemas.RouteEventGrid,
+	Verifier: "entra-jwt",
+}
+
+func TestGoldenEventGrid(t *testing.T) {
+	t.Parallel()
+	runGolden(t, goldenCase{dir: "eventgrid", parse: schemas.ParseEventGrid, prov: eventGridProvenance})
+}
+
+// TestGoldenCloudEvents parses structured-mode inputs (an object) and
+// batch-mode inputs (an array), as Event Grid sends them with the
+// CloudEvents schema.
+func TestGoldenCloudEvents(t *testing.T) {
+	t.Parallel()
+	runGolden(t, goldenCase{dir: "cloudevents", prov: eventGridProvenance,
+		parse: func(body []byte, p schemas.Provenance) ([]schemas.Event, error) {
+			if bytes.HasPrefix(bytes.TrimSpace(body), []byte("[")) {
+				return schemas.ParseCloudEventBatch(body, p)
+			}
+			return schemas.ParseCloudEvent(body, p)
+		}})
+}
+
+// TestIncomingCallSharesTheCallsKey checks the property the ordering rests
+// on: IncomingCall, delivered by Event Grid, and the call's Call Automation
+// callbacks get the same partition key.
+func TestIncomingCallSharesTheCallsKey(t *testing.T) {
+	t.Parallel()
+	body, err := os.ReadFile("testdata/eventgrid/IncomingCall.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := schemas.ParseEventGrid(body, eventGridProvenance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := `[{"specversion":"1.0","id":"x","source":"calling/callConnections/c","type":"Microsoft.Communication.CallConnected",
+		"data":{"callConnectionId":"c","correlationId":"d9a0a1b2-5c6d-4e7f-8a9b-0c1d2e3f4a5b"}}]`
+	cbs, err := schemas.ParseCallAutomation([]byte(cb), fixedProvenance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev[0].PartitionKey == "" || ev[0].PartitionKey != cbs[0].PartitionKey {
+		t.Errorf("IncomingCall key %q, callback key %q", ev[0].PartitionKey, cbs[0].PartitionKey)
+	}
+}

@@ -197,3 +197,32 @@ func BenchmarkParseCallAutomation(b *testing.B) {
 		}
 	}
 }
+
+func TestParseEventGridErrors(t *testing.T) {
+	t.Parallel()
+	const ok = `{"id":"1","topic":"/t","subject":"s","eventType":"T","eventTime":"2024-01-01T00:00:00Z","data":{},"dataVersion":"1.0","metadataVersion":"1"}`
+	tests := []struct {
+		name, body string
+		want       error
+		contains   string
+	}{
+		{"missing id", `[{"topic":"/t","eventType":"T"}]`, schemas.ErrInvalidEvent, `"id" is required`},
+		{"missing topic", `[{"id":"1","eventType":"T"}]`, schemas.ErrInvalidEvent, `"topic" is required`},
+		{"missing eventType", `[{"id":"1","topic":"/t"}]`, schemas.ErrInvalidEvent, `"eventType" is required`},
+		{"bad eventTime", `[{"id":"1","topic":"/t","eventType":"T","eventTime":"noon"}]`, schemas.ErrInvalidEvent, "RFC 3339"},
+		{"numeric subject", `[{"id":"1","topic":"/t","eventType":"T","subject":5}]`, schemas.ErrInvalidEvent, `"subject" must be a string`},
+		{"empty array", `[]`, schemas.ErrNoEvents, "empty"},
+		{"not json", `{`, schemas.ErrMalformed, "invalid JSON"},
+		{"second bad", `[` + ok + `,{"id":"2"}]`, schemas.ErrInvalidEvent, "event 1"},
+	}
+	for _, tt := range tests {
+		events, err := schemas.ParseEventGrid([]byte(tt.body), eventGridProvenance)
+		if !errors.Is(err, tt.want) || events != nil || !strings.Contains(err.Error(), tt.contains) {
+			t.Errorf("%s: err = %v, want %v mentioning %q", tt.name, err, tt.want, tt.contains)
+		}
+	}
+	events, err := schemas.ParseEventGrid([]byte(ok), eventGridProvenance)
+	if err != nil || len(events) != 1 || events[0].DataVersion != "1.0" || events[0].Source != "/t" {
+		t.Errorf("single object: %v %+v", err, events)
+	}
+}
