@@ -110,11 +110,6 @@ func NewACSVerifier(cfg ACSConfig) (*ACSVerifier, error) {
 	}, nil
 }
 
-// Verifier names, as recorded in the hookbridgeverifier extension.
-const (
-	VerifierACS = "acs-jwt"
-)
-
 // Name implements Verifier.
 func (v *ACSVerifier) Name() string { return VerifierACS }
 
@@ -125,79 +120,14 @@ func (v *ACSVerifier) Ready() bool { return v.keys.ready() }
 func (v *ACSVerifier) Run(ctx context.Context) error { return v.keys.Run(ctx) }
 
 // Verify checks the request's bearer token.
-func (v *ACSVerifier) Verify(r *http.Request) error {
-	_, err := verifyJWT(r, v.keys, v.parser, &jwt.RegisteredClaims{})
-	return err
-}
-
-// verifyJWT is the shared bearer-token check of the JWT verifiers. The
-// issuer is checked against the key set's discovered issuer by the caller's
-// claims check (done here for RegisteredClaims).
-func verifyJWT(r *http.Request, keys *keySource, parser *jwt.Parser, claims jwt.Claims) (*jwt.Token, error) {
-	raw, err := bearerToken(r)
+func (v *ACSVerifier) Verify(r *http.Request) (Credential, error) {
+	var claims jwt.RegisteredClaims
+	raw, err := verifyJWT(r, v.keys, v.parser, &claims, func(iss string, set *keySet) bool { return iss == set.issuer })
 	if err != nil {
-		return nil, err
+		return Credential{}, err
 	}
-	set := keys.current.Load()
-	if set == nil {
-		return nil, unavailable(CauseKeysUnavailable, "signing keys are not loaded yet; retry later", 5*time.Second,
-			fmt.Errorf("%s: keys not loaded", keys.cfg.name))
-	}
-	kf, _ := keys.keyfunc(r.Context(), set)
-	tok, err := parser.ParseWithClaims(raw, claims, kf)
-	if err != nil {
-		return nil, jwtError(keys, err)
-	}
-	iss, err := claims.GetIssuer()
-	if err != nil || iss != set.issuer {
-		return nil, unauthorized(CauseWrongIssuer, "token issuer is not accepted", fmt.Errorf("issuer %q, want %q", iss, set.issuer))
-	}
-	return tok, nil
+	return Credential{Token: raw, Expires: claims.ExpiresAt.Time}, nil
 }
 
-// bearerToken extracts the token of an "Authorization: Bearer" header.
-func bearerToken(r *http.Request) (string, error) {
-	h := r.Header.Values("Authorization")
-	if len(h) == 0 {
-		return "", unauthorized(CauseMissingCredentials, "missing Authorization header; send Authorization: Bearer <token>", nil)
-	}
-	if len(h) > 1 {
-		return "", unauthorized(CauseInvalidToken, "more than one Authorization header", nil)
-	}
-	scheme, tok, ok := strings.Cut(h[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", unauthorized(CauseInvalidToken, "Authorization header is not a Bearer token", nil)
-	}
-	tok = strings.TrimSpace(tok)
-	if tok == "" {
-		return "", unauthorized(CauseMissingCredentials, "empty bearer token", nil)
-	}
-	if len(tok) > MaxTokenBytes {
-		return "", unauthorized(CauseInvalidToken, "bearer token too large", fmt.Errorf("token of %d bytes", len(tok)))
-	}
-	return tok, nil
-}
+func (*ACSVerifier) bearer() {}
 
-// jwtError maps a parse or validation failure to its response.
-func jwtError(keys *keySource, err error) *Error {
-	switch {
-	case errors.Is(err, errRefreshBudget):
-		return unavailable(CauseKeysUnavailable, "token signed with a key not loaded yet; retry later", keys.refreshRetryAfter(), err)
-	case errors.Is(err, errKeysUnreachable):
-		return unavailable(CauseKeysUnavailable, "token signed with a key not loaded yet and the key endpoint is unreachable; retry later", 30*time.Second, err)
-	case errors.Is(err, errUnknownKID):
-		return unauthorized(CauseUnknownKey, "token signed with an unknown key", err)
-	case errors.Is(err, errHeaderKey):
-		return unauthorized(CauseForbiddenHeader, "token header names its own key (jku, x5u, jwk, x5c); not accepted", err)
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return unauthorized(CauseTokenExpired, "token expired", err)
-	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return unauthorized(CauseTokenNotYetValid, "token not valid yet (nbf or iat in the future)", err)
-	case errors.Is(err, jwt.ErrTokenInvalidAudience):
-		return unauthorized(CauseWrongAudience, "token audience is not accepted", err)
-	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
-		return unauthorized(CauseWrongIssuer, "token issuer is not accepted", err)
-	default:
-		return unauthorized(CauseInvalidToken, "invalid token", err)
-	}
-}

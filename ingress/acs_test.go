@@ -5,9 +5,11 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,10 +19,14 @@ import (
 	"github.com/hookbridge/hookbridge/ingress/devissuer"
 )
 
-// claims returns valid ACS-shaped claims for iss.
+var jti atomic.Int64
+
+// claims returns valid ACS-shaped claims for iss, each set unique (so no
+// two signed tokens are the same).
 func claims(iss *devissuer.Issuer) jwt.MapClaims {
 	now := time.Now()
 	return jwt.MapClaims{
+		"jti": fmt.Sprint(jti.Add(1)),
 		"iss": iss.Issuer(),
 		"aud": testAudience,
 		"iat": now.Unix(),

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -159,4 +160,17 @@ func do(t testing.TB, h http.Handler, req *http.Request) response {
 	r := response{status: rec.Code, header: rec.Header(), raw: string(raw)}
 	json.Unmarshal(raw, &r.body)
 	return r
+}
+
+func mustPrefixes(t testing.TB, cidrs ...string) []netip.Prefix {
+	t.Helper()
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
 }

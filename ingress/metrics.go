@@ -12,7 +12,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookbridge_ingress_requests_total",
-			Help: "Requests by route, outcome (accepted, rejected: 4xx, failed: 5xx and 429) and cause of rejection or failure.",
+			Help: "Requests by route, outcome (accepted; handshake: Event Grid validation, abuse protection or deletion notice; rejected: 4xx; failed: 5xx and 429) and cause.",
 		}, []string{"route", "outcome", "cause"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hookbridge_ingress_request_duration_seconds",

@@ -9,6 +9,9 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,18 +23,6 @@ import (
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
-
-// Verifier proves where a request came from. Verify inspects the request's
-// headers and URL (never its body) and returns nil, or an *Error: 401 for
-// bad credentials, 503 when it cannot decide yet (keys not loaded).
-// Implementations are safe for concurrent use.
-type Verifier interface {
-	// Name is recorded in each event's hookbridgeverifier extension.
-	Name() string
-	Verify(r *http.Request) error
-	// Ready reports whether the verifier can decide (keys loaded).
-	Ready() bool
-}
 
 // Publisher durably enqueues events. PublishEvents returns nil only once the
 // queue has every event; an error wrapping relay.ErrMessageTooLarge means an
@@ -55,6 +46,29 @@ type Config struct {
 	// ACSVerifiers guard POST /acs/callbacks; every one must pass. The route
 	// is served only when at least one is configured (or Insecure is set).
 	ACSVerifiers []Verifier
+	// EventGridVerifiers guard POST and OPTIONS /eventgrid, likewise.
+	EventGridVerifiers []Verifier
+	// ReplayCacheSize bounds the Call Automation replay defence: how many
+	// live tokens are remembered with the body they delivered. Default
+	// DefaultReplayCacheSize; negative turns the defence off. It applies when
+	// an /acs/callbacks verifier yields bearer tokens.
+	ReplayCacheSize int
+	// EventGridAllowedOrigins are the origins the CloudEvents abuse-protection
+	// handshake consents to ("*" for any). Default eventgrid.azure.net.
+	EventGridAllowedOrigins []string
+	// EventGridAllowedRate is the WebHook-Allowed-Rate answered to the
+	// handshake: requests per minute, or "*". Default "*".
+	EventGridAllowedRate string
+	// RateLimit is the requests per second allowed per client IP, with
+	// bursts of RateBurst; zero turns per-client limiting off (the default:
+	// ACS and Event Grid deliver from a few shared Azure addresses). Excess
+	// requests get 429 with Retry-After.
+	RateLimit float64
+	RateBurst int
+	// TrustedProxies are the networks of reverse proxies whose
+	// X-Forwarded-For header names the client; without any, the client is
+	// the TCP peer.
+	TrustedProxies []netip.Prefix
 	// InsecureAllowUnauthenticated serves routes with no verifier, accepting
 	// anyone. Development only: it is logged loudly at start and on every
 	// request.
@@ -90,6 +104,8 @@ const (
 	DefaultMaxHeaderBytes        = 64 << 10
 	DefaultMaxConcurrentRequests = 1024
 	DefaultEnqueueTimeout        = 10 * time.Second
+	DefaultReplayCacheSize       = 500_000
+	DefaultEventGridOrigin       = "eventgrid.azure.net"
 )
 
 // Validate reports the first invalid setting.
@@ -97,8 +113,12 @@ func (c Config) Validate() error {
 	switch {
 	case c.Publisher == nil:
 		return errors.New("ingress: no publisher (queue) configured")
-	case len(c.ACSVerifiers) == 0 && !c.InsecureAllowUnauthenticated:
-		return errors.New("ingress: no verifier configured for any route; configure one (e.g. --acs-audience for Call Automation JWTs) or, for development only, pass --insecure-allow-unauthenticated")
+	case len(c.ACSVerifiers) == 0 && len(c.EventGridVerifiers) == 0 && !c.InsecureAllowUnauthenticated:
+		return errors.New("ingress: no verifier configured for any route; configure one (--acs-audience, --eventgrid-entra-tenant with --eventgrid-entra-audience, or API keys) or, for development only, pass --insecure-allow-unauthenticated")
+	case c.RateLimit < 0 || c.RateBurst < 0:
+		return fmt.Errorf("ingress: rate limit %g/s burst %d: must not be negative", c.RateLimit, c.RateBurst)
+	case c.EventGridAllowedRate != "" && c.EventGridAllowedRate != "*" && !isPositiveInt(c.EventGridAllowedRate):
+		return fmt.Errorf("ingress: Event Grid allowed rate %q: use a positive number of requests per minute or *", c.EventGridAllowedRate)
 	case c.MaxBodyBytes < 0 || c.MaxBodyBytes > 64<<20:
 		return fmt.Errorf("ingress: max body %d bytes: must be between 1 and %d", c.MaxBodyBytes, 64<<20)
 	case c.MaxHeaderBytes < 0:
@@ -144,6 +164,23 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ReplayCacheSize == 0 {
+		c.ReplayCacheSize = DefaultReplayCacheSize
+	}
+	if len(c.EventGridAllowedOrigins) == 0 {
+		c.EventGridAllowedOrigins = []string{DefaultEventGridOrigin}
+	}
+	if c.EventGridAllowedRate == "" {
+		c.EventGridAllowedRate = "*"
+	}
+	if c.RateLimit > 0 && c.RateBurst == 0 {
+		c.RateBurst = max(1, int(c.RateLimit))
+	}
+}
+
+func isPositiveInt(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n > 0
 }
 
 // route is one served event route.
@@ -152,6 +189,7 @@ type route struct {
 	name      string // schemas.Route*
 	verifiers []Verifier
 	verifier  string // names joined by "+", or "insecure"
+	replay    *replayGuard
 }
 
 // Server is the public listener: Echo with the event routes.
@@ -162,6 +200,7 @@ type Server struct {
 	metrics  *metrics
 	routes   []*route
 	slots    chan struct{}
+	limiter  *clientLimiter
 	bufs     sync.Pool
 	draining atomic.Bool
 }
@@ -183,32 +222,56 @@ func New(cfg Config) (*Server, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.IPExtractor = echo.ExtractIPDirect()
+	if len(cfg.TrustedProxies) > 0 {
+		opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+		for _, p := range cfg.TrustedProxies {
+			opts = append(opts, echo.TrustIPRange(prefixNet(p)))
+		}
+		e.IPExtractor = echo.ExtractIPFromXFFHeader(opts...)
+	}
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.observe, s.limitConcurrency)
+	if cfg.RateLimit > 0 {
+		s.limiter = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
+		e.Use(s.limitRate)
+	}
 	e.GET(PathHealthz, func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 
 	if r := s.newRoute(PathACSCallbacks, schemas.RouteACSCallbacks, cfg.ACSVerifiers); r != nil {
+		if cfg.ReplayCacheSize > 0 && slices.ContainsFunc(r.verifiers, isBearer) {
+			r.replay = newReplayGuard(cfg.ReplayCacheSize)
+		}
 		e.POST(r.path, func(c echo.Context) error {
 			return s.ingest(c, r, acsMediaTypes, func(body []byte, _ string, p schemas.Provenance) ([]schemas.Event, error) {
 				return schemas.ParseCallAutomation(body, p)
 			})
 		})
 	}
+	if r := s.newRoute(PathEventGrid, schemas.RouteEventGrid, cfg.EventGridVerifiers); r != nil {
+		e.POST(r.path, func(c echo.Context) error { return s.eventGrid(c, r) })
+		e.OPTIONS(r.path, func(c echo.Context) error { return s.eventGridOptions(c, r) })
+	}
 	s.echo = e
 	return s, nil
+}
+
+func isBearer(v Verifier) bool {
+	_, ok := v.(bearerVerifier)
+	return ok
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 func (s *Server) newRoute(path, name string, verifiers []Verifier) *route {
 	r := &route{path: path, name: name, verifiers: verifiers}
 	switch {
 	case len(verifiers) > 0:
-		names := make([]string, len(verifiers))
-		for i, v := range verifiers {
-			names[i] = v.Name()
-		}
-		r.verifier = strings.Join(names, "+")
+		r.verifier = verifierNames(verifiers)
 	case s.cfg.InsecureAllowUnauthenticated:
-		r.verifier = "insecure"
+		r.verifier = VerifierInsecure
 		s.log.Warn("INSECURE: route accepts unauthenticated requests from anyone (--insecure-allow-unauthenticated); never use this in production", "route", path)
 	default:
 		return nil
@@ -280,41 +343,85 @@ var acsMediaTypes = map[string]bool{
 type parseFunc func(body []byte, mediaType string, p schemas.Provenance) ([]schemas.Event, error)
 
 // ingest is the pipeline of every event route: verify → content type →
-// bounded body → parse → publish → 200.
+// bounded body → replay check → parse → publish → 200.
 func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse parseFunc) error {
 	req := c.Request()
 	received := time.Now()
-	if r.verifier == "insecure" {
-		s.log.Warn("INSECURE: accepting an unauthenticated request", "route", r.path, "remote_ip", c.RealIP())
-	}
-	for _, v := range r.verifiers {
-		if err := v.Verify(req); err != nil {
-			return err
-		}
+	creds, err := s.verify(c, r, false)
+	if err != nil {
+		return err
 	}
 	mt, err := mediaType(req.Header.Get("Content-Type"), media)
 	if err != nil {
 		return err
 	}
-	buf := s.bufs.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer func() {
-		if buf.Cap() <= 2*DefaultMaxBodyBytes {
-			s.bufs.Put(buf)
-		}
-	}()
+	buf := s.getBuffer()
+	defer s.putBuffer(buf)
 	if err := readBody(c, buf, s.cfg.MaxBodyBytes); err != nil {
 		return err
 	}
+	var release func(accepted bool)
+	if r.replay != nil {
+		var seen bool
+		if seen, release, err = r.replay.check(creds, buf.Bytes()); err != nil {
+			return err
+		}
+		if seen {
+			// This token already delivered this very body: it is queued.
+			return c.JSON(http.StatusOK, map[string]int{"accepted": 0})
+		}
+	}
 	events, err := parse(buf.Bytes(), mt, schemas.Provenance{Received: received, Route: r.name, Verifier: r.verifier})
 	if err != nil {
+		if release != nil {
+			release(false)
+		}
 		return parseError(err)
 	}
-	if err := s.publish(req.Context(), r, events); err != nil {
+	err = s.publish(req.Context(), r, events)
+	if release != nil {
+		release(err == nil) // a token whose events were not queued stays usable
+	}
+	if err != nil {
 		return err
 	}
 	setEvents(c, len(events))
 	return c.JSON(http.StatusOK, map[string]int{"accepted": len(events)})
+}
+
+// verify runs the route's verifiers; every one must pass. On a handshake
+// (which enqueues nothing) a bearer-token verifier is skipped when the
+// request has no Authorization header.
+func (s *Server) verify(c echo.Context, r *route, handshake bool) ([]Credential, error) {
+	req := c.Request()
+	if r.verifier == VerifierInsecure {
+		s.log.Warn("INSECURE: accepting an unauthenticated request", "route", r.path, "remote_ip", c.RealIP())
+		return nil, nil
+	}
+	creds := make([]Credential, 0, len(r.verifiers))
+	for _, v := range r.verifiers {
+		if handshake && isBearer(v) && req.Header.Get("Authorization") == "" {
+			continue
+		}
+		cred, err := v.Verify(req)
+		if err != nil {
+			return nil, err
+		}
+		creds = append(creds, cred)
+	}
+	return creds, nil
+}
+
+func (s *Server) getBuffer() *bytes.Buffer {
+	buf := s.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	return buf
+}
+
+func (s *Server) putBuffer(buf *bytes.Buffer) {
+	if buf.Cap() <= 2*DefaultMaxBodyBytes {
+		s.bufs.Put(buf)
+	}
 }
 
 // publish hands events to the queue and waits for the commit.
@@ -406,9 +513,21 @@ func (s *Server) limitConcurrency(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-const eventsKey = "hookbridge.events"
+const (
+	eventsKey  = "hookbridge.events"
+	outcomeKey = "hookbridge.outcome"
+
+	outcomeAccepted  = "accepted"
+	outcomeHandshake = "handshake"
+	outcomeRejected  = "rejected"
+	outcomeFailed    = "failed"
+)
 
 func setEvents(c echo.Context, n int) { c.Set(eventsKey, n) }
+
+// setOutcome records a successful request that is not an event delivery,
+// e.g. an Event Grid handshake, for metrics and the access log.
+func setOutcome(c echo.Context, outcome, cause string) { c.Set(outcomeKey, [2]string{outcome, cause}) }
 
 // observe records metrics and writes the access log line of every request;
 // errors are rendered here, so the final status is known.
@@ -426,12 +545,15 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			path = "unmatched"
 		}
 		status := c.Response().Status
-		outcome, cause := "accepted", ""
+		outcome, cause := outcomeAccepted, ""
+		if oc, ok := c.Get(outcomeKey).([2]string); ok {
+			outcome, cause = oc[0], oc[1]
+		}
 		if herr != nil {
 			cause = herr.Cause
-			outcome = "rejected"
+			outcome = outcomeRejected
 			if herr.Status >= 500 || herr.Status == http.StatusTooManyRequests {
-				outcome = "failed"
+				outcome = outcomeFailed
 			}
 		}
 		d := time.Since(start)
@@ -447,6 +569,9 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if n, ok := c.Get(eventsKey).(int); ok {
 			attrs = append(attrs, slog.Int("events", n))
+		}
+		if outcome == outcomeHandshake {
+			attrs = append(attrs, slog.String("handshake", cause))
 		}
 		level := slog.LevelInfo
 		if herr != nil {
@@ -472,7 +597,7 @@ func (s *Server) toError(err error) *Error {
 		case http.StatusNotFound:
 			return &Error{Status: he.Code, Cause: CauseNotFound, Message: "no such route; events go to POST /acs/callbacks or POST /eventgrid"}
 		case http.StatusMethodNotAllowed:
-			return &Error{Status: he.Code, Cause: CauseMethodNotAllowed, Message: "method not allowed on this route; use POST"}
+			return &Error{Status: he.Code, Cause: CauseMethodNotAllowed, Message: "method not allowed on this route; use POST (and OPTIONS on /eventgrid)"}
 		default:
 			return &Error{Status: he.Code, Cause: "http_" + fmt.Sprint(he.Code), Message: http.StatusText(he.Code), Err: err}
 		}

@@ -27,11 +27,11 @@ type staticVerifier struct{ ready bool }
 
 func (staticVerifier) Name() string  { return "test" }
 func (v staticVerifier) Ready() bool { return v.ready }
-func (staticVerifier) Verify(r *http.Request) error {
+func (staticVerifier) Verify(r *http.Request) (ingress.Credential, error) {
 	if r.Header.Get("X-Test-Token") != "ok" {
-		return &ingress.Error{Status: 401, Cause: ingress.CauseMissingCredentials, Message: "no test token"}
+		return ingress.Credential{}, &ingress.Error{Status: 401, Cause: ingress.CauseMissingCredentials, Message: "no test token"}
 	}
-	return nil
+	return ingress.Credential{}, nil
 }
 
 func testRequest(method, path, contentType, body string) *http.Request {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,8 +16,15 @@ import (
 	"github.com/hookbridge/hookbridge/ingress/devissuer"
 )
 
-// devAudience is the ACS resource ID the development issuer signs for.
-const devAudience = "00000000-0000-4000-8000-00000000dev0"
+// Identities the development issuer signs for.
+const (
+	// devAudience is the ACS resource ID of Call Automation tokens.
+	devAudience = "00000000-0000-4000-8000-00000000dev0"
+	// devTenant and devEntraApp are the Entra tenant and webhook
+	// application of Event Grid tokens.
+	devTenant   = "00000000-0000-4000-8000-00000000dev1"
+	devEntraApp = "00000000-0000-4000-8000-00000000dev2"
+)
 
 func devCommand(getenv env) *cobra.Command {
 	var (
@@ -66,14 +72,20 @@ delivered in order (non-zero otherwise).`,
 			if err != nil {
 				return err
 			}
+			entra, err := ingress.NewEntraVerifier(ingress.EntraConfig{Tenant: devTenant, Audiences: []string{devEntraApp},
+				Authority: iss.Issuer(), Logger: log})
+			if err != nil {
+				return err
+			}
+			vs := &verifiers{acs: []ingress.Verifier{acs}, eventGrid: []ingress.Verifier{entra}, runners: []func(context.Context) error{acs.Run, entra.Run}}
 
-			q, err := openQueue(ctx, queueURL, log)
+			q, err := openQueue(ctx, queueURL, getenv, log)
 			if err != nil {
 				return err
 			}
 			defer q.Close()
 			reg := newRegistry()
-			st, err := startIngress(ctx, &f, q, []ingress.Verifier{acs}, reg, log)
+			st, err := startIngress(ctx, &f, q, vs, reg, log)
 			if err != nil {
 				return err
 			}
@@ -107,7 +119,9 @@ delivered in order (non-zero otherwise).`,
 				}
 				return nil
 			})
-			g.Go(func() error { return acs.Run(gctx) })
+			for _, r := range vs.runners {
+				g.Go(func() error { return r(gctx) })
+			}
 			st.run(gctx, g)
 			g.Go(func() error { return worker.Run(gctx) })
 			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, st.srv.Ready), log) })
@@ -117,7 +131,7 @@ delivered in order (non-zero otherwise).`,
 			var demoErr error
 			if demo {
 				g.Go(func() error {
-					demoErr = runDemo(gctx, base, iss, acs, rec, out)
+					demoErr = runDemo(gctx, base, iss, []ingress.Verifier{acs, entra}, rec, out)
 					stop(nil) // the demo is over: shut everything down
 					return nil
 				})
@@ -141,20 +155,28 @@ delivered in order (non-zero otherwise).`,
 }
 
 func printDevHelp(w io.Writer, base, issuer, queueURL, deliver string) {
-	event := `[{"specversion":"1.0","id":"test-1","source":"calling/callConnections/c1","type":"Microsoft.Communication.CallConnected","data":{"callConnectionId":"c1","correlationId":"call-1"}}]`
+	callback := `[{"specversion":"1.0","id":"test-1","source":"calling/callConnections/c1","type":"Microsoft.Communication.CallConnected","data":{"callConnectionId":"c1","correlationId":"call-1"}}]`
+	incoming := `[{"id":"test-0","topic":"/acs","subject":"/caller/x","eventType":"Microsoft.Communication.IncomingCall","eventTime":"2024-01-01T00:00:00Z","dataVersion":"1.0","metadataVersion":"1","data":{"correlationId":"call-1","serverCallId":"s1"}}]`
 	fmt.Fprintf(w, `
 hookbridge dev is running.
-  ingress   %s  (POST /acs/callbacks)
-  issuer    http://%s  (development tokens; the ACS verifier trusts it)
-  queue     %s
-  deliver   %s
+  ingress   %[1]s  (POST /acs/callbacks, POST /eventgrid)
+  issuer    http://%[2]s  (development tokens; the verifiers trust it)
+  queue     %[3]s
+  deliver   %[4]s
 
-Send a signed test event by hand:
-  TOKEN=$(curl -s http://%s%s)
+Send a signed Call Automation callback by hand:
+  TOKEN=$(curl -s http://%[2]s%[5]s)
   curl -i -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    --data '%s' \
-    %s/acs/callbacks
+    --data '%[6]s' \
+    %[1]s/acs/callbacks
+
+Send an IncomingCall as Event Grid would:
+  TOKEN=$(curl -s 'http://%[2]s%[7]s?tenant=%[8]s&aud=%[9]s&appid=%[10]s&v1=true')
+  curl -i -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -H 'aeg-event-type: Notification' \
+    --data '%[11]s' \
+    %[1]s/eventgrid
 
 Stop with Ctrl-C.
-`, base, issuer, queueURL, consumer.Redact(deliver), issuer, devissuer.TokenPath, strings.ReplaceAll(event, "'", `'\''`), base)
+`, base, issuer, queueURL, consumer.Redact(deliver), devissuer.TokenPath, callback,
+		devissuer.EntraTokenPath, devTenant, devEntraApp, ingress.EventGridAppID, incoming)
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,14 @@ import (
 	"github.com/hookbridge/hookbridge/relay"
 )
 
+// Secret environment variables (each also as <NAME>_FILE).
+const (
+	envACSAPIKeys        = "HOOKBRIDGE_ACS_API_KEYS"
+	envEventGridAPIKeys  = "HOOKBRIDGE_EVENTGRID_API_KEYS"
+	envCallbackSigning   = "HOOKBRIDGE_CALLBACK_SIGNING_KEYS"
+	envServiceBusConnStr = "HOOKBRIDGE_SERVICEBUS_CONNECTION_STRING"
+)
+
 // ingressFlags are the public listener's settings.
 type ingressFlags struct {
 	listen          string
@@ -28,6 +37,12 @@ type ingressFlags struct {
 	batchMax        int
 	batchLinger     time.Duration
 	insecure        bool
+	allowedOrigins  []string
+	allowedRate     string
+	rateLimit       float64
+	rateBurst       int
+	trustedProxies  []string
+	replayCacheSize int
 }
 
 func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string) {
@@ -38,23 +53,100 @@ func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string) {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may finish")
 	fs.IntVar(&f.batchMax, "batch-max-messages", 512, "most events in one group commit")
 	fs.DurationVar(&f.batchLinger, "batch-linger", 0, "how long a group commit waits for more requests (0: commit as soon as the queue is free)")
+	fs.StringSliceVar(&f.allowedOrigins, "eventgrid-allowed-origins", []string{ingress.DefaultEventGridOrigin}, "origins the CloudEvents abuse-protection handshake (OPTIONS /eventgrid) consents to; * for any")
+	fs.StringVar(&f.allowedRate, "eventgrid-allowed-rate", "*", "WebHook-Allowed-Rate answered to that handshake: requests per minute, or *")
+	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "requests per second allowed per client IP (0: no per-client limit); excess get 429")
+	fs.IntVar(&f.rateBurst, "rate-burst", 0, "burst allowed above --rate-limit (default: one second's worth)")
+	fs.StringSliceVar(&f.trustedProxies, "trusted-proxies", nil, "CIDRs of reverse proxies whose X-Forwarded-For names the client (for --rate-limit and logs)")
+	fs.IntVar(&f.replayCacheSize, "replay-cache-size", ingress.DefaultReplayCacheSize, "Call Automation tokens remembered with the body they delivered, until they expire (negative: replay defence off)")
 }
 
-// acsFlags are the Call Automation verifier's settings.
-type acsFlags struct {
-	audiences []string
-	oidcURL   string
+// verifierFlags are the settings of the JWT verifiers.
+type verifierFlags struct {
+	acsAudiences   []string
+	acsOIDCURL     string
+	entraTenant    string
+	entraAudiences []string
+	entraAppID     string
+	entraAuthority string
+	entraCacheSize int
 }
 
-func (f *acsFlags) register(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&f.audiences, "acs-audience", nil, "ACS resource immutable resource ID accepted as the JWT audience (repeatable, or comma-separated)")
-	fs.StringVar(&f.oidcURL, "acs-oidc-url", ingress.DefaultACSOIDCURL, "Call Automation OpenID Connect discovery document")
+func (f *verifierFlags) register(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&f.acsAudiences, "acs-audience", nil, "ACS resource immutable resource ID accepted as the Call Automation JWT audience (repeatable, or comma-separated)")
+	fs.StringVar(&f.acsOIDCURL, "acs-oidc-url", ingress.DefaultACSOIDCURL, "Call Automation OpenID Connect discovery document")
+	fs.StringVar(&f.entraTenant, "eventgrid-entra-tenant", "", "Entra tenant ID of the webhook application Event Grid delivers to (secured delivery)")
+	fs.StringSliceVar(&f.entraAudiences, "eventgrid-entra-audience", nil, "that application's client ID or application ID URI, as set on the event subscription")
+	fs.StringVar(&f.entraAppID, "eventgrid-entra-app-id", ingress.EventGridAppID, "the caller required in appid/azp: Event Grid's application ID (Azure Government: 54316b56-3481-47f9-8f30-0300f5542a7b)")
+	fs.StringVar(&f.entraAuthority, "entra-authority", ingress.DefaultEntraAuthority, "Microsoft Entra authority; discovery is <authority>/<tenant>/v2.0/.well-known/openid-configuration")
+	fs.IntVar(&f.entraCacheSize, "entra-cache-size", ingress.DefaultEntraCacheSize, "verified Entra tokens remembered until they expire, so Event Grid's reused token skips the RSA check (negative: off)")
+}
+
+// verifiers are the configured verifiers of both routes and the loops that
+// keep their keys fresh.
+type verifiers struct {
+	acs, eventGrid []ingress.Verifier
+	runners        []func(context.Context) error
+}
+
+// build creates every verifier the flags and secrets configure.
+func (f *verifierFlags) build(getenv env, log *slog.Logger) (*verifiers, error) {
+	vs := &verifiers{}
+	if len(f.acsAudiences) > 0 {
+		v, err := ingress.NewACSVerifier(ingress.ACSConfig{Audiences: f.acsAudiences, OIDCURL: f.acsOIDCURL, Logger: log})
+		if err != nil {
+			return nil, usageError{err}
+		}
+		vs.acs = append(vs.acs, v)
+		vs.runners = append(vs.runners, v.Run)
+	}
+	if f.entraTenant != "" || len(f.entraAudiences) > 0 {
+		v, err := ingress.NewEntraVerifier(ingress.EntraConfig{Tenant: f.entraTenant, Audiences: f.entraAudiences,
+			AppID: f.entraAppID, Authority: f.entraAuthority, CacheSize: f.entraCacheSize, Logger: log})
+		if err != nil {
+			return nil, usageError{err}
+		}
+		vs.eventGrid = append(vs.eventGrid, v)
+		vs.runners = append(vs.runners, v.Run)
+	}
+	for _, k := range []struct {
+		env    string
+		target *[]ingress.Verifier
+	}{{envACSAPIKeys, &vs.acs}, {envEventGridAPIKeys, &vs.eventGrid}} {
+		raw, err := secret(getenv, k.env)
+		if err != nil {
+			return nil, err
+		}
+		if keys := ingress.ParseAPIKeys(raw); len(keys) > 0 {
+			v, err := ingress.NewAPIKeyVerifier(keys)
+			if err != nil {
+				return nil, usageError{fmt.Errorf("%s: %w", k.env, err)}
+			}
+			*k.target = append(*k.target, v)
+		}
+	}
+	raw, err := secret(getenv, envCallbackSigning)
+	if err != nil {
+		return nil, err
+	}
+	if raw != "" {
+		keys, err := ingress.ParseCallbackKeys(raw)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("%s: %w", envCallbackSigning, err)}
+		}
+		v, err := ingress.NewSignedURLVerifier(keys)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		vs.acs = append(vs.acs, v)
+	}
+	return vs, nil
 }
 
 func ingressCommand(getenv env) *cobra.Command {
 	var (
 		f           ingressFlags
-		acs         acsFlags
+		vf          verifierFlags
 		logs        logFlags
 		queueURL    string
 		adminListen string
@@ -62,33 +154,36 @@ func ingressCommand(getenv env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ingress",
 		Short: "Run the public listener: verify, normalize and durably queue events",
-		Long: `Run the public listener (POST /acs/callbacks, GET /healthz) and the private
-admin listener (/healthz, /readyz, /metrics). A request is answered 200 only
-once all its events are durably in the queue.`,
+		Long: `Run the public listener (POST /acs/callbacks, POST and OPTIONS /eventgrid,
+GET /healthz) and the private admin listener (/healthz, /readyz, /metrics).
+A request is answered 200 only once all its events are durably in the queue.
+
+A route is served when at least one verifier is configured for it, and then
+every configured verifier must pass:
+  /acs/callbacks  --acs-audience (Call Automation JWT), $` + envACSAPIKeys + `,
+                  $` + envCallbackSigning + ` (signed callback URLs)
+  /eventgrid      --eventgrid-entra-tenant and --eventgrid-entra-audience
+                  (Microsoft Entra JWT), $` + envEventGridAPIKeys + `
+Secrets come from those environment variables, or from files named by the
+same variables with _FILE appended.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logs.logger(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
+			vs, err := vf.build(getenv, log)
+			if err != nil {
+				return err
+			}
 			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, log)
+			q, err := openQueue(ctx, queueURL, getenv, log)
 			if err != nil {
 				return err
 			}
 			defer q.Close()
 			reg := newRegistry()
-			var verifiers []ingress.Verifier
-			var runners []func(context.Context) error
-			if len(acs.audiences) > 0 {
-				v, err := ingress.NewACSVerifier(ingress.ACSConfig{Audiences: acs.audiences, OIDCURL: acs.oidcURL, Logger: log})
-				if err != nil {
-					return usageError{err}
-				}
-				verifiers = append(verifiers, v)
-				runners = append(runners, v.Run)
-			}
-			st, err := startIngress(ctx, &f, q, verifiers, reg, log)
+			st, err := startIngress(ctx, &f, q, vs, reg, log)
 			if err != nil {
 				return err
 			}
@@ -100,7 +195,7 @@ once all its events are durably in the queue.`,
 			defer adm.Close()
 			log.Info("hookbridge ingress started", "listen", st.addr(), "admin", adm.Addr().String(), "queue", queueURL, "version", version)
 			g, gctx := errgroup.WithContext(ctx)
-			for _, r := range runners {
+			for _, r := range vs.runners {
 				g.Go(func() error { return r(gctx) })
 			}
 			st.run(gctx, g)
@@ -112,7 +207,7 @@ once all its events are durably in the queue.`,
 	}
 	f.register(cmd.Flags(), ":8080")
 	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
-	acs.register(cmd.Flags())
+	vf.register(cmd.Flags())
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, "queue URL: sqlite:<path>[?options]")
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics); never expose it")
@@ -135,16 +230,34 @@ type runningIngress struct {
 
 // startIngress builds the group commit and the server and binds the
 // listener.
-func startIngress(_ context.Context, f *ingressFlags, q queue, verifiers []ingress.Verifier, reg *prometheus.Registry, log *slog.Logger) (*runningIngress, error) {
-	// Two commits in flight: on the embedded queue, one writes while the
-	// previous one's fsync completes (see relay/sqlite's walSyncer).
-	b, err := relay.NewBatcher(q, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout, MaxInFlight: 2}, relay.NewMetrics(reg))
+func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, reg *prometheus.Registry, log *slog.Logger) (*runningIngress, error) {
+	var proxies []netip.Prefix
+	for _, p := range f.trustedProxies {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			addr, aerr := netip.ParseAddr(p)
+			if aerr != nil {
+				return nil, usageError{fmt.Errorf("--trusted-proxies %q: not a CIDR or an IP address", p)}
+			}
+			prefix = netip.PrefixFrom(addr, addr.BitLen())
+		}
+		proxies = append(proxies, prefix)
+	}
+	b, err := relay.NewBatcher(q, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout,
+		MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(reg))
 	if err != nil {
 		return nil, usageError{err}
 	}
 	srv, err := ingress.New(ingress.Config{
 		Publisher:                    b,
-		ACSVerifiers:                 verifiers,
+		ACSVerifiers:                 vs.acs,
+		EventGridVerifiers:           vs.eventGrid,
+		ReplayCacheSize:              f.replayCacheSize,
+		EventGridAllowedOrigins:      f.allowedOrigins,
+		EventGridAllowedRate:         f.allowedRate,
+		RateLimit:                    f.rateLimit,
+		RateBurst:                    f.rateBurst,
+		TrustedProxies:               proxies,
 		InsecureAllowUnauthenticated: f.insecure,
 		MaxBodyBytes:                 f.maxBody,
 		MaxConcurrentRequests:        f.maxConcurrent,

@@ -68,6 +68,7 @@ HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
 		ingressCommand(getenv),
 		workerCommand(getenv),
 		devCommand(getenv),
+		callbackURLCommand(getenv),
 		versionCommand(),
 	)
 	for _, c := range root.Commands() {

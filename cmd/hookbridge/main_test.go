@@ -72,7 +72,7 @@ func TestDemoBinary(t *testing.T) {
 		t.Fatalf("hookbridge dev --demo: %v\nstderr:\n%s", err, stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	wantTypes := []string{"CallConnected", "PlayCompleted", "RecognizeCompleted", "CallDisconnected"}
+	wantTypes := []string{"IncomingCall", "CallConnected", "PlayCompleted", "RecognizeCompleted", "CallDisconnected"}
 	if len(lines) != len(wantTypes) {
 		t.Fatalf("%d delivered events printed, want %d:\n%s", len(lines), len(wantTypes), stdout.String())
 	}
@@ -85,8 +85,12 @@ func TestDemoBinary(t *testing.T) {
 		if e["type"] != "Microsoft.Communication."+wantTypes[i] {
 			t.Errorf("event %d is %v, want %s", i, e["type"], wantTypes[i])
 		}
-		if e["hookbridgeverifier"] != "acs-jwt" {
-			t.Errorf("event %d verified by %v", i, e["hookbridgeverifier"])
+		wantVerifier, wantRoute := "acs-jwt", "acs-callbacks"
+		if i == 0 {
+			wantVerifier, wantRoute = "entra-jwt", "eventgrid"
+		}
+		if e["hookbridgeverifier"] != wantVerifier || e["hookbridgeroute"] != wantRoute {
+			t.Errorf("event %d came by %v, verified by %v", i, e["hookbridgeroute"], e["hookbridgeverifier"])
 		}
 		if i == 0 {
 			key, _ = e["partitionkey"].(string)
@@ -94,7 +98,7 @@ func TestDemoBinary(t *testing.T) {
 			t.Errorf("event %d has partition key %v, want the call's %s", i, e["partitionkey"], key)
 		}
 	}
-	if !strings.Contains(stderr.String(), "delivered all 4 events") {
+	if !strings.Contains(stderr.String(), "delivered all 5 events") || !strings.Contains(stderr.String(), "subscription validated") {
 		t.Errorf("no summary in stderr:\n%s", stderr.String())
 	}
 	t.Logf("demo took %v", time.Since(start))
@@ -384,7 +388,7 @@ func TestREADMEListsEveryFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []*cobra.Command{ingressCommand(nil), workerCommand(nil), devCommand(nil)} {
+	for _, cmd := range []*cobra.Command{ingressCommand(nil), workerCommand(nil), devCommand(nil), callbackURLCommand(nil)} {
 		cmd.Flags().VisitAll(func(f *pflag.Flag) {
 			if !bytes.Contains(readme, []byte("`--"+f.Name+"`")) {
 				t.Errorf("README does not document %s --%s", cmd.Name(), f.Name)

@@ -21,10 +21,19 @@ type queue interface {
 	consumer.Source
 	Ping(ctx context.Context) error
 	Close() error
+	// commitsInFlight is how many group commits may run at once.
+	commitsInFlight() int
 }
 
+// sqliteQueue is the embedded queue as the commands use it.
+type sqliteQueue struct{ *sqlite.Queue }
+
+// commitsInFlight: one commit writes while the previous one's fsync
+// completes (see relay/sqlite's walSyncer).
+func (sqliteQueue) commitsInFlight() int { return 2 }
+
 // openQueue opens the queue named by a --queue URL.
-func openQueue(ctx context.Context, raw string, log *slog.Logger) (queue, error) {
+func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger) (queue, error) {
 	switch {
 	case strings.HasPrefix(raw, "sqlite:"):
 		cfg, err := sqlite.ParseURL(raw)
@@ -35,7 +44,7 @@ func openQueue(ctx context.Context, raw string, log *slog.Logger) (queue, error)
 		if err != nil {
 			return nil, fmt.Errorf("open queue: %w", err)
 		}
-		return q, nil
+		return sqliteQueue{q}, nil
 	default:
 		return nil, usageError{fmt.Errorf("--queue %q: unknown queue URL; use sqlite:<path> (e.g. %s)", raw, DefaultQueue)}
 	}

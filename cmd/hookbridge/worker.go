@@ -85,7 +85,7 @@ throughput.`,
 				return err
 			}
 			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, log)
+			q, err := openQueue(ctx, queueURL, getenv, log)
 			if err != nil {
 				return err
 			}

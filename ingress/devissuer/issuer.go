@@ -34,6 +34,9 @@ const (
 	// TokenPath mints an ACS-shaped token for the default audience (GET),
 	// for sending test events by hand.
 	TokenPath = "/token"
+	// EntraTokenPath mints an Event Grid-shaped Entra token (GET, query
+	// tenant, aud and appid; v1=true for a v1 token).
+	EntraTokenPath = "/token/entra"
 )
 
 // Issuer signs tokens with RSA keys it generated and publishes them.
@@ -130,19 +133,50 @@ func (i *Issuer) Sign(claims jwt.Claims) (string, error) {
 }
 
 // ACSToken mints a token shaped like Call Automation's: issuer, the given
-// audience (the default one if empty), issued now, valid for five minutes.
+// audience (the default one if empty), issued now, valid for five minutes,
+// and unique (Call Automation makes a new token for every event).
 func (i *Issuer) ACSToken(audience string) (string, error) {
 	if audience == "" {
 		audience = i.audience
 	}
 	now := time.Now()
+	var id [12]byte
+	rand.Read(id[:])
 	return i.Sign(jwt.RegisteredClaims{
+		ID:        hex.EncodeToString(id[:]),
 		Issuer:    i.base,
 		Audience:  jwt.ClaimStrings{audience},
 		IssuedAt:  jwt.NewNumericDate(now),
 		NotBefore: jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(now.Add(5 * time.Minute)),
 	})
+}
+
+// EntraIssuer is the v2 issuer of tenant at this issuer: its Entra
+// authority is the issuer's base URL.
+func (i *Issuer) EntraIssuer(tenant string) string { return i.base + "/" + tenant + "/v2.0" }
+
+// EntraToken mints a token shaped like the one Event Grid sends to a
+// secured webhook: for tenant and audience, issued to appID (appid in a v1
+// token, azp in a v2 token), valid for one hour. A v1 token's issuer is
+// https://sts.windows.net/<tenant>/, as Entra writes it.
+func (i *Issuer) EntraToken(tenant, audience, appID string, v1 bool) (string, error) {
+	now := time.Now()
+	c := jwt.MapClaims{
+		"aud": audience,
+		"tid": tenant,
+		"iat": now.Unix(),
+		"nbf": now.Unix(),
+		"exp": now.Add(time.Hour).Unix(),
+		"sub": "eventgrid-service-principal",
+		"oid": "eventgrid-service-principal",
+	}
+	if v1 {
+		c["iss"], c["appid"], c["ver"] = "https://sts.windows.net/"+tenant+"/", appID, "1.0"
+	} else {
+		c["iss"], c["azp"], c["ver"] = i.EntraIssuer(tenant), appID, "2.0"
+	}
+	return i.Sign(c)
 }
 
 // Handler serves the discovery documents, the JWKS and the token endpoint.
@@ -157,6 +191,14 @@ func (i *Issuer) Handler() http.Handler {
 	}
 	mux.HandleFunc("GET "+ACSDiscoveryPath, discovery)
 	mux.HandleFunc("GET "+DiscoveryPath, discovery)
+	// Entra-style tenant discovery: <base>/<tenant>/v2.0/...
+	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{
+			"issuer":                                i.EntraIssuer(r.PathValue("tenant")),
+			"jwks_uri":                              i.base + KeysPath,
+			"id_token_signing_alg_values_supported": []string{"RS256"},
+		})
+	})
 	mux.HandleFunc("GET "+KeysPath, func(w http.ResponseWriter, r *http.Request) {
 		b, status, err := i.jwks(r.Context())
 		if status != 0 {
@@ -172,6 +214,20 @@ func (i *Issuer) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET "+TokenPath, func(w http.ResponseWriter, r *http.Request) {
 		tok, err := i.ACSToken(r.URL.Query().Get("aud"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, tok)
+	})
+	mux.HandleFunc("GET "+EntraTokenPath, func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if q.Get("tenant") == "" || q.Get("aud") == "" || q.Get("appid") == "" {
+			http.Error(w, "query parameters tenant, aud and appid are required", http.StatusBadRequest)
+			return
+		}
+		tok, err := i.EntraToken(q.Get("tenant"), q.Get("aud"), q.Get("appid"), q.Get("v1") == "true")
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
