@@ -130,4 +130,3 @@ func (v *ACSVerifier) Verify(r *http.Request) (Credential, error) {
 }
 
 func (*ACSVerifier) bearer() {}
-
