@@ -396,3 +396,55 @@ func TestREADMEListsEveryFlag(t *testing.T) {
 		})
 	}
 }
+
+func TestCallbackURLCommand(t *testing.T) {
+	t.Parallel()
+	keys := "k2:" + strings.Repeat("n", 32) + ",k1:" + strings.Repeat("o", 32)
+	out, _, err := runCLI(t, map[string]string{envCallbackSigning: keys}, "callback-url", "--base", "https://hooks.example.com/acs/callbacks", "--ttl", "2h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := strings.TrimSpace(out)
+	if !strings.HasPrefix(u, "https://hooks.example.com/acs/callbacks?") || !strings.Contains(u, "hbkid=k2") || !strings.Contains(u, "hbsig=") {
+		t.Errorf("callback-url printed %q", u)
+	}
+	for _, tt := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{nil, []string{"callback-url", "--base", "https://h/x"}, envCallbackSigning},
+		{map[string]string{envCallbackSigning: "k:short"}, []string{"callback-url", "--base", "https://h/x"}, "at least 32"},
+		{map[string]string{envCallbackSigning: keys}, []string{"callback-url"}, "--base is required"},
+		{map[string]string{envCallbackSigning: keys}, []string{"callback-url", "--base", "ftp://h/x"}, "absolute http(s) URL"},
+		{map[string]string{envCallbackSigning: keys}, []string{"callback-url", "--base", "https://h/x", "--ttl", "-1h"}, "must be positive"},
+	} {
+		if _, _, err := runCLI(t, tt.env, tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v %v: err = %v, want %q", tt.env, tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestIngressSecretsFromEnvironment(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "keys")
+	os.WriteFile(keyFile, []byte("short\n"), 0o600)
+	base := []string{"ingress", "--queue", "sqlite:" + filepath.Join(dir, "q.db"), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}
+	for _, tt := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{envACSAPIKeys: "tooshort"}, "HOOKBRIDGE_ACS_API_KEYS: api key 1 is 8 characters"},
+		{map[string]string{envEventGridAPIKeys + "_FILE": keyFile}, "HOOKBRIDGE_EVENTGRID_API_KEYS: api key 1 is 5 characters"},
+		{map[string]string{envACSAPIKeys: "x", envACSAPIKeys + "_FILE": keyFile}, "both"},
+		{map[string]string{envCallbackSigning: "nocolon"}, "keyid:secret"},
+		{map[string]string{"HOOKBRIDGE_EVENTGRID_ENTRA_TENANT": testTenantID}, "--eventgrid-entra-audience"},
+	} {
+		if _, _, err := runCLI(t, tt.env, base...); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: err = %v, want %q", tt.env, err, tt.want)
+		}
+	}
+}
+
+const testTenantID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
