@@ -1,0 +1,210 @@
+package sbemu_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+
+	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
+)
+
+func startServer(t *testing.T, queues ...sbemu.QueueConfig) *sbemu.Server {
+	t.Helper()
+	s, err := sbemu.New(sbemu.Config{Queues: queues})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func newClient(t *testing.T, s *sbemu.Server) *azservicebus.Client {
+	t.Helper()
+	c, err := azservicebus.NewClientFromConnectionString(s.ConnectionString(), &azservicebus.ClientOptions{
+		RetryOptions: azservicebus.RetryOptions{MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestSendReceiveComplete(t *testing.T) {
+	s := startServer(t, sbemu.QueueConfig{Name: "q"})
+	c := newClient(t, s)
+	snd, err := c.NewSender("q", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "m1"
+	if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, Body: []byte("hello"),
+		ApplicationProperties: map[string]any{"k": "v"}}, nil); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	rcv, err := c.NewReceiverForQueue("q", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if len(msgs) != 1 || string(msgs[0].Body) != "hello" || msgs[0].MessageID != "m1" || msgs[0].DeliveryCount != 1 || *msgs[0].SequenceNumber != 1 {
+		t.Fatalf("got %+v", msgs[0])
+	}
+	if err := rcv.CompleteMessage(ctx(t), msgs[0], nil); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	st, _ := s.Stats("q")
+	if st != (sbemu.QueueStats{}) {
+		t.Errorf("stats after complete: %+v", st)
+	}
+}
+
+func TestSettlementsAndDeadLetters(t *testing.T) {
+	s := startServer(t, sbemu.QueueConfig{Name: "q", MaxDeliveryCount: 2, LockDuration: 5 * time.Second})
+	c := newClient(t, s)
+	snd, _ := c.NewSender("q", nil)
+	batch, err := snd.NewMessageBatch(ctx(t), nil)
+	if err != nil {
+		t.Fatalf("new batch: %v", err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		id := id
+		if err := batch.AddMessage(&azservicebus.Message{MessageID: &id, Body: []byte(id)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := snd.SendMessageBatch(ctx(t), batch, nil); err != nil {
+		t.Fatalf("send batch: %v", err)
+	}
+	rcv, _ := c.NewReceiverForQueue("q", nil)
+	msgs, err := rcv.ReceiveMessages(ctx(t), 3, nil)
+	if err != nil || len(msgs) == 0 {
+		t.Fatalf("receive: %v %d", err, len(msgs))
+	}
+	for len(msgs) < 3 {
+		more, err := rcv.ReceiveMessages(ctx(t), 3-len(msgs), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, more...)
+	}
+	// a: renew then complete; b: dead-letter; c: abandon twice → max delivery.
+	if err := rcv.RenewMessageLock(ctx(t), msgs[0], nil); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	if err := rcv.CompleteMessage(ctx(t), msgs[0], nil); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	reason, desc := "Bad", "really bad"
+	if err := rcv.DeadLetterMessage(ctx(t), msgs[1], &azservicebus.DeadLetterOptions{Reason: &reason, ErrorDescription: &desc}); err != nil {
+		t.Fatalf("dead-letter: %v", err)
+	}
+	if err := rcv.AbandonMessage(ctx(t), msgs[2], nil); err != nil {
+		t.Fatalf("abandon: %v", err)
+	}
+	again, err := rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil || again[0].MessageID != "c" || again[0].DeliveryCount != 2 {
+		t.Fatalf("redelivery: %v %+v", err, again)
+	}
+	if err := rcv.AbandonMessage(ctx(t), again[0], nil); err != nil {
+		t.Fatalf("abandon 2: %v", err)
+	}
+	dlq, _ := c.NewReceiverForQueue("q", &azservicebus.ReceiverOptions{SubQueue: azservicebus.SubQueueDeadLetter})
+	peeked, err := dlq.PeekMessages(ctx(t), 10, nil)
+	if err != nil || len(peeked) != 2 {
+		t.Fatalf("peek DLQ: %v %d", err, len(peeked))
+	}
+	dls, err := dlq.ReceiveMessages(ctx(t), 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(dls) < 2 {
+		more, _ := dlq.ReceiveMessages(ctx(t), 1, nil)
+		dls = append(dls, more...)
+	}
+	got := map[string]string{}
+	for _, d := range dls {
+		got[d.MessageID] = *d.DeadLetterReason
+		if err := dlq.CompleteMessage(ctx(t), d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got["b"] != "Bad" || got["c"] != "MaxDeliveryCountExceeded" {
+		t.Errorf("dead letters: %v", got)
+	}
+}
+
+func TestSessions(t *testing.T) {
+	s := startServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 5 * time.Second})
+	c := newClient(t, s)
+	snd, _ := c.NewSender("sq", nil)
+	for i, sid := range []string{"s1", "s2", "s1"} {
+		sid := sid
+		id := string(rune('a' + i))
+		if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, SessionID: &sid, Body: []byte(id)}, nil); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	noSession := "x"
+	if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &noSession}, nil); err == nil {
+		t.Error("a message without a session was accepted")
+	}
+	r1, err := c.AcceptNextSessionForQueue(ctx(t), "sq", nil)
+	if err != nil {
+		t.Fatalf("accept next: %v", err)
+	}
+	if r1.SessionID() != "s1" {
+		t.Errorf("first session %q", r1.SessionID())
+	}
+	if _, err := c.AcceptSessionForQueue(ctx(t), "sq", "s1", nil); err == nil {
+		t.Error("a locked session was accepted twice")
+	}
+	m, err := r1.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil || m[0].MessageID != "a" {
+		t.Fatalf("s1 first: %v %+v", err, m)
+	}
+	if err := r1.RenewSessionLock(ctx(t), nil); err != nil {
+		t.Fatalf("renew session: %v", err)
+	}
+	if err := r1.SetSessionState(ctx(t), []byte("state"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := r1.GetSessionState(ctx(t), nil); err != nil || string(st) != "state" {
+		t.Fatalf("state %q %v", st, err)
+	}
+	r1.CompleteMessage(ctx(t), m[0], nil)
+	m, _ = r1.ReceiveMessages(ctx(t), 1, nil)
+	if m[0].MessageID != "c" {
+		t.Errorf("s1 second: %s", m[0].MessageID)
+	}
+	r1.CompleteMessage(ctx(t), m[0], nil)
+	r2, err := c.AcceptNextSessionForQueue(ctx(t), "sq", nil)
+	if err != nil || r2.SessionID() != "s2" {
+		t.Fatalf("second session: %v", err)
+	}
+	r2.Close(ctx(t))
+	r1.Close(ctx(t))
+	tctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	r3, err := c.AcceptNextSessionForQueue(tctx, "sq", nil)
+	if err != nil {
+		t.Fatalf("s2 again after close: %v", err)
+	}
+	if r3.SessionID() != "s2" {
+		t.Errorf("got session %s", r3.SessionID())
+	}
+}
