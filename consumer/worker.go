@@ -292,25 +292,35 @@ func (w *Worker) renewLoop(ctx context.Context, log *slog.Logger, m *relay.Recei
 
 // settle applies the settlement rules to a finished delivery.
 func (w *Worker) settle(log *slog.Logger, m *relay.Received, ev *schemas.Event, err error, start time.Time) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
 	var outcome string
-	var serr error
-	if err == nil {
+	var delay time.Duration
+	switch p, permanent := IsPermanent(err); {
+	case err == nil:
 		outcome = outcomeCompleted
-		serr = w.src.Complete(ctx, m)
-	} else if p, ok := IsPermanent(err); ok {
+	case permanent:
 		outcome = outcomeDeadLettered
 		log.Warn("worker: delivery failed permanently; dead-lettering", "reason", p.Reason, "error", err)
-		serr = w.src.DeadLetter(ctx, m, p.Reason, truncate(err.Error(), 1024))
-	} else {
+	default:
 		outcome = outcomeRetried
-		delay := backoff(m.DeliveryCount, w.cfg.MinBackoff, w.cfg.MaxBackoff)
+		delay = backoff(m.DeliveryCount, w.cfg.MinBackoff, w.cfg.MaxBackoff)
 		var ra *RetryAfterError
 		if errors.As(err, &ra) && ra.After > delay {
 			delay = min(ra.After, w.cfg.MaxBackoff)
 		}
 		log.Warn("worker: delivery failed; will retry", "error", err, "retry_in", delay)
+	}
+	// A queue without delayed abandon holds the message for the delay, so
+	// the settlement's own deadline starts after it.
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout+delay)
+	defer cancel()
+	var serr error
+	switch outcome {
+	case outcomeCompleted:
+		serr = w.src.Complete(ctx, m)
+	case outcomeDeadLettered:
+		p, _ := IsPermanent(err)
+		serr = w.src.DeadLetter(ctx, m, p.Reason, truncate(err.Error(), 1024))
+	default:
 		serr = w.src.Abandon(ctx, m, delay)
 	}
 	if serr != nil {

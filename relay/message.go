@@ -140,6 +140,15 @@ type DeadLetter struct {
 	Description string
 }
 
+// DeadLetterLock is a dead-lettered message taken (locked) by the
+// dead-letter tooling, to be completed (removed) or released.
+type DeadLetterLock struct {
+	DeadLetter
+	LockToken string
+	// Backend is the backend's own handle.
+	Backend any
+}
+
 // Dead-letter reasons set by hookbridge itself.
 const (
 	// ReasonMaxDelivery is the queue's reason once a message was delivered

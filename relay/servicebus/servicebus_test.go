@@ -268,3 +268,57 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayThroughServiceBus dead-letters messages on a session queue and
+// replays some of them with a filter: the copies come back in their
+// sessions, the others stay dead-lettered.
+func TestReplayThroughServiceBus(t *testing.T) {
+	t.Parallel()
+	emu := emulator(t)
+	q, _ := openEmulated(t, emu, settings, true)
+	if err := q.SendBatch(tctx(t), []relay.Message{event(t, "r1", "call-1"), event(t, "r2", "call-2"), event(t, "r3", "call-3")}); err != nil {
+		t.Fatal(err)
+	}
+	for got := 0; got < 3; {
+		msgs, err := q.Receive(tctx(t), 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			reason := "BackendRejected"
+			if m.ID == "r3" {
+				reason = "Other"
+			}
+			if err := q.DeadLetter(tctx(t), m, reason, "backend said no"); err != nil {
+				t.Fatal(err)
+			}
+			got++
+		}
+	}
+	res, err := consumer.Replay(tctx(t), q, consumer.DeadLetterFilter{Reason: "BackendRejected"}, consumer.ReplayOptions{})
+	if err != nil || res.Done != 2 {
+		t.Fatalf("replay: %+v %v", res, err)
+	}
+	back := map[string]string{}
+	for len(back) < 2 {
+		msgs, err := q.Receive(tctx(t), 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			e, _ := m.Event()
+			back[e.ID] = m.SessionID
+			if m.Properties[relay.PropReplayCount] != int64(1) {
+				t.Errorf("replay count %v", m.Properties[relay.PropReplayCount])
+			}
+			q.Complete(tctx(t), m)
+		}
+	}
+	if back["r1"] != "call-1" || back["r2"] != "call-2" {
+		t.Errorf("replayed into sessions %v", back)
+	}
+	left, err := q.ListDeadLetters(tctx(t), 0, 10)
+	if err != nil || len(left) != 1 || left[0].ID != "r3" {
+		t.Errorf("left in the dead-letter queue: %+v %v", left, err)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -72,4 +74,63 @@ func (q *Queue) GetDeadLetter(ctx context.Context, seq int64) (relay.DeadLetter,
 		return relay.DeadLetter{}, unavailable("read dead letter", err)
 	}
 	return d, nil
+}
+
+// deadLetterLockDuration is how long the dead-letter tooling holds the
+// messages it took.
+const deadLetterLockDuration = 5 * time.Minute
+
+// TakeDeadLetters locks the dead-lettered messages with the given sequence
+// numbers that are still there and not locked by another replay, for
+// CompleteDeadLetter or ReleaseDeadLetter.
+func (q *Queue) TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.DeadLetterLock, error) {
+	var out []*relay.DeadLetterLock
+	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
+		now := time.Now()
+		for _, seq := range seqs {
+			token := uuid.NewString()
+			res, err := tx.ExecContext(ctx, `UPDATE deadletters SET locked_until = ?, lock_token = ? WHERE seq = ? AND locked_until <= ?`,
+				now.Add(deadLetterLockDuration).UnixNano(), token, seq, now.UnixNano())
+			if err != nil {
+				return unavailable("lock dead letter", err)
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				continue // gone, or taken by another replay
+			}
+			d, err := scanDeadLetter(tx.QueryRowContext(ctx, `SELECT `+deadLetterColumns+` FROM deadletters WHERE seq = ?`, seq))
+			if err != nil {
+				return unavailable("read dead letter", err)
+			}
+			out = append(out, &relay.DeadLetterLock{DeadLetter: d, LockToken: token})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CompleteDeadLetter removes a taken dead-lettered message.
+func (q *Queue) CompleteDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
+	return q.settleDeadLetter(ctx, l, `DELETE FROM deadletters WHERE seq = ? AND lock_token = ? AND locked_until > ?`)
+}
+
+// ReleaseDeadLetter gives a taken dead-lettered message back untouched.
+func (q *Queue) ReleaseDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
+	return q.settleDeadLetter(ctx, l, `UPDATE deadletters SET locked_until = 0, lock_token = NULL WHERE seq = ? AND lock_token = ? AND locked_until > ?`)
+}
+
+func (q *Queue) settleDeadLetter(ctx context.Context, l *relay.DeadLetterLock, stmt string) error {
+	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, stmt, l.SequenceNumber, l.LockToken, time.Now().UnixNano())
+		if err != nil {
+			return unavailable("settle dead letter", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("dead-lettered message %d: %w", l.SequenceNumber, relay.ErrLockLost)
+		}
+		return nil
+	})
+	return err
 }

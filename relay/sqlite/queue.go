@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS deadletters (
 	delivery_count   INTEGER NOT NULL,
 	reason           TEXT    NOT NULL,
 	description      TEXT    NOT NULL,
-	dead_lettered_at INTEGER NOT NULL
+	dead_lettered_at INTEGER NOT NULL,
+	locked_until     INTEGER NOT NULL DEFAULT 0,
+	lock_token       TEXT
 );
 CREATE TABLE IF NOT EXISTS dedup (
 	message_id TEXT PRIMARY KEY,
@@ -140,6 +142,9 @@ func (q *Queue) open(ctx context.Context, path string) error {
 	}
 	if _, err := q.send.ExecContext(ctx, schema); err != nil {
 		return fmt.Errorf("open sqlite queue %s: create tables: %w", path, err)
+	}
+	if err := migrate(ctx, q.send); err != nil {
+		return fmt.Errorf("open sqlite queue %s: upgrade tables: %w", path, err)
 	}
 	if q.stmts, err = prepareStatements(ctx, q.send); err != nil {
 		return fmt.Errorf("open sqlite queue %s: %w", path, err)
@@ -787,4 +792,33 @@ func decodeProperties(b []byte) (map[string]any, error) {
 		}
 	}
 	return raw, nil
+}
+
+// migrate brings files made by earlier versions up to the current schema.
+func migrate(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `SELECT name FROM pragma_table_info('deadletters')`)
+	if err != nil {
+		return err
+	}
+	cols := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		cols[name] = true
+	}
+	rows.Close()
+	if !cols["locked_until"] {
+		for _, stmt := range []string{
+			`ALTER TABLE deadletters ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0`,
+			`ALTER TABLE deadletters ADD COLUMN lock_token TEXT`,
+		} {
+			if _, err := db.ExecContext(ctx, stmt); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
