@@ -79,7 +79,7 @@ delivered in order (non-zero otherwise).`,
 			}
 			vs := &verifiers{acs: []ingress.Verifier{acs}, eventGrid: []ingress.Verifier{entra}, runners: []func(context.Context) error{acs.Run, entra.Run}}
 
-			q, err := openQueue(ctx, queueURL, getenv, log)
+			q, err := openQueue(ctx, queueURL, getenv, log, w.concurrency)
 			if err != nil {
 				return err
 			}
@@ -148,7 +148,7 @@ delivered in order (non-zero otherwise).`,
 	f.register(cmd.Flags(), "127.0.0.1:8080")
 	w.register(cmd.Flags())
 	logs.register(cmd.Flags())
-	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, "queue URL: sqlite:<path>[?options]")
+	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics)")
 	cmd.Flags().BoolVar(&demo, "demo", false, "send a whole call's signed sample events through the HTTP path, print each delivered event, and exit once all were delivered")
 	return cmd

@@ -177,7 +177,7 @@ same variables with _FILE appended.`,
 				return err
 			}
 			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, getenv, log)
+			q, err := openQueue(ctx, queueURL, getenv, log, 0)
 			if err != nil {
 				return err
 			}
@@ -209,7 +209,7 @@ same variables with _FILE appended.`,
 	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 	vf.register(cmd.Flags())
 	logs.register(cmd.Flags())
-	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, "queue URL: sqlite:<path>[?options]")
+	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics); never expose it")
 	return cmd
 }

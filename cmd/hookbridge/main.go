@@ -69,6 +69,7 @@ HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
 		workerCommand(getenv),
 		devCommand(getenv),
 		callbackURLCommand(getenv),
+		dlqCommand(getenv),
 		versionCommand(),
 	)
 	for _, c := range root.Commands() {
@@ -84,11 +85,13 @@ func envName(flag string) string {
 
 // annotateEnv appends each flag's environment variable to its help text.
 func annotateEnv(cmd *cobra.Command) {
-	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Name != "help" && !strings.Contains(f.Usage, "$HOOKBRIDGE_") {
-			f.Usage += " [$" + envName(f.Name) + "]"
+	annotate := func(f *pflag.Flag) {
+		if tag := " [$" + envName(f.Name) + "]"; f.Name != "help" && !strings.Contains(f.Usage, tag) {
+			f.Usage += tag
 		}
-	})
+	}
+	cmd.Flags().VisitAll(annotate)
+	cmd.PersistentFlags().VisitAll(annotate)
 	for _, c := range cmd.Commands() {
 		annotateEnv(c)
 	}

@@ -25,6 +25,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+	"github.com/hookbridge/hookbridge/schemas"
 )
 
 // binary is the hookbridge executable built once for the tests that run it
@@ -448,3 +452,179 @@ func TestIngressSecretsFromEnvironment(t *testing.T) {
 }
 
 const testTenantID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+// seedDeadLetters makes a queue file with three dead-lettered events.
+func seedDeadLetters(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dlq.db")
+	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for i, typ := range []string{"IncomingCall", "PlayFailed", "PlayFailed"} {
+		e := schemas.Event{ID: fmt.Sprintf("evt-%d", i), Source: "s", Type: "Microsoft.Communication." + typ,
+			Data: json.RawMessage(fmt.Sprintf(`{"correlationId":"call-%d"}`, i)), PartitionKey: fmt.Sprintf("call-%d", i)}
+		m, _ := relay.NewMessage(&e)
+		if err := q.SendBatch(context.Background(), []relay.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := q.Receive(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reason := "BackendRejected"
+		if i == 2 {
+			reason = "MaxDeliveryCountExceeded"
+		}
+		if err := q.DeadLetter(context.Background(), got[0], reason, "POST http://backend answered 400"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return "sqlite:" + path
+}
+
+func TestDLQCommands(t *testing.T) {
+	t.Parallel()
+	queue := seedDeadLetters(t)
+	out, _, err := runCLI(t, nil, "dlq", "list", "--queue", queue, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("list --json: %d lines:\n%s", len(lines), out)
+	}
+	var rec map[string]any
+	json.Unmarshal([]byte(lines[0]), &rec)
+	for _, k := range []string{"message_id", "event_id", "type", "partition_key", "reason", "description", "delivery_count"} {
+		if _, ok := rec[k]; !ok {
+			t.Errorf("list --json lacks %q: %s", k, lines[0])
+		}
+	}
+	if rec["event_id"] != "evt-0" || rec["type"] != "Microsoft.Communication.IncomingCall" || rec["partition_key"] != "call-0" {
+		t.Errorf("record %v", rec)
+	}
+	out, _, err = runCLI(t, nil, "dlq", "list", "--queue", queue, "--reason", "BackendRejected")
+	if err != nil || !strings.Contains(out, "SEQ") || strings.Count(out, "BackendRejected") != 2 {
+		t.Errorf("list table: %v\n%s", err, out)
+	}
+	out, _, err = runCLI(t, nil, "dlq", "show", "--queue", queue, "evt-1")
+	if err != nil || !strings.Contains(out, `"correlationId": "call-1"`) || !strings.Contains(out, "BackendRejected") {
+		t.Errorf("show: %v\n%s", err, out)
+	}
+	out, stderr, err := runCLI(t, nil, "dlq", "replay", "--queue", queue, "--type", "Microsoft.Communication.PlayFailed", "--dry-run")
+	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(stderr, "would replay 2") {
+		t.Errorf("dry run: %v\n%s%s", err, out, stderr)
+	}
+	_, stderr, err = runCLI(t, nil, "dlq", "replay", "--queue", queue, "--id", "evt-1")
+	if err != nil || !strings.Contains(stderr, "replayed 1 of 1") {
+		t.Errorf("replay: %v %s", err, stderr)
+	}
+	_, _, err = runCLI(t, nil, "dlq", "purge", "--queue", queue, "--reason", "MaxDeliveryCountExceeded")
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--yes") {
+		t.Errorf("purge without --yes: %v", err)
+	}
+	_, stderr, err = runCLI(t, nil, "dlq", "purge", "--queue", queue, "--reason", "MaxDeliveryCountExceeded", "--yes")
+	if err != nil || !strings.Contains(stderr, "purged 1 of 1") {
+		t.Errorf("purge: %v %s", err, stderr)
+	}
+	out, _, _ = runCLI(t, nil, "dlq", "list", "--queue", queue, "--json")
+	if n := strings.Count(out, "\n"); n != 1 {
+		t.Errorf("%d dead letters left, want 1:\n%s", n, out)
+	}
+	if _, _, err := runCLI(t, nil, "dlq", "list", "--queue", queue, "--since", "yesterday"); err == nil {
+		t.Error("--since yesterday accepted")
+	}
+}
+
+// TestIngressAndWorkerOverServiceBus runs both processes on a Service Bus
+// queue (the in-repo emulator, reached with a connection string from the
+// environment) and checks that every accepted event reaches the backend, in
+// order per call.
+func TestIngressAndWorkerOverServiceBus(t *testing.T) {
+	t.Parallel()
+	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "hookbridge-events", RequiresSession: true,
+		RequiresDuplicateDetection: true, LockDuration: 10 * time.Second}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := emu.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer emu.Close()
+
+	var mu sync.Mutex
+	got := map[string][]string{}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e struct {
+			ID  string `json:"id"`
+			Key string `json:"partitionkey"`
+		}
+		json.NewDecoder(r.Body).Decode(&e)
+		mu.Lock()
+		got[e.Key] = append(got[e.Key], e.ID)
+		mu.Unlock()
+	}))
+	defer backend.Close()
+
+	const key = "k1-0123456789abcdef-process"
+	listenAddr, adminAddr := freePort(t), freePort(t)
+	envs := []string{envServiceBusConnStr + "=" + emu.ConnectionString(), envACSAPIKeys + "=" + key}
+	ing := exec.Command(binary, "ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listenAddr, "--admin-listen", adminAddr)
+	ing.Env = append(os.Environ(), envs...)
+	wrk := exec.Command(binary, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")
+	wrk.Env = append(os.Environ(), envs...)
+	var ingErr, wrkErr syncBuffer
+	ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
+	for _, c := range []*exec.Cmd{ing, wrk} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { c.Process.Signal(syscall.SIGTERM); c.Wait() }()
+	}
+	waitHTTP(t, "http://"+adminAddr+"/readyz")
+	const calls, perCall = 3, 5
+	for i := range perCall {
+		for c := range calls {
+			body := fmt.Sprintf(`[{"specversion":"1.0","id":"c%d-%d","source":"s","type":"Microsoft.Communication.PlayCompleted","data":{"correlationId":"call-%d"}}]`, c, i, c)
+			resp, err := http.Post("http://"+listenAddr+"/acs/callbacks?key="+key, "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d\n%s", resp.StatusCode, ingErr.String())
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		n := 0
+		for _, ids := range got {
+			n += len(ids)
+		}
+		mu.Unlock()
+		if n == calls*perCall {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d delivered\ningress:\n%s\nworker:\n%s", n, calls*perCall, ingErr.String(), wrkErr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for c := range calls {
+		ids := got[fmt.Sprintf("call-%d", c)]
+		for i, id := range ids {
+			if id != fmt.Sprintf("c%d-%d", c, i) {
+				t.Errorf("call-%d delivered out of order: %v", c, ids)
+				break
+			}
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
@@ -15,10 +16,14 @@ import (
 // directory.
 const DefaultQueue = "sqlite:hookbridge.db"
 
+// queueHelp describes --queue in every command's help.
+const queueHelp = "queue URL: sqlite:<path>[?options], or servicebus://<namespace>.servicebus.windows.net/<queue>[?options] (servicebus:///<queue> with $" + envServiceBusConnStr + ")"
+
 // queue is what the commands need of a queue backend.
 type queue interface {
 	relay.BatchSender
 	consumer.Source
+	consumer.DeadLetterQueue
 	Ping(ctx context.Context) error
 	Close() error
 	// commitsInFlight is how many group commits may run at once.
@@ -32,8 +37,16 @@ type sqliteQueue struct{ *sqlite.Queue }
 // completes (see relay/sqlite's walSyncer).
 func (sqliteQueue) commitsInFlight() int { return 2 }
 
-// openQueue opens the queue named by a --queue URL.
-func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger) (queue, error) {
+// serviceBusQueue is Service Bus as the commands use it.
+type serviceBusQueue struct{ *servicebus.Queue }
+
+// commitsInFlight: Service Bus takes concurrent sends on one link.
+func (serviceBusQueue) commitsInFlight() int { return 4 }
+
+// openQueue opens the queue named by a --queue URL. sessions, when
+// positive, is how many Service Bus sessions a receiver may hold (the
+// worker's concurrency) unless the URL sets max_sessions.
+func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger, sessions int) (queue, error) {
 	switch {
 	case strings.HasPrefix(raw, "sqlite:"):
 		cfg, err := sqlite.ParseURL(raw)
@@ -45,7 +58,24 @@ func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger) (q
 			return nil, fmt.Errorf("open queue: %w", err)
 		}
 		return sqliteQueue{q}, nil
+	case strings.HasPrefix(raw, "servicebus:"):
+		cs, err := secret(getenv, envServiceBusConnStr)
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := servicebus.ParseURL(raw, cs)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--queue: %w", err)}
+		}
+		if cfg.MaxSessions == 0 && sessions > 0 {
+			cfg.MaxSessions = sessions
+		}
+		q, err := servicebus.Open(ctx, cfg, log)
+		if err != nil {
+			return nil, fmt.Errorf("open queue: %w", err)
+		}
+		return serviceBusQueue{q}, nil
 	default:
-		return nil, usageError{fmt.Errorf("--queue %q: unknown queue URL; use sqlite:<path> (e.g. %s)", raw, DefaultQueue)}
+		return nil, usageError{fmt.Errorf("--queue %q: unknown queue URL; use sqlite:<path> (e.g. %s) or servicebus://<namespace>.servicebus.windows.net/<queue>", raw, DefaultQueue)}
 	}
 }

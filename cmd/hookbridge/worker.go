@@ -85,7 +85,7 @@ throughput.`,
 				return err
 			}
 			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, getenv, log)
+			q, err := openQueue(ctx, queueURL, getenv, log, f.concurrency)
 			if err != nil {
 				return err
 			}
@@ -113,7 +113,7 @@ throughput.`,
 	f.register(cmd.Flags())
 	cmd.Flags().DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "on SIGTERM, how long deliveries in flight may finish before they are abandoned")
 	logs.register(cmd.Flags())
-	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, "queue URL: sqlite:<path>[?options]")
+	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9091", "private admin listener (/healthz, /readyz, /metrics); never expose it")
 	return cmd
 }

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
+
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
@@ -67,11 +70,49 @@ func TestConformanceEmulatorSessions(t *testing.T) {
 	})
 }
 
-// TestConformanceAzure runs the suite against a real Service Bus namespace.
+// TestConformanceAzure runs the suite against a real Service Bus namespace:
+// each test gets a fresh queue, created and deleted through the
+// administration API (the connection string needs Manage rights).
 func TestConformanceAzure(t *testing.T) {
 	cs := os.Getenv("HOOKBRIDGE_TEST_SERVICEBUS_CONNECTION_STRING")
 	if cs == "" {
-		t.Skip("set HOOKBRIDGE_TEST_SERVICEBUS_CONNECTION_STRING (and HOOKBRIDGE_TEST_SERVICEBUS_QUEUE, a session-enabled queue with duplicate detection) to run the conformance suite against Azure Service Bus")
+		t.Skip("set HOOKBRIDGE_TEST_SERVICEBUS_CONNECTION_STRING (a namespace connection string with Manage rights; Standard tier or above) to run the conformance suite against Azure Service Bus")
 	}
-	t.Skip("not yet")
+	t.Parallel()
+	adm, err := admin.NewClientFromConnectionString(cs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Run(t, func(t *testing.T, want relaytest.Settings) (relaytest.Queue, relaytest.Settings) {
+		got := want
+		got.LockDuration = max(want.LockDuration, 5*time.Second) // Service Bus's minimum
+		got.DuplicateWindow = max(want.DuplicateWindow, 20*time.Second)
+		name := fmt.Sprintf("hookbridge-test-%d-%d", time.Now().UnixNano(), queueSeq.Add(1))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := adm.CreateQueue(ctx, name, &admin.CreateQueueOptions{Properties: &admin.QueueProperties{
+			LockDuration:                        to.Ptr(isoSeconds(got.LockDuration)),
+			MaxDeliveryCount:                    to.Ptr(int32(got.MaxDeliveryCount)),
+			RequiresSession:                     to.Ptr(true),
+			RequiresDuplicateDetection:          to.Ptr(true),
+			DuplicateDetectionHistoryTimeWindow: to.Ptr(isoSeconds(got.DuplicateWindow)),
+		}}); err != nil {
+			t.Fatalf("create queue %s: %v", name, err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			adm.DeleteQueue(ctx, name, nil)
+		})
+		sessions := true
+		q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: name, ConnectionString: cs, Sessions: &sessions,
+			SessionIdle: 500 * time.Millisecond, LockDuration: got.LockDuration}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close() })
+		return q, got
+	})
 }
+
+func isoSeconds(d time.Duration) string { return fmt.Sprintf("PT%dS", int(d.Seconds())) }

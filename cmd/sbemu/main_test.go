@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestRunServesTheDeployConfig(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", addr, "--config", "../../deploy/servicebus/Config.json"}, func(string) string { return "" }, &out, &errOut)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "Endpoint=") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection string printed: %s %s", out.String(), errOut.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cs := strings.TrimSpace(out.String()[strings.Index(out.String(), "Endpoint="):])
+	client, err := azservicebus.NewClientFromConnectionString(cs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd, _ := client.NewSender("hookbridge-events", nil)
+	sid, id := "call-1", "m1"
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := snd.SendMessage(sctx, &azservicebus.Message{MessageID: &id, SessionID: &sid, Body: []byte("x")}, nil); err != nil {
+		t.Fatalf("send to the configured queue: %v", err)
+	}
+	client.Close(sctx)
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+	if err := run(context.Background(), []string{"--listen", addr}, func(string) string { return "" }, &out, &errOut); err == nil {
+		t.Error("ran without --config")
+	}
+	if err := run(context.Background(), []string{"--config", "missing.json"}, func(string) string { return "" }, &out, &errOut); err == nil {
+		t.Error("ran with a missing config")
+	}
+}
