@@ -372,6 +372,13 @@ func (s *Server) dropLink(l *link) {
 		return
 	}
 	l.detached = true
+	// Its unsettled deliveries can no longer be settled on a link (the
+	// SDK falls back to $management); their locks stay until they expire.
+	for id, d := range l.sess.deliveries {
+		if d.l == l {
+			delete(l.sess.deliveries, id)
+		}
+	}
 	if l.q != nil && l.sessionBound {
 		if ss, ok := l.q.sessions[l.sessionID]; ok && ss.holder == l {
 			ss.holder = nil

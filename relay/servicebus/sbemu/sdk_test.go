@@ -2,6 +2,7 @@ package sbemu_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -206,5 +207,153 @@ func TestSessions(t *testing.T) {
 	}
 	if r3.SessionID() != "s2" {
 		t.Errorf("got session %s", r3.SessionID())
+	}
+}
+
+func TestLargeMessagesSpanFrames(t *testing.T) {
+	s := startServer(t, sbemu.QueueConfig{Name: "q"})
+	c := newClient(t, s)
+	snd, _ := c.NewSender("q", nil)
+	big := make([]byte, 200_000) // several 64 KB frames each way
+	for i := range big {
+		big[i] = byte(i)
+	}
+	id := "big"
+	if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, Body: big}, nil); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	rcv, _ := c.NewReceiverForQueue("q", nil)
+	msgs, err := rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil || len(msgs[0].Body) != len(big) {
+		t.Fatalf("receive: %v", err)
+	}
+	for i := range big {
+		if msgs[0].Body[i] != big[i] {
+			t.Fatalf("byte %d differs", i)
+		}
+	}
+	tooBig := make([]byte, 300_000)
+	if err := snd.SendMessage(ctx(t), &azservicebus.Message{Body: tooBig}, nil); err == nil {
+		t.Error("a 300 KB message was accepted by a 256 KB queue")
+	}
+}
+
+func TestReceiveAndDeleteDeferScheduleTTL(t *testing.T) {
+	s := startServer(t, sbemu.QueueConfig{Name: "q"}, sbemu.QueueConfig{Name: "ttl", DefaultMessageTimeToLive: 200 * time.Millisecond, DeadLetteringOnMessageExpiration: true})
+	c := newClient(t, s)
+	snd, _ := c.NewSender("q", nil)
+	for _, id := range []string{"d1", "d2"} {
+		id := id
+		snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id}, nil)
+	}
+	// Receive-and-delete: gone once received.
+	rad, _ := c.NewReceiverForQueue("q", &azservicebus.ReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
+	m, err := rad.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil || m[0].MessageID != "d1" {
+		t.Fatalf("receive and delete: %v", err)
+	}
+	rad.Close(ctx(t))
+	// Defer, then fetch by sequence number.
+	rcv, _ := c.NewReceiverForQueue("q", nil)
+	m, _ = rcv.ReceiveMessages(ctx(t), 1, nil)
+	if m[0].MessageID != "d2" {
+		t.Fatalf("got %s, want d2 (d1 was deleted)", m[0].MessageID)
+	}
+	if err := rcv.DeferMessage(ctx(t), m[0], nil); err != nil {
+		t.Fatalf("defer: %v", err)
+	}
+	if st, _ := s.Stats("q"); st.Deferred != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	deferred, err := rcv.ReceiveDeferredMessages(ctx(t), []int64{*m[0].SequenceNumber}, nil)
+	if err != nil || len(deferred) != 1 {
+		t.Fatalf("receive deferred: %v %d", err, len(deferred))
+	}
+	if err := rcv.CompleteMessage(ctx(t), deferred[0], nil); err != nil {
+		t.Fatalf("complete deferred: %v", err)
+	}
+	// Scheduled messages appear at their time; cancelled ones never.
+	seqs, err := snd.ScheduleMessages(ctx(t), []*azservicebus.Message{{Body: []byte("later")}, {Body: []byte("never")}}, time.Now().Add(300*time.Millisecond), nil)
+	if err != nil || len(seqs) != 2 {
+		t.Fatalf("schedule: %v %v", err, seqs)
+	}
+	if err := snd.CancelScheduledMessages(ctx(t), seqs[1:], nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	m, err = rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil || string(m[0].Body) != "later" || time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("scheduled: %v after %v", err, time.Since(start))
+	}
+	rcv.CompleteMessage(ctx(t), m[0], nil)
+	// Time to live: expired and dead-lettered.
+	ts, _ := c.NewSender("ttl", nil)
+	id := "old"
+	ts.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id}, nil)
+	time.Sleep(400 * time.Millisecond)
+	dlq, _ := c.NewReceiverForQueue("ttl", &azservicebus.ReceiverOptions{SubQueue: azservicebus.SubQueueDeadLetter})
+	dl, err := dlq.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil || dl[0].MessageID != "old" || *dl[0].DeadLetterReason != "TTLExpiredException" {
+		t.Fatalf("expired message: %v %+v", err, dl)
+	}
+}
+
+func TestSettlementFallsBackToManagementAfterDetach(t *testing.T) {
+	s := startServer(t, sbemu.QueueConfig{Name: "q", LockDuration: 10 * time.Second})
+	c := newClient(t, s)
+	snd, _ := c.NewSender("q", nil)
+	id := "m"
+	snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id}, nil)
+	rcv, _ := c.NewReceiverForQueue("q", nil)
+	m, _ := rcv.ReceiveMessages(ctx(t), 1, nil)
+	if n := s.DetachLinks("q"); n == 0 {
+		t.Fatal("nothing detached")
+	}
+	if err := rcv.CompleteMessage(ctx(t), m[0], nil); err != nil {
+		t.Fatalf("complete after the link was detached: %v", err)
+	}
+	if st, _ := s.Stats("q"); st.Active+st.Locked != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	settledByManagement := false
+	for _, e := range s.Events() {
+		if e.Kind == sbemu.EventManagement && strings.Contains(e.Detail, "update-disposition 200") {
+			settledByManagement = true
+		}
+	}
+	if !settledByManagement {
+		t.Error("the settlement did not go through $management")
+	}
+}
+
+func TestSASCheckAndLeaks(t *testing.T) {
+	s, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}, SharedAccessKey: "correct-key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	good, _ := azservicebus.NewClientFromConnectionString(s.ConnectionString(), nil)
+	snd, _ := good.NewSender("q", nil)
+	if err := snd.SendMessage(ctx(t), &azservicebus.Message{Body: []byte("x")}, nil); err != nil {
+		t.Fatalf("with the right key: %v", err)
+	}
+	good.Close(ctx(t))
+	bad, _ := azservicebus.NewClientFromConnectionString(strings.Replace(s.ConnectionString(), "correct-key", "wrong-key", 1),
+		&azservicebus.ClientOptions{RetryOptions: azservicebus.RetryOptions{MaxRetries: -1}})
+	bsnd, _ := bad.NewSender("q", nil)
+	if err := bsnd.SendMessage(ctx(t), &azservicebus.Message{Body: []byte("x")}, nil); err == nil {
+		t.Error("a wrong key was accepted")
+	}
+	bad.Close(ctx(t))
+	// Leak check: every connection and link closed.
+	deadline := time.Now().Add(5 * time.Second)
+	for s.OpenConnections() != 0 || s.OpenLinks() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections and %d links still open after the clients closed", s.OpenConnections(), s.OpenLinks())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
