@@ -2,11 +2,9 @@ package ingress
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -46,16 +44,11 @@ type ACSConfig struct {
 
 // Validate reports the first invalid setting.
 func (c ACSConfig) Validate() error {
-	if len(c.Audiences) == 0 {
-		return errors.New("acs verifier: no audience; set --acs-audience to your ACS resource's immutable resource ID")
+	if err := checkAudiences("acs verifier", c.Audiences, "set --acs-audience to your ACS resource's immutable resource ID"); err != nil {
+		return err
 	}
-	for _, a := range c.Audiences {
-		if strings.TrimSpace(a) == "" {
-			return errors.New("acs verifier: an audience is empty")
-		}
-	}
-	if c.Leeway < 0 || c.Leeway > MaxLeeway {
-		return fmt.Errorf("acs verifier: leeway %s: must be between 0 and %s", c.Leeway, MaxLeeway)
+	if err := checkLeeway("acs verifier", c.Leeway); err != nil {
+		return err
 	}
 	if c.OIDCURL != "" {
 		if err := checkFetchURL(c.OIDCURL); err != nil {
@@ -100,13 +93,7 @@ func NewACSVerifier(cfg ACSConfig) (*ACSVerifier, error) {
 	return &ACSVerifier{
 		cfg:  cfg,
 		keys: keys,
-		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
-			jwt.WithExpirationRequired(),
-			jwt.WithIssuedAt(),
-			jwt.WithLeeway(cfg.Leeway),
-			jwt.WithAudience(cfg.Audiences...),
-		),
+		parser: newParser(cfg.Leeway, cfg.Audiences),
 	}, nil
 }
 

@@ -60,18 +60,14 @@ type EntraConfig struct {
 
 // Validate reports the first invalid setting.
 func (c EntraConfig) Validate() error {
-	switch {
-	case strings.TrimSpace(c.Tenant) == "" || strings.ContainsAny(c.Tenant, "/?#"):
+	if strings.TrimSpace(c.Tenant) == "" || strings.ContainsAny(c.Tenant, "/?#") {
 		return errors.New("entra verifier: set --eventgrid-entra-tenant to the tenant ID of the webhook's Entra application")
-	case len(c.Audiences) == 0:
-		return errors.New("entra verifier: set --eventgrid-entra-audience to the webhook application's client ID or application ID URI")
-	case c.Leeway < 0 || c.Leeway > MaxLeeway:
-		return fmt.Errorf("entra verifier: leeway %s: must be between 0 and %s", c.Leeway, MaxLeeway)
 	}
-	for _, a := range c.Audiences {
-		if strings.TrimSpace(a) == "" {
-			return errors.New("entra verifier: an audience is empty")
-		}
+	if err := checkAudiences("entra verifier", c.Audiences, "set --eventgrid-entra-audience to the webhook application's client ID or application ID URI"); err != nil {
+		return err
+	}
+	if err := checkLeeway("entra verifier", c.Leeway); err != nil {
+		return err
 	}
 	if c.Authority != "" {
 		if err := checkFetchURL(c.Authority); err != nil {
@@ -129,13 +125,7 @@ func NewEntraVerifier(cfg EntraConfig) (*EntraVerifier, error) {
 	v := &EntraVerifier{
 		cfg:  cfg,
 		keys: keys,
-		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
-			jwt.WithExpirationRequired(),
-			jwt.WithIssuedAt(),
-			jwt.WithLeeway(cfg.Leeway),
-			jwt.WithAudience(cfg.Audiences...),
-		),
+		parser: newParser(cfg.Leeway, cfg.Audiences),
 	}
 	if cfg.CacheSize > 0 {
 		v.cache = newTokenCache(cfg.CacheSize)

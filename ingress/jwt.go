@@ -10,6 +10,39 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
+// newParser returns the parser of the JWT verifiers: RS256 only, exp
+// required, iat and nbf checked with leeway, aud one of audiences.
+func newParser(leeway time.Duration, audiences []string) *jwt.Parser {
+	return jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(leeway),
+		jwt.WithAudience(audiences...),
+	)
+}
+
+// checkAudiences and checkLeeway validate the settings both JWT verifiers
+// share; what names the verifier in messages.
+func checkAudiences(what string, audiences []string, hint string) error {
+	if len(audiences) == 0 {
+		return fmt.Errorf("%s: no audience; %s", what, hint)
+	}
+	for _, a := range audiences {
+		if strings.TrimSpace(a) == "" {
+			return fmt.Errorf("%s: an audience is empty", what)
+		}
+	}
+	return nil
+}
+
+func checkLeeway(what string, leeway time.Duration) error {
+	if leeway < 0 || leeway > MaxLeeway {
+		return fmt.Errorf("%s: leeway %s: must be between 0 and %s", what, leeway, MaxLeeway)
+	}
+	return nil
+}
+
 // verifyJWT is the bearer-token check shared by the JWT verifiers: the token
 // is taken from the Authorization header, verified with keys (parser pins
 // the algorithm and checks exp, nbf, iat and audience), and its issuer must

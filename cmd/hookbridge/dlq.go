@@ -97,6 +97,20 @@ count times (MaxDeliveryCountExceeded), or when they were not events
 
 type opener func(*cobra.Command) (queue, error)
 
+// withQueue reads the filter flags, opens the queue and runs fn.
+func withQueue(cmd *cobra.Command, open opener, f *filterFlags, fn func(q queue, filter consumer.DeadLetterFilter) error) error {
+	filter, err := f.filter(time.Now())
+	if err != nil {
+		return err
+	}
+	q, err := open(cmd)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return fn(q, filter)
+}
+
 // dlqRecord is one line of `dlq list --json`.
 type dlqRecord struct {
 	SequenceNumber   int64      `json:"sequence_number"`
@@ -142,44 +156,41 @@ func dlqListCommand(open opener) *cobra.Command {
 		Short: "List dead-lettered messages",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			filter, err := f.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			q, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				return consumer.ListDeadLetters(cmd.Context(), q, filter, func(d relay.DeadLetter) error { return enc.Encode(record(d)) })
-			}
-			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tMESSAGE ID\tTYPE\tPARTITION KEY\tREASON\tDESCRIPTION\tDELIVERIES\tENQUEUED\tDEAD-LETTERED")
-			n := 0
-			err = consumer.ListDeadLetters(cmd.Context(), q, filter, func(d relay.DeadLetter) error {
-				r := record(d)
-				dl := "-"
-				if r.DeadLetteredTime != nil {
-					dl = r.DeadLetteredTime.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.SequenceNumber, r.MessageID, r.Type, orDash(r.PartitionKey),
-					orDash(r.Reason), orDash(clip(r.Description, 60)), r.DeliveryCount, r.EnqueuedTime.Format(time.RFC3339), dl)
-				n++
-				return nil
+			return withQueue(cmd, open, &f, func(q queue, filter consumer.DeadLetterFilter) error {
+				return listDeadLetters(cmd, q, filter, asJSON)
 			})
-			tw.Flush()
-			if err == nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d dead-lettered messages\n", n)
-			}
-			return err
 		},
 	}
 	f.register(cmd.Flags())
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per line")
 	return cmd
+}
+
+func listDeadLetters(cmd *cobra.Command, q queue, filter consumer.DeadLetterFilter, asJSON bool) error {
+	out := cmd.OutOrStdout()
+	if asJSON {
+		enc := json.NewEncoder(out)
+		return consumer.ListDeadLetters(cmd.Context(), q, filter, func(d relay.DeadLetter) error { return enc.Encode(record(d)) })
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tMESSAGE ID\tTYPE\tPARTITION KEY\tREASON\tDESCRIPTION\tDELIVERIES\tENQUEUED\tDEAD-LETTERED")
+	n := 0
+	err := consumer.ListDeadLetters(cmd.Context(), q, filter, func(d relay.DeadLetter) error {
+		r := record(d)
+		dl := "-"
+		if r.DeadLetteredTime != nil {
+			dl = r.DeadLetteredTime.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.SequenceNumber, r.MessageID, r.Type, orDash(r.PartitionKey),
+			orDash(r.Reason), orDash(clip(r.Description, 60)), r.DeliveryCount, r.EnqueuedTime.Format(time.RFC3339), dl)
+		n++
+		return nil
+	})
+	tw.Flush()
+	if err == nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%d dead-lettered messages\n", n)
+	}
+	return err
 }
 
 func orDash(s string) string {
@@ -283,17 +294,10 @@ and a replay count. The dead-lettered message is removed only after the
 copy was accepted: an interruption can leave a duplicate, never a loss.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			filter, err := f.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			q, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			res, err := consumer.Replay(cmd.Context(), q, filter, consumer.ReplayOptions{DryRun: dryRun, Progress: progress(cmd.ErrOrStderr(), "replaying")})
-			return summarize(cmd, res, err, dryRun, "replayed", "would replay")
+			return withQueue(cmd, open, &f, func(q queue, filter consumer.DeadLetterFilter) error {
+				res, err := consumer.Replay(cmd.Context(), q, filter, consumer.ReplayOptions{DryRun: dryRun, Progress: progress(cmd.ErrOrStderr(), "replaying")})
+				return summarize(cmd, res, err, dryRun, "replayed", "would replay")
+			})
 		},
 	}
 	f.register(cmd.Flags())
@@ -311,23 +315,16 @@ func dlqPurgeCommand(open opener) *cobra.Command {
 		Short: "Delete dead-lettered messages for good",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			filter, err := f.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			q, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			res, err := consumer.Purge(cmd.Context(), q, filter, consumer.ReplayOptions{DryRun: !yes, Progress: progress(cmd.ErrOrStderr(), "purging")})
-			if err == nil && !yes {
-				for _, d := range res.Selected {
-					fmt.Fprintf(cmd.OutOrStdout(), "%d\t%s\t%s\n", d.SequenceNumber, d.ID, d.Reason)
+			return withQueue(cmd, open, &f, func(q queue, filter consumer.DeadLetterFilter) error {
+				res, err := consumer.Purge(cmd.Context(), q, filter, consumer.ReplayOptions{DryRun: !yes, Progress: progress(cmd.ErrOrStderr(), "purging")})
+				if err == nil && !yes {
+					for _, d := range res.Selected {
+						fmt.Fprintf(cmd.OutOrStdout(), "%d\t%s\t%s\n", d.SequenceNumber, d.ID, d.Reason)
+					}
+					return usageError{fmt.Errorf("purge deletes %d dead-lettered messages for good; run it again with --yes to do it", len(res.Selected))}
 				}
-				return usageError{fmt.Errorf("purge deletes %d dead-lettered messages for good; run it again with --yes to do it", len(res.Selected))}
-			}
-			return summarize(cmd, res, err, false, "purged", "")
+				return summarize(cmd, res, err, false, "purged", "")
+			})
 		},
 	}
 	f.register(cmd.Flags())
