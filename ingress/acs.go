@@ -91,8 +91,8 @@ func NewACSVerifier(cfg ACSConfig) (*ACSVerifier, error) {
 		return nil, err
 	}
 	return &ACSVerifier{
-		cfg:  cfg,
-		keys: keys,
+		cfg:    cfg,
+		keys:   keys,
 		parser: newParser(cfg.Leeway, cfg.Audiences),
 	}, nil
 }

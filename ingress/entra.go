@@ -123,8 +123,8 @@ func NewEntraVerifier(cfg EntraConfig) (*EntraVerifier, error) {
 		return nil, err
 	}
 	v := &EntraVerifier{
-		cfg:  cfg,
-		keys: keys,
+		cfg:    cfg,
+		keys:   keys,
 		parser: newParser(cfg.Leeway, cfg.Audiences),
 	}
 	if cfg.CacheSize > 0 {
