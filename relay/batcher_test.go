@@ -1,0 +1,469 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// gateSender records every SendBatch and, while its gate is closed, holds
+// each call until the gate opens or the commit's context ends.
+type gateSender struct {
+	mu      sync.Mutex
+	batches [][]Message
+	fail    error // returned by the next call, then cleared
+
+	gate     chan struct{}
+	openOnce sync.Once
+	started  chan struct{} // one value per call, sent before it waits
+	inFlight atomic.Int32
+	maxSeen  atomic.Int32
+}
+
+func newGateSender(open bool) *gateSender {
+	s := &gateSender{gate: make(chan struct{}), started: make(chan struct{}, 1024)}
+	if open {
+		s.open()
+	}
+	return s
+}
+
+func (s *gateSender) SendBatch(ctx context.Context, msgs []Message) error {
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for {
+		m := s.maxSeen.Load()
+		if n <= m || s.maxSeen.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	s.started <- struct{}{}
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return fmt.Errorf("send: %w", ctx.Err())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail; err != nil {
+		s.fail = nil
+		return err
+	}
+	s.batches = append(s.batches, append([]Message(nil), msgs...))
+	return nil
+}
+
+// open lets held and future commits proceed.
+func (s *gateSender) open() { s.openOnce.Do(func() { close(s.gate) }) }
+
+func (s *gateSender) committed() [][]Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]Message(nil), s.batches...)
+}
+
+func msgs(prefix string, n int) []Message {
+	out := make([]Message, n)
+	for i := range out {
+		out[i] = Message{ID: fmt.Sprintf("%s-%d", prefix, i), Body: []byte(`{}`)}
+	}
+	return out
+}
+
+func newTestBatcher(t *testing.T, s BatchSender, cfg BatchConfig, m *Metrics) *Batcher {
+	t.Helper()
+	b, err := NewBatcher(s, cfg, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	if g, ok := s.(*gateSender); ok {
+		t.Cleanup(g.open) // runs before Close, so a failed test cannot hang it
+	}
+	return b
+}
+
+// waitQueued waits until n requests are waiting for the next commit. The
+// batcher's loop holds one of them while it waits for a commit slot, so n-1
+// stay in the channel.
+func waitQueued(t *testing.T, b *Batcher, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(b.reqs) < n-1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d requests queued within 5s", len(b.reqs)+1, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func waitStarted(t *testing.T, s *gateSender) {
+	t.Helper()
+	select {
+	case <-s.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no commit started within 5s")
+	}
+}
+
+// Requests that arrive while a commit runs are gathered into the next
+// commit, each caller gets its commit's result, and a request's messages are
+// never split between commits.
+func TestBatcherGroupCommit(t *testing.T) {
+	s := newGateSender(false)
+	b := newTestBatcher(t, s, BatchConfig{}, nil)
+
+	first := make(chan error, 1)
+	go func() { first <- b.Publish(context.Background(), msgs("first", 1)) }()
+	waitStarted(t, s) // the first commit is now running and held
+
+	const callers = 20
+	errs := make(chan error, callers)
+	for i := range callers {
+		go func() { errs <- b.Publish(context.Background(), msgs(fmt.Sprintf("c%d", i), 3)) }()
+	}
+	waitQueued(t, b, callers)
+	s.open()
+
+	if err := <-first; err != nil {
+		t.Fatalf("first publish: %v", err)
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+	got := s.committed()
+	if len(got) != 2 {
+		t.Fatalf("%d commits, want 2 (the held one and one for all %d waiting callers)", len(got), callers)
+	}
+	if len(got[1]) != callers*3 {
+		t.Fatalf("second commit holds %d messages, want %d", len(got[1]), callers*3)
+	}
+	assertRequestsWhole(t, got)
+}
+
+// assertRequestsWhole checks that every request's messages (same ID prefix)
+// sit next to each other in one commit and in order.
+func assertRequestsWhole(t *testing.T, batches [][]Message) {
+	t.Helper()
+	where := map[string]int{}
+	for bi, batch := range batches {
+		for i, m := range batch {
+			prefix, idx, _ := strings.Cut(m.ID, "-")
+			if prev, ok := where[prefix]; ok && prev != bi {
+				t.Fatalf("request %s split across commits %d and %d", prefix, prev, bi)
+			}
+			where[prefix] = bi
+			if idx != "0" {
+				want := fmt.Sprintf("%s-%d", prefix, mustAtoi(t, idx)-1)
+				if i == 0 || batch[i-1].ID != want {
+					t.Fatalf("message %s not right after %s in commit %d", m.ID, want, bi)
+				}
+			}
+		}
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestBatcherRespectsLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  BatchConfig
+		max  func(batch []Message) bool // reports whether batch is over the limit
+	}{
+		{"messages", BatchConfig{MaxMessages: 5}, func(b []Message) bool { return len(b) > 5 }},
+		{"bytes", BatchConfig{MaxBytes: 100}, func(b []Message) bool {
+			n := 0
+			for i := range b {
+				n += b[i].Size()
+			}
+			return n > 100 && len(b) > 2 // one request (2 messages) may exceed the limit alone
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newGateSender(false)
+			b := newTestBatcher(t, s, tc.cfg, nil)
+			var wg sync.WaitGroup
+			for i := range 40 {
+				wg.Go(func() {
+					if err := b.Publish(context.Background(), msgs(fmt.Sprintf("r%d", i), 2)); err != nil {
+						t.Errorf("publish: %v", err)
+					}
+				})
+			}
+			waitStarted(t, s)
+			time.Sleep(20 * time.Millisecond) // let the rest queue up behind the held commit
+			s.open()
+			wg.Wait()
+			got := s.committed()
+			total := 0
+			for i, batch := range got {
+				total += len(batch)
+				if tc.max(batch) {
+					t.Errorf("commit %d has %d messages, over the %s limit", i, len(batch), tc.name)
+				}
+			}
+			if total != 80 {
+				t.Fatalf("committed %d messages, want 80", total)
+			}
+			if len(got) < 3 {
+				t.Fatalf("%d commits of 80 messages; the limit cannot have been applied", len(got))
+			}
+			assertRequestsWhole(t, got)
+		})
+	}
+}
+
+// A request bigger than MaxMessages on its own is committed alone, not
+// split and not refused.
+func TestBatcherOversizedRequestAlone(t *testing.T) {
+	s := newGateSender(true)
+	b := newTestBatcher(t, s, BatchConfig{MaxMessages: 4}, nil)
+	if err := b.Publish(context.Background(), msgs("big", 10)); err != nil {
+		t.Fatal(err)
+	}
+	got := s.committed()
+	if len(got) != 1 || len(got[0]) != 10 {
+		t.Fatalf("commits %v, want one commit of 10", len(got))
+	}
+}
+
+// A failed commit fails every caller in it, and only them.
+func TestBatcherFailureReachesEveryCaller(t *testing.T) {
+	s := newGateSender(false)
+	reg := prometheus.NewRegistry()
+	b := newTestBatcher(t, s, BatchConfig{}, NewMetrics(reg))
+
+	held := make(chan error, 1)
+	go func() { held <- b.Publish(context.Background(), msgs("held", 1)) }()
+	waitStarted(t, s)
+
+	boom := fmt.Errorf("%w: disk full", ErrUnavailable)
+	s.mu.Lock()
+	s.fail = boom
+	s.mu.Unlock()
+	const callers = 5
+	errs := make(chan error, callers)
+	for i := range callers {
+		go func() { errs <- b.Publish(context.Background(), msgs(fmt.Sprintf("f%d", i), 1)) }()
+	}
+	waitQueued(t, b, callers)
+	s.open()
+
+	// The held commit takes the failure (it reaches fail first), so its one
+	// caller fails and the five gathered behind it succeed.
+	if err := <-held; !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("held publish: %v, want ErrUnavailable", err)
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatalf("later publish: %v", err)
+		}
+	}
+	if got := histogramCount(t, reg, "hookbridge_enqueue_duration_seconds", "error"); got != 1 {
+		t.Fatalf("error observations %d, want 1", got)
+	}
+	if got := histogramCount(t, reg, "hookbridge_enqueue_duration_seconds", "ok"); got != callers {
+		t.Fatalf("ok observations %d, want %d", got, callers)
+	}
+}
+
+func histogramCount(t *testing.T, g prometheus.Gatherer, name, result string) uint64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func TestBatcherMaxInFlight(t *testing.T) {
+	for _, inFlight := range []int{1, 3} {
+		t.Run(fmt.Sprint(inFlight), func(t *testing.T) {
+			s := newGateSender(false)
+			b := newTestBatcher(t, s, BatchConfig{MaxInFlight: inFlight, MaxMessages: 1}, nil)
+			var wg sync.WaitGroup
+			for i := range 10 {
+				wg.Go(func() {
+					if err := b.Publish(context.Background(), msgs(fmt.Sprintf("m%d", i), 1)); err != nil {
+						t.Errorf("publish: %v", err)
+					}
+				})
+			}
+			for range inFlight {
+				waitStarted(t, s)
+			}
+			// No further commit may start while the allowed ones are held.
+			select {
+			case <-s.started:
+				t.Fatalf("commit %d started with %d allowed in flight", inFlight+1, inFlight)
+			case <-time.After(50 * time.Millisecond):
+			}
+			s.open()
+			wg.Wait()
+			if got := int(s.maxSeen.Load()); got != inFlight {
+				t.Fatalf("at most %d commits ran at once, want %d", got, inFlight)
+			}
+		})
+	}
+}
+
+// A commit that outlasts Timeout fails as ErrUnavailable (a retryable
+// status for the sender), keeping the deadline in the chain.
+func TestBatcherTimeout(t *testing.T) {
+	s := newGateSender(false)
+	b := newTestBatcher(t, s, BatchConfig{Timeout: 30 * time.Millisecond}, nil)
+	err := b.Publish(context.Background(), msgs("slow", 1))
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publish: %v, want ErrUnavailable wrapping DeadlineExceeded", err)
+	}
+	if !strings.Contains(err.Error(), "timed out after 30ms") {
+		t.Fatalf("error %q does not say how long the commit ran", err)
+	}
+}
+
+// A caller that gives up gets its context's error at once, and the commit
+// still happens: the outcome is unknown to it, not undone.
+func TestBatcherCallerGivesUp(t *testing.T) {
+	s := newGateSender(false)
+	b := newTestBatcher(t, s, BatchConfig{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan error, 1)
+	go func() { res <- b.Publish(ctx, msgs("gone", 1)) }()
+	waitStarted(t, s)
+	cancel()
+	if err := <-res; !errors.Is(err, context.Canceled) {
+		t.Fatalf("publish: %v, want context.Canceled", err)
+	}
+	s.open()
+	b.Close()
+	if got := s.committed(); len(got) != 1 || got[0][0].ID != "gone-0" {
+		t.Fatalf("commits %v, want the abandoned request committed", got)
+	}
+}
+
+// Close commits every request already accepted, then refuses new ones.
+func TestBatcherCloseDrains(t *testing.T) {
+	s := newGateSender(false)
+	b, err := NewBatcher(s, BatchConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const callers = 8
+	errs := make(chan error, callers+1)
+	go func() { errs <- b.Publish(context.Background(), msgs("a", 1)) }()
+	waitStarted(t, s)
+	for i := range callers {
+		go func() { errs <- b.Publish(context.Background(), msgs(fmt.Sprintf("b%d", i), 1)) }()
+	}
+	waitQueued(t, b, callers)
+	closed := make(chan struct{})
+	go func() { b.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a commit was still running")
+	case <-time.After(30 * time.Millisecond):
+	}
+	s.open()
+	<-closed
+	for range callers + 1 {
+		if err := <-errs; err != nil {
+			t.Fatalf("publish accepted before Close: %v", err)
+		}
+	}
+	total := 0
+	for _, batch := range s.committed() {
+		total += len(batch)
+	}
+	if total != callers+1 {
+		t.Fatalf("committed %d messages, want %d", total, callers+1)
+	}
+	if err := b.Publish(context.Background(), msgs("late", 1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after Close: %v, want ErrClosed", err)
+	}
+	b.Close() // a second Close is harmless
+}
+
+// With a linger, a lone request waits for company; without one it is
+// committed at once.
+func TestBatcherLinger(t *testing.T) {
+	s := newGateSender(true)
+	b := newTestBatcher(t, s, BatchConfig{Linger: 300 * time.Millisecond}, nil)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := b.Publish(context.Background(), msgs("x", 1)); err != nil {
+			t.Errorf("publish: %v", err)
+		}
+	})
+	time.Sleep(10 * time.Millisecond)
+	wg.Go(func() {
+		if err := b.Publish(context.Background(), msgs("y", 1)); err != nil {
+			t.Errorf("publish: %v", err)
+		}
+	})
+	wg.Wait()
+	if got := s.committed(); len(got) != 1 || len(got[0]) != 2 {
+		t.Fatalf("commits %v, want one commit holding both requests", got)
+	}
+
+	s2 := newGateSender(true)
+	b2 := newTestBatcher(t, s2, BatchConfig{}, nil)
+	start := time.Now()
+	if err := b2.Publish(context.Background(), msgs("z", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a lone request without linger took %s", d)
+	}
+}
+
+func TestBatchConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  BatchConfig
+		want string
+	}{
+		{BatchConfig{MaxMessages: -1}, "batch max messages -1"},
+		{BatchConfig{MaxBytes: -1}, "batch max bytes -1"},
+		{BatchConfig{Linger: 2 * time.Second}, "batch linger 2s: must be between 0 and 1s"},
+		{BatchConfig{Linger: -time.Millisecond}, "batch linger -1ms"},
+		{BatchConfig{MaxInFlight: -2}, "batch max in flight -2"},
+		{BatchConfig{Timeout: -time.Second}, "batch timeout -1s"},
+		{BatchConfig{MaxPending: -1}, "batch max pending -1"},
+	} {
+		_, err := NewBatcher(newGateSender(true), tc.cfg, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	if err := (BatchConfig{}).Validate(); err != nil {
+		t.Fatalf("zero config: %v", err)
+	}
+}
