@@ -112,7 +112,7 @@ func newDurableStack(b *testing.B) *durableStack {
 	}
 	b.Cleanup(batcher.Close)
 	st := &durableStack{queue: q, pub: &timedPublisher{next: batcher}, toks: benchTokens(b, iss, 512)}
-	s, err := ingress.New(ingress.Config{Publisher: st.pub, ACSVerifiers: []ingress.Verifier{acs}})
+	s, err := ingress.New(ingress.Config{Publisher: st.pub, ACSVerifiers: []ingress.Verifier{acs}, ReplayCacheSize: benchReplayOff})
 	if err != nil {
 		b.Fatal(err)
 	}
