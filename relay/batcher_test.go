@@ -416,7 +416,7 @@ func TestBatcherCloseDrains(t *testing.T) {
 // committed at once.
 func TestBatcherLinger(t *testing.T) {
 	s := newGateSender(true)
-	b := newTestBatcher(t, s, BatchConfig{Linger: 300 * time.Millisecond}, nil)
+	b := newTestBatcher(t, s, BatchConfig{Linger: time.Second}, nil)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := b.Publish(context.Background(), msgs("x", 1)); err != nil {
