@@ -1,7 +1,6 @@
 package ingress_test
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -33,13 +32,7 @@ func newEntra(t testing.TB, iss *devissuer.Issuer, cfg ingress.EntraConfig, wait
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { v.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if wait {
-		waitFor(t, 10*time.Second, v.Ready)
-	}
+	runVerifier(t, v.Run, v.Ready, wait)
 	return v
 }
 

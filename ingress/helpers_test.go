@@ -37,6 +37,19 @@ func newIssuer(t testing.TB) *devissuer.Issuer {
 
 // newACS returns a running ACS verifier trusting iss. With wait set it
 // returns once the keys are loaded.
+// runVerifier runs a verifier's key refresh until the test ends and, if
+// wait, waits until it has keys.
+func runVerifier(t testing.TB, run func(context.Context) error, ready func() bool, wait bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if wait {
+		waitFor(t, 10*time.Second, ready)
+	}
+}
+
 func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait bool) *ingress.ACSVerifier {
 	t.Helper()
 	if cfg.Audiences == nil {
@@ -47,13 +60,7 @@ func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait boo
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { v.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if wait {
-		waitFor(t, 10*time.Second, v.Ready)
-	}
+	runVerifier(t, v.Run, v.Ready, wait)
 	return v
 }
 
