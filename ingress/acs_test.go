@@ -16,7 +16,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/hookbridge/hookbridge/ingress"
-	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer"
 )
 
 var jti atomic.Int64

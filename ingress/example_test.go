@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/ingress"
-	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 

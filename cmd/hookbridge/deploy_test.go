@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
 )
 
 type composeFile struct {

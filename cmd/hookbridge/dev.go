@@ -13,7 +13,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
-	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer"
 )
 
 // Identities the development issuer signs for.

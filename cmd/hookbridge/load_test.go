@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer"
 )
 
 // TestLoadLoopback drives `hookbridge ingress` (a real process) over

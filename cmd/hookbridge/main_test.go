@@ -24,9 +24,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/hookbridge/hookbridge/ingress/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )

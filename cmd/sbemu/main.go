@@ -18,7 +18,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 )
 
 func main() {

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
-	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 

@@ -5,7 +5,7 @@ import (
 
 	"github.com/Azure/go-amqp"
 
-	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 )
 
 // TestReleasedIsNotADelivery speaks plain AMQP 1.0 (go-amqp, no Service

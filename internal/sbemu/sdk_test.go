@@ -8,7 +8,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
-	"github.com/hookbridge/hookbridge/relay/servicebus/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 )
 
 func startServer(t *testing.T, queues ...sbemu.QueueConfig) *sbemu.Server {
