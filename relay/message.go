@@ -27,12 +27,21 @@ type Message struct {
 	// Properties are the application properties; values are string, bool,
 	// int64 or float64.
 	Properties map[string]any
+	// DeadLetterReason, when set, sends the message straight to the
+	// dead-letter queue with this reason and DeadLetterDescription, never to
+	// a consumer: the ingress keeps a verified sender's event that cannot be
+	// normalized this way (ReasonMalformedEvent). A backend that cannot write
+	// to its dead-letter queue directly (Service Bus) enqueues it marked, and
+	// its receivers dead-letter it on arrival.
+	DeadLetterReason      string
+	DeadLetterDescription string
 }
 
 // Size approximates the encoded size of m, for batching limits: body,
 // identifiers and properties.
 func (m *Message) Size() int {
-	n := len(m.Body) + len(m.ID) + len(m.SessionID) + len(m.Subject) + len(m.ContentType)
+	n := len(m.Body) + len(m.ID) + len(m.SessionID) + len(m.Subject) + len(m.ContentType) +
+		len(m.DeadLetterReason) + len(m.DeadLetterDescription)
 	for k, v := range m.Properties {
 		n += len(k) + 8
 		if s, ok := v.(string); ok {
@@ -118,6 +127,11 @@ type Received struct {
 	// DeliveryCount is how many times the message has been handed out,
 	// this time included (1 on first delivery).
 	DeliveryCount int
+	// MaxDeliveryCount is the queue's maximum delivery count, 0 when the
+	// backend does not know it: a delivery with DeliveryCount ≥
+	// MaxDeliveryCount is the last one before the queue dead-letters the
+	// message, so a consumer dead-letters it itself, saying why.
+	MaxDeliveryCount int
 	EnqueuedTime  time.Time
 	// LockedUntil is when the lock expires unless renewed.
 	LockedUntil time.Time
@@ -154,4 +168,8 @@ const (
 	// ReasonMaxDelivery is the queue's reason once a message was delivered
 	// the queue's maximum number of times (the name Service Bus uses).
 	ReasonMaxDelivery = "MaxDeliveryCountExceeded"
+	// ReasonMalformedEvent is set by the ingress on an event from a
+	// verified sender that breaks an envelope rule no documented lenient
+	// rule repairs; the description names the rule.
+	ReasonMalformedEvent = "MalformedEvent"
 )
