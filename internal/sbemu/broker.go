@@ -1,7 +1,6 @@
 package sbemu
 
 import (
-	"crypto/rand"
 	"fmt"
 	"strings"
 	"time"
@@ -9,46 +8,10 @@ import (
 	"github.com/Azure/go-amqp"
 )
 
-// QueueConfig describes one queue, with Service Bus's property names and
-// defaults.
-type QueueConfig struct {
-	Name string
-	// LockDuration: default 60s.
-	LockDuration time.Duration
-	// MaxDeliveryCount: default 10.
-	MaxDeliveryCount int
-	// RequiresSession: the queue delivers only through session receivers,
-	// and refuses messages without a session ID.
-	RequiresSession bool
-	// RequiresDuplicateDetection and DuplicateDetectionHistoryTimeWindow
-	// (default 10m): a message whose ID was sent within the window is
-	// accepted and dropped.
-	RequiresDuplicateDetection          bool
-	DuplicateDetectionHistoryTimeWindow time.Duration
-	// DefaultMessageTimeToLive: zero means messages do not expire.
-	DefaultMessageTimeToLive time.Duration
-	// DeadLetteringOnMessageExpiration moves expired messages to the
-	// dead-letter queue (reason TTLExpiredException) instead of dropping
-	// them.
-	DeadLetteringOnMessageExpiration bool
-	// MaxMessageSizeBytes: default 256 KiB, as on the Standard tier.
-	MaxMessageSizeBytes int
-}
-
-func (c *QueueConfig) setDefaults() {
-	if c.LockDuration == 0 {
-		c.LockDuration = time.Minute
-	}
-	if c.MaxDeliveryCount == 0 {
-		c.MaxDeliveryCount = 10
-	}
-	if c.DuplicateDetectionHistoryTimeWindow == 0 {
-		c.DuplicateDetectionHistoryTimeWindow = 10 * time.Minute
-	}
-	if c.MaxMessageSizeBytes == 0 {
-		c.MaxMessageSizeBytes = 256 << 10
-	}
-}
+// This file is the broker: queues, sequence numbers, locks, sessions,
+// settlement, dead-lettering and expiry. It decides what happens to
+// messages; the connection code (conn.go, session.go, link.go) only moves
+// frames. Everything here runs under the server's mutex.
 
 const deadLetterSuffix = "/$deadletterqueue"
 
@@ -110,25 +73,6 @@ type sessionState struct {
 
 func (s *sessionState) held(now time.Time) bool { return s.holder != nil && now.Before(s.lockedUntil) }
 
-func newLockToken() UUID {
-	var u UUID
-	rand.Read(u[:])
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return u
-}
-
-// dotnetOrder converts an RFC 4122 UUID to .NET's GUID byte order (the first
-// three groups little-endian), the order of a lock token in a delivery tag.
-func dotnetOrder(u UUID) []byte {
-	b := make([]byte, 16)
-	copy(b, u[:])
-	b[0], b[1], b[2], b[3] = u[3], u[2], u[1], u[0]
-	b[4], b[5] = u[5], u[4]
-	b[6], b[7] = u[7], u[6]
-	return b
-}
-
 // enqueue adds msg to q (the caller holds the server lock). It returns false
 // when the message is a duplicate that was dropped.
 func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (bool, error) {
@@ -161,13 +105,6 @@ func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (bool, erro
 	q.messages = append(q.messages, m)
 	s.events.add(Event{Kind: EventEnqueued, Entity: q.name, MessageID: id, Sequence: m.seq})
 	return true, nil
-}
-
-func messageID(msg *amqp.Message) string {
-	if msg.Properties == nil || msg.Properties.MessageID == nil {
-		return ""
-	}
-	return fmt.Sprint(msg.Properties.MessageID)
 }
 
 // remove takes m out of q.
@@ -327,45 +264,184 @@ func (s *Server) entity(address string) *queue {
 	return s.queues[addr]
 }
 
-// deliverable renders m as the client receives it: the broker's
-// annotations, the header's delivery count, and for peek-lock the lock
-// token in the delivery annotations.
-func deliverable(q *queue, m *stored, withLock bool, state int64) ([]byte, error) {
-	msg := *m.msg
-	msg.DeliveryTag = nil
-	hdr := amqp.MessageHeader{}
-	if m.msg.Header != nil {
-		hdr = *m.msg.Header
+// accept takes what a client sender sent on l: one message, or a batch. It
+// returns the outcome to confirm, or drop when an injected fault cuts the
+// connection instead. Send faults are applied here, and only here.
+func (s *Server) accept(l *link, body []byte, format uint32) (state Described, drop bool) {
+	q := l.q
+	if f, ok := s.faults.takeSendFault(); ok {
+		s.events.add(Event{Kind: EventFault, Conn: l.sess.c.id, Link: l.name, Entity: q.name, Detail: f.describe()})
+		switch {
+		case f.condition != "":
+			return described(codeRejected, amqpError(f.condition, "fault injected by the emulator")), false
+		case f.dropConnection:
+			if f.store {
+				s.enqueueBody(q, body, format)
+			}
+			return Described{}, true
+		}
 	}
-	hdr.DeliveryCount = m.prior
-	msg.Header = &hdr
-	ann := make(amqp.Annotations, len(m.msg.Annotations)+6)
-	for k, v := range m.msg.Annotations {
-		ann[k] = v
+	if len(body) > q.cfg.MaxMessageSizeBytes {
+		return described(codeRejected, amqpError("amqp:link:message-size-exceeded",
+			fmt.Sprintf("the message of %d bytes exceeds the limit of %d bytes", len(body), q.cfg.MaxMessageSizeBytes))), false
 	}
-	ann["x-opt-sequence-number"] = m.seq
-	ann["x-opt-enqueue-sequence-number"] = m.seq
-	ann["x-opt-enqueued-time"] = m.enqueued
-	if m.sessionID != "" {
-		ann["x-opt-partition-key"] = m.sessionID
+	if err := s.enqueueBody(q, body, format); err != nil {
+		return described(codeRejected, amqpError("amqp:not-allowed", err.Error())), false
 	}
-	if withLock {
-		ann["x-opt-locked-until"] = m.lockedUntil
+	return described(codeAccepted), false
+}
+
+// enqueueBody decodes a transfer's message or batch and enqueues it, all or
+// nothing.
+func (s *Server) enqueueBody(q *queue, body []byte, format uint32) error {
+	var msgs []*amqp.Message
+	env := &amqp.Message{}
+	if err := env.UnmarshalBinary(body); err != nil {
+		return fmt.Errorf("undecodable message: %w", err)
 	}
-	if m.dlSource != "" {
-		ann["x-opt-deadletter-source"] = m.dlSource
-	}
-	if state != 0 {
-		ann["x-opt-message-state"] = state
-	}
-	msg.Annotations = ann
-	if withLock {
-		msg.DeliveryAnnotations = amqp.Annotations{"x-opt-lock-token": amqp.UUID(m.lockToken)}
+	if format == batchFormat {
+		for _, d := range env.Data {
+			m := &amqp.Message{}
+			if err := m.UnmarshalBinary(d); err != nil {
+				return fmt.Errorf("undecodable message in batch: %w", err)
+			}
+			msgs = append(msgs, m)
+		}
 	} else {
-		msg.DeliveryAnnotations = nil
+		msgs = append(msgs, env)
 	}
-	if msg.Properties == nil {
-		msg.Properties = &amqp.MessageProperties{}
+	if q.cfg.RequiresSession {
+		for _, m := range msgs {
+			if m.Properties == nil || m.Properties.GroupID == nil || *m.Properties.GroupID == "" {
+				return fmt.Errorf("the queue %s requires sessions: set a session ID on every message", q.name)
+			}
+		}
 	}
-	return msg.MarshalBinary()
+	now := s.now()
+	for _, m := range msgs {
+		if _, err := s.enqueue(q, m, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// settle applies a client's outcome to a delivery and returns the outcome
+// to confirm: the same, or rejected with message-lock-lost.
+func (s *Server) settle(d *delivery, state perf) Described {
+	now := s.now()
+	m, q := d.m, d.q
+	lost := m.lockToken != d.token || !m.locked(now) || q.findBySeq(m.seq) != m
+	if d.l.sessionBound {
+		if st := q.sessions[d.l.sessionID]; st == nil || st.holder != d.l || !st.held(now) {
+			lost = true
+		}
+	}
+	if lost {
+		return described(codeRejected, amqpError("com.microsoft:message-lock-lost",
+			"the lock supplied is invalid: either the lock expired, or the message has already been removed from the queue"))
+	}
+	return s.applyOutcome(q, m, state, now)
+}
+
+// applyOutcome settles a locked message by a delivery state.
+func (s *Server) applyOutcome(q *queue, m *stored, state perf, now time.Time) Described {
+	id := messageID(m.msg)
+	switch state.code {
+	case codeAccepted:
+		q.remove(m)
+		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "completed"})
+		return described(codeAccepted)
+	case codeRejected:
+		reason, desc := "", ""
+		if e, ok := state.described(0); ok {
+			if info := e.mapField(2); info != nil {
+				reason, _ = info.GetName("DeadLetterReason").(string)
+				desc, _ = info.GetName("DeadLetterErrorDescription").(string)
+			}
+		}
+		s.deadLetter(q, m, reason, desc, now)
+		// Rejected without an error: the SDK reads an error as a failure.
+		return described(codeRejected)
+	case codeModified:
+		if state.boolean(1) { // undeliverable-here: defer
+			m.unlock()
+			m.deferred = true
+			s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "deferred"})
+			return described(codeModified, nil, true)
+		}
+		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "abandoned"})
+		s.release(q, m, true, now)
+		return described(codeModified)
+	case codeReleased:
+		s.release(q, m, false, now)
+		return described(codeReleased)
+	default:
+		return described(codeRejected, amqpError("amqp:not-implemented", fmt.Sprintf("delivery state 0x%x", state.code)))
+	}
+}
+
+// deliverTo hands receiver link l as many messages as its credit and the
+// session window allow: the next available message for it, locked in
+// peek-lock mode, deleted in receive-and-delete mode.
+func (s *Server) deliverTo(l *link) {
+	if l.pendingAccept || l.kind != kindEntity || !l.clientRx {
+		return
+	}
+	now := s.now()
+	for l.canSend() {
+		if l.sessionBound {
+			st := l.q.sessions[l.sessionID]
+			if st == nil || st.holder != l || !st.held(now) {
+				return
+			}
+		}
+		m := l.q.nextFor(l, now)
+		if m == nil {
+			return
+		}
+		settled := !l.peekLock
+		var token UUID
+		if !settled {
+			token = newLockToken()
+			m.lockToken, m.holder = token, l
+			m.lockedUntil = now.Add(l.q.cfg.LockDuration)
+			if l.sessionBound {
+				m.lockedUntil = l.q.sessions[l.sessionID].lockedUntil
+			}
+		}
+		payload, err := deliverable(l.q, m, !settled, 0)
+		if err != nil {
+			s.log("encode message %d: %v", m.seq, err)
+			return
+		}
+		if settled {
+			l.q.remove(m)
+		}
+		l.transmit(&delivery{l: l, q: l.q, m: m, token: token}, dotnetOrder(token), settled, payload)
+		s.events.add(Event{Kind: EventDelivered, Conn: l.sess.c.id, Link: l.name, Entity: l.q.name, MessageID: messageID(m.msg), Sequence: m.seq})
+	}
+}
+
+// lockSession gives session id of q to holder until the lock duration
+// passes.
+func (s *Server) lockSession(q *queue, id string, holder *link, now time.Time) *sessionState {
+	st := q.sessions[id]
+	if st == nil {
+		st = &sessionState{id: id}
+		q.sessions[id] = st
+	}
+	st.holder = holder
+	st.lockedUntil = now.Add(q.cfg.LockDuration)
+	return st
+}
+
+// linkGone releases what a detached link held: its session, if any.
+// Message locks stay until they expire, as in Service Bus.
+func (s *Server) linkGone(l *link) {
+	if l.q != nil && l.sessionBound {
+		if st, ok := l.q.sessions[l.sessionID]; ok && st.holder == l {
+			st.holder = nil
+		}
+	}
 }
