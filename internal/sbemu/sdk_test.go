@@ -9,32 +9,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 )
-
-func startServer(t *testing.T, queues ...sbemu.QueueConfig) *sbemu.Server {
-	t.Helper()
-	s, err := sbemu.New(sbemu.Config{Queues: queues})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func newClient(t *testing.T, s *sbemu.Server) *azservicebus.Client {
-	t.Helper()
-	c, err := azservicebus.NewClientFromConnectionString(s.ConnectionString(), &azservicebus.ClientOptions{
-		RetryOptions: azservicebus.RetryOptions{MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: time.Second},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
-}
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -43,8 +19,8 @@ func ctx(t *testing.T) context.Context {
 }
 
 func TestSendReceiveComplete(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})
+	c := s.NewClient(t)
 	snd, err := c.NewSender("q", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +51,8 @@ func TestSendReceiveComplete(t *testing.T) {
 }
 
 func TestSettlementsAndDeadLetters(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q", MaxDeliveryCount: 2, LockDuration: 5 * time.Second})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q", MaxDeliveryCount: 2, LockDuration: 5 * time.Second})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	batch, err := snd.NewMessageBatch(ctx(t), nil)
 	if err != nil {
@@ -150,8 +126,8 @@ func TestSettlementsAndDeadLetters(t *testing.T) {
 }
 
 func TestSessions(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 5 * time.Second})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 5 * time.Second})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("sq", nil)
 	for i, sid := range []string{"s1", "s2", "s1"} {
 		sid := sid
@@ -211,8 +187,8 @@ func TestSessions(t *testing.T) {
 }
 
 func TestLargeMessagesSpanFrames(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	big := make([]byte, 200_000) // several 64 KB frames each way
 	for i := range big {
@@ -239,8 +215,8 @@ func TestLargeMessagesSpanFrames(t *testing.T) {
 }
 
 func TestReceiveAndDeleteDeferScheduleTTL(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"}, sbemu.QueueConfig{Name: "ttl", DefaultMessageTimeToLive: 200 * time.Millisecond, DeadLetteringOnMessageExpiration: true})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"}, sbemu.QueueConfig{Name: "ttl", DefaultMessageTimeToLive: 200 * time.Millisecond, DeadLetteringOnMessageExpiration: true})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	for _, id := range []string{"d1", "d2"} {
 		id := id
@@ -299,8 +275,8 @@ func TestReceiveAndDeleteDeferScheduleTTL(t *testing.T) {
 }
 
 func TestSettlementFallsBackToManagementAfterDetach(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q", LockDuration: 10 * time.Second})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q", LockDuration: 10 * time.Second})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	id := "m"
 	snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id}, nil)
@@ -327,14 +303,8 @@ func TestSettlementFallsBackToManagementAfterDetach(t *testing.T) {
 }
 
 func TestSASCheckAndLeaks(t *testing.T) {
-	s, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}, SharedAccessKey: "correct-key"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := sbemutest.NewServerConfig(t, sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}, SharedAccessKey: "correct-key"})
+	s.ExpectNoLeaks()
 	good, _ := azservicebus.NewClientFromConnectionString(s.ConnectionString(), nil)
 	snd, _ := good.NewSender("q", nil)
 	if err := snd.SendMessage(ctx(t), &azservicebus.Message{Body: []byte("x")}, nil); err != nil {
@@ -348,12 +318,4 @@ func TestSASCheckAndLeaks(t *testing.T) {
 		t.Error("a wrong key was accepted")
 	}
 	bad.Close(ctx(t))
-	// Leak check: every connection and link closed.
-	deadline := time.Now().Add(5 * time.Second)
-	for s.OpenConnections() != 0 || s.OpenLinks() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections and %d links still open after the clients closed", s.OpenConnections(), s.OpenLinks())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
