@@ -73,26 +73,27 @@ type sessionState struct {
 
 func (s *sessionState) held(now time.Time) bool { return s.holder != nil && now.Before(s.lockedUntil) }
 
-// enqueue adds msg to q (the caller holds the server lock). It returns false
-// when the message is a duplicate that was dropped.
-func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (bool, error) {
-	id := messageID(msg)
-	if q.cfg.RequiresDuplicateDetection && id != "" {
-		if seen, ok := q.dedup[id]; ok && now.Sub(seen) < q.cfg.DuplicateDetectionHistoryTimeWindow {
-			s.events.add(Event{Kind: EventDuplicate, Entity: q.name, MessageID: id})
-			return false, nil
-		}
-		q.dedup[id] = now
-	}
-	m := &stored{seq: q.nextSeq, msg: msg, enqueued: now, visible: now}
-	q.nextSeq++
+// enqueue adds msg to q. It returns the stored message, or nil when the
+// message is a duplicate that was dropped.
+func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (*stored, error) {
+	m := &stored{msg: msg, enqueued: now, visible: now}
 	if msg.Properties != nil && msg.Properties.GroupID != nil {
 		m.sessionID = *msg.Properties.GroupID
 	}
 	if q.cfg.RequiresSession && m.sessionID == "" && !q.isDLQ() {
-		return false, fmt.Errorf("the queue requires sessions: set a session ID on every message")
+		return nil, fmt.Errorf("the queue %s requires sessions: set a session ID on every message", q.name)
 	}
-	if t, ok := msg.Annotations["x-opt-scheduled-enqueue-time"].(time.Time); ok && t.After(now) {
+	id := messageID(msg)
+	if q.cfg.RequiresDuplicateDetection && id != "" {
+		if seen, dup := q.dedup[id]; dup && now.Sub(seen) < q.cfg.DuplicateDetectionHistoryTimeWindow {
+			s.events.add(Event{Kind: EventDuplicate, Entity: q.name, MessageID: id})
+			return nil, nil
+		}
+		q.dedup[id] = now
+	}
+	m.seq = q.nextSeq
+	q.nextSeq++
+	if t, isTime := msg.Annotations["x-opt-scheduled-enqueue-time"].(time.Time); isTime && t.After(now) {
 		m.visible = t
 	}
 	ttl := q.cfg.DefaultMessageTimeToLive
@@ -104,7 +105,7 @@ func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (bool, erro
 	}
 	q.messages = append(q.messages, m)
 	s.events.add(Event{Kind: EventEnqueued, Entity: q.name, MessageID: id, Sequence: m.seq})
-	return true, nil
+	return m, nil
 }
 
 // remove takes m out of q.
@@ -117,8 +118,10 @@ func (q *queue) remove(m *stored) {
 	}
 }
 
-// deadLetter moves m from q to q's dead-letter queue.
-func (s *Server) deadLetter(q *queue, m *stored, reason, description string, now time.Time) {
+// deadLetter moves m from q to q's dead-letter queue, with props (the
+// reason, the description, and any properties the client modified) set
+// among its application properties.
+func (s *Server) deadLetter(q *queue, m *stored, props map[string]any, now time.Time) {
 	if q.isDLQ() { // a dead letter cannot be dead-lettered again
 		m.unlock()
 		return
@@ -126,18 +129,69 @@ func (s *Server) deadLetter(q *queue, m *stored, reason, description string, now
 	q.remove(m)
 	m.unlock()
 	msg := *m.msg
-	props := make(map[string]any, len(msg.ApplicationProperties)+2)
-	for k, v := range msg.ApplicationProperties {
-		props[k] = v
-	}
-	props["DeadLetterReason"] = reason
-	props["DeadLetterErrorDescription"] = description
-	msg.ApplicationProperties = props
+	msg.ApplicationProperties = withProperties(msg.ApplicationProperties, props)
 	dl := &stored{seq: q.dlq.nextSeq, msg: &msg, enqueued: m.enqueued, visible: now, prior: m.prior,
 		sessionID: m.sessionID, dlSource: q.name}
 	q.dlq.nextSeq++
 	q.dlq.messages = append(q.dlq.messages, dl)
+	reason, _ := props["DeadLetterReason"].(string)
 	s.events.add(Event{Kind: EventDeadLettered, Entity: q.name, MessageID: messageID(m.msg), Sequence: m.seq, Detail: reason})
+}
+
+// deadLetterReason is what the broker itself sets when it dead-letters.
+func deadLetterReason(reason, description string) map[string]any {
+	return map[string]any{"DeadLetterReason": reason, "DeadLetterErrorDescription": description}
+}
+
+// withProperties returns props merged over app, as a new map.
+func withProperties(app, props map[string]any) map[string]any {
+	if len(props) == 0 {
+		return app
+	}
+	out := make(map[string]any, len(app)+len(props))
+	for k, v := range app {
+		out[k] = v
+	}
+	for k, v := range props {
+		out[k] = v
+	}
+	return out
+}
+
+// propertiesToModify keeps the entries of a client's properties-to-modify
+// that can be application properties (simple values), converted to the
+// types the message encoder knows.
+func propertiesToModify(in map[string]any) map[string]any {
+	out := make(map[string]any, len(in))
+	for k, v := range in {
+		switch v := v.(type) {
+		case Symbol:
+			out[k] = amqp.Symbol(v)
+		case UUID:
+			out[k] = amqp.UUID(v)
+		case nil, bool, string, []byte, time.Time, amqp.UUID, amqp.Symbol,
+			int8, int16, int32, int64, uint8, uint16, uint32, uint64, float32, float64:
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// mapOfNames reads an AMQP map with string or symbol keys.
+func mapOfNames(m *Map) map[string]any {
+	out := map[string]any{}
+	if m == nil {
+		return out
+	}
+	for i, k := range m.Keys {
+		switch k := k.(type) {
+		case string:
+			out[k] = m.Values[i]
+		case Symbol:
+			out[string(k)] = m.Values[i]
+		}
+	}
+	return out
 }
 
 // release ends a delivery without settlement: the message is available
@@ -150,8 +204,8 @@ func (s *Server) release(q *queue, m *stored, counted bool, now time.Time) {
 	}
 	m.prior++
 	if !q.isDLQ() && int(m.prior) >= q.cfg.MaxDeliveryCount {
-		s.deadLetter(q, m, "MaxDeliveryCountExceeded",
-			fmt.Sprintf("Message could not be consumed after %d delivery attempts.", q.cfg.MaxDeliveryCount), now)
+		s.deadLetter(q, m, deadLetterReason("MaxDeliveryCountExceeded",
+			fmt.Sprintf("Message could not be consumed after %d delivery attempts.", q.cfg.MaxDeliveryCount)), now)
 	}
 }
 
@@ -165,7 +219,7 @@ func (s *Server) expire(q *queue, now time.Time) (changed bool) {
 	for _, ss := range q.sessions {
 		if ss.holder != nil && !now.Before(ss.lockedUntil) {
 			s.events.add(Event{Kind: EventSessionLockExpired, Entity: q.name, Detail: ss.id})
-			ss.holder = nil
+			s.releaseSession(q, ss, true, now)
 			changed = true
 		}
 	}
@@ -178,7 +232,7 @@ func (s *Server) expire(q *queue, now time.Time) (changed bool) {
 		}
 		if !m.expires.IsZero() && !now.Before(m.expires) && !m.locked(now) {
 			if q.cfg.DeadLetteringOnMessageExpiration && !q.isDLQ() {
-				s.deadLetter(q, m, "TTLExpiredException", "The message expired and was dead lettered.", now)
+				s.deadLetter(q, m, deadLetterReason("TTLExpiredException", "The message expired and was dead lettered."), now)
 			} else {
 				q.remove(m)
 			}
@@ -326,8 +380,61 @@ func (s *Server) enqueueBody(q *queue, body []byte, format uint32) error {
 	return nil
 }
 
-// settle applies a client's outcome to a delivery and returns the outcome
-// to confirm: the same, or rejected with message-lock-lost.
+// outcomeKind is how a client ends its hold on a locked message.
+type outcomeKind int
+
+const (
+	outcomeComplete   outcomeKind = iota
+	outcomeAbandon                // available again, delivery counted
+	outcomeDefer                  // set aside until received by sequence number
+	outcomeDeadLetter             // moved to the dead-letter queue
+	outcomeRelease                // available again, not counted
+)
+
+// outcome is a settlement: its kind and the application properties to set
+// (for a dead letter, its reason and description among them).
+type outcome struct {
+	kind  outcomeKind
+	props map[string]any
+}
+
+// outcomeOf reads a delivery state from a link disposition the way Service
+// Bus does: accepted completes; modified abandons, or defers when
+// undeliverable-here, its message-annotations being the properties to
+// modify; rejected dead-letters, its error's info carrying the reason, the
+// description and the properties to modify; released gives the message
+// back without counting a delivery.
+func outcomeOf(state perf) (outcome, bool) {
+	switch state.code {
+	case codeAccepted:
+		return outcome{kind: outcomeComplete}, true
+	case codeModified:
+		o := outcome{kind: outcomeAbandon, props: propertiesToModify(mapOfNames(state.mapField(2)))}
+		if state.boolean(1) {
+			o.kind = outcomeDefer
+		}
+		return o, true
+	case codeRejected:
+		info := map[string]any{}
+		if e, isErr := state.described(0); isErr {
+			info = mapOfNames(e.mapField(2))
+		}
+		// A reason or description left out (or null) is not set.
+		for _, k := range []string{"DeadLetterReason", "DeadLetterErrorDescription"} {
+			if info[k] == nil {
+				delete(info, k)
+			}
+		}
+		return outcome{kind: outcomeDeadLetter, props: propertiesToModify(info)}, true
+	case codeReleased:
+		return outcome{kind: outcomeRelease}, true
+	}
+	return outcome{}, false
+}
+
+// settle applies a client's disposition to a delivery and returns the
+// state to confirm: the outcome reached, or rejected with
+// message-lock-lost.
 func (s *Server) settle(d *delivery, state perf) Described {
 	now := s.now()
 	m, q := d.m, d.q
@@ -338,46 +445,52 @@ func (s *Server) settle(d *delivery, state perf) Described {
 		}
 	}
 	if lost {
-		return described(codeRejected, amqpError("com.microsoft:message-lock-lost",
-			"the lock supplied is invalid: either the lock expired, or the message has already been removed from the queue"))
+		return described(codeRejected, amqpError(condMessageLockLost, descMessageLockLost))
 	}
-	return s.applyOutcome(q, m, state, now)
+	o, known := outcomeOf(state)
+	if !known {
+		return described(codeRejected, amqpError("amqp:not-implemented",
+			fmt.Sprintf("delivery state 0x%x: settle with accepted, modified, rejected or released", state.code)))
+	}
+	s.applyOutcome(q, m, o, now)
+	switch o.kind {
+	case outcomeComplete:
+		return described(codeAccepted)
+	case outcomeAbandon:
+		return described(codeModified)
+	case outcomeDefer:
+		return described(codeModified, nil, true)
+	case outcomeDeadLetter:
+		// Rejected without an error: the SDKs read an error as a failure.
+		return described(codeRejected)
+	default:
+		return described(codeReleased)
+	}
 }
 
-// applyOutcome settles a locked message by a delivery state.
-func (s *Server) applyOutcome(q *queue, m *stored, state perf, now time.Time) Described {
+// applyOutcome settles a locked message.
+func (s *Server) applyOutcome(q *queue, m *stored, o outcome, now time.Time) {
 	id := messageID(m.msg)
-	switch state.code {
-	case codeAccepted:
+	if o.kind != outcomeDeadLetter && len(o.props) > 0 {
+		msg := *m.msg
+		msg.ApplicationProperties = withProperties(msg.ApplicationProperties, o.props)
+		m.msg = &msg
+	}
+	switch o.kind {
+	case outcomeComplete:
 		q.remove(m)
 		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "completed"})
-		return described(codeAccepted)
-	case codeRejected:
-		reason, desc := "", ""
-		if e, ok := state.described(0); ok {
-			if info := e.mapField(2); info != nil {
-				reason, _ = info.GetName("DeadLetterReason").(string)
-				desc, _ = info.GetName("DeadLetterErrorDescription").(string)
-			}
-		}
-		s.deadLetter(q, m, reason, desc, now)
-		// Rejected without an error: the SDK reads an error as a failure.
-		return described(codeRejected)
-	case codeModified:
-		if state.boolean(1) { // undeliverable-here: defer
-			m.unlock()
-			m.deferred = true
-			s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "deferred"})
-			return described(codeModified, nil, true)
-		}
+	case outcomeDeadLetter:
+		s.deadLetter(q, m, o.props, now)
+	case outcomeDefer:
+		m.unlock()
+		m.deferred = true
+		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "deferred"})
+	case outcomeAbandon:
 		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "abandoned"})
 		s.release(q, m, true, now)
-		return described(codeModified)
-	case codeReleased:
+	case outcomeRelease:
 		s.release(q, m, false, now)
-		return described(codeReleased)
-	default:
-		return described(codeRejected, amqpError("amqp:not-implemented", fmt.Sprintf("delivery state 0x%x", state.code)))
 	}
 }
 
@@ -401,16 +514,11 @@ func (s *Server) deliverTo(l *link) {
 			return
 		}
 		settled := !l.peekLock
-		var token UUID
 		if !settled {
-			token = newLockToken()
-			m.lockToken, m.holder = token, l
-			m.lockedUntil = now.Add(l.q.cfg.LockDuration)
-			if l.sessionBound {
-				m.lockedUntil = l.q.sessions[l.sessionID].lockedUntil
-			}
+			s.lockMessage(l.q, m, l, now)
 		}
-		payload, err := deliverable(l.q, m, !settled, 0)
+		token := m.lockToken
+		payload, err := deliverable(m, !settled, now)
 		if err != nil {
 			s.log("encode message %d: %v", m.seq, err)
 			return
@@ -436,12 +544,50 @@ func (s *Server) lockSession(q *queue, id string, holder *link, now time.Time) *
 	return st
 }
 
+// lockMessage locks m for holder (nil when received through
+// $management). A message of a session is locked by its session's lock:
+// it lasts as long as the session lock, and goes with it.
+func (s *Server) lockMessage(q *queue, m *stored, holder *link, now time.Time) {
+	m.lockToken, m.holder = newLockToken(), holder
+	m.lockedUntil = now.Add(q.cfg.LockDuration)
+	if st := q.sessions[m.sessionID]; m.sessionID != "" && st != nil && st.held(now) {
+		m.lockedUntil = st.lockedUntil
+	}
+}
+
 // linkGone releases what a detached link held: its session, if any.
-// Message locks stay until they expire, as in Service Bus.
+// Messages it received outside a session keep their locks until they
+// expire, as on Service Bus (clients then settle through $management).
+//
+// A session is released at once when the client ends the link (detach, end
+// or close) or the server forces it off; when the connection is lost
+// instead, the session stays locked until its lock expires, as a namespace
+// cannot tell a crashed client from a slow one ("the lock is released when
+// Close is called, or when the lock expires in cases in which the
+// application is unable to perform the close operation", Microsoft's
+// message sessions documentation).
 func (s *Server) linkGone(l *link) {
-	if l.q != nil && l.sessionBound {
-		if st, ok := l.q.sessions[l.sessionID]; ok && st.holder == l {
-			st.holder = nil
+	if l.q == nil || !l.sessionBound || l.sess.c.lost {
+		return
+	}
+	if st, held := l.q.sessions[l.sessionID]; held && st.holder == l {
+		s.releaseSession(l.q, st, false, s.now())
+	}
+}
+
+// releaseSession ends the lock on a session. The messages received under it
+// have no locks of their own: the session lock is theirs, so they are
+// released with it, available again in sequence order to the session's next
+// holder. Service Bus counts those deliveries when the session lock expires,
+// and not when the holder closes the session (the table "Impact of delivery
+// count" in Microsoft's message sessions documentation; the Service Bus team
+// told the JavaScript SDK's authors that only expiry increments it).
+func (s *Server) releaseSession(q *queue, st *sessionState, expired bool, now time.Time) {
+	st.holder = nil
+	st.lockedUntil = time.Time{}
+	for _, m := range append([]*stored(nil), q.messages...) {
+		if m.sessionID == st.id && m.lockToken != (UUID{}) {
+			s.release(q, m, expired, now)
 		}
 	}
 }

@@ -31,6 +31,12 @@ type conn struct {
 	peerMax  uint32
 	sessions map[uint16]*session
 	closed   bool
+	// lost: the connection ended without the client closing it (its
+	// process died, or the network or a fault cut it). What its links held
+	// is then kept until the locks expire.
+	lost bool
+
+	writerDone chan struct{} // closed when the writer has stopped
 }
 
 // run serves one connection until it closes.
@@ -41,11 +47,19 @@ func (c *conn) run() {
 		c.s.log("conn %d: handshake: %v", c.id, err)
 		return
 	}
+	c.writerDone = make(chan struct{})
 	go c.writer()
 	defer func() {
 		c.s.mu.Lock()
 		c.shutdown()
 		c.s.mu.Unlock()
+		// Let the writer flush what was queued (a close frame above all)
+		// before the deferred Close; a client that stopped reading gets
+		// a few seconds.
+		select {
+		case <-c.writerDone:
+		case <-time.After(5 * time.Second):
+		}
 	}()
 	for {
 		c.nc.SetReadDeadline(time.Now().Add(2 * time.Minute))
@@ -54,6 +68,9 @@ func (c *conn) run() {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				c.s.log("conn %d: read: %v", c.id, err)
 			}
+			c.s.mu.Lock()
+			c.lost = !c.closed // gone without a close frame
+			c.s.mu.Unlock()
 			return
 		}
 		if f.empty {
@@ -156,31 +173,44 @@ func (c *conn) sasl(r *bufio.Reader) error {
 }
 
 // writer sends queued frames, and a heartbeat whenever the connection has
-// been quiet for a while.
+// been quiet for a while. When the connection shuts down it still writes
+// what was queued before, so a close frame reaches the client.
 func (c *conn) writer() {
+	defer close(c.writerDone)
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
+	write := func(b []byte) bool {
+		if b == nil { // close marker: all before it is written
+			c.nc.Close()
+			return false
+		}
+		if _, err := c.nc.Write(b); err != nil {
+			c.nc.Close()
+			return false
+		}
+		return true
+	}
 	for {
 		select {
-		case b, ok := <-c.out:
-			if !ok {
-				return
-			}
-			if b == nil { // close marker: flush done
-				c.nc.Close()
-				return
-			}
-			if _, err := c.nc.Write(b); err != nil {
-				c.nc.Close()
+		case b := <-c.out:
+			if !write(b) {
 				return
 			}
 		case <-t.C:
-			if _, err := c.nc.Write(heartbeat); err != nil {
-				c.nc.Close()
+			if !write(heartbeat) {
 				return
 			}
 		case <-c.done:
-			return
+			for {
+				select {
+				case b := <-c.out:
+					if !write(b) {
+						return
+					}
+				default:
+					return
+				}
+			}
 		}
 	}
 }
@@ -216,6 +246,7 @@ func (c *conn) closeWith(err Described) {
 
 // closeNow drops the TCP connection without a close frame.
 func (c *conn) closeNow() {
+	c.lost = true
 	c.closed = true
 	c.nc.Close()
 	c.shutdown()
@@ -295,5 +326,18 @@ func (c *conn) begin(channel uint16, p perf) error {
 		nextOutgoingID: 1, remoteWindow: window, links: map[uint32]*link{}, deliveries: map[uint32]*delivery{}}
 	c.sessions[channel] = ss
 	c.send(channel, described(codeBegin, uint16(channel), uint32(1), uint32(sessionWindow), uint32(sessionWindow), uint32(1<<20)), nil)
+	return nil
+}
+
+// linkByName finds an attached link of this connection by name (requests
+// to $management name the receiver they act for in associated-link-name).
+func (c *conn) linkByName(name string) *link {
+	for _, ss := range c.sessions {
+		for _, l := range ss.links {
+			if l.name == name {
+				return l
+			}
+		}
+	}
 	return nil
 }

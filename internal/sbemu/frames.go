@@ -28,6 +28,7 @@ const (
 	codeModified = 0x27
 	codeSource   = 0x28
 	codeTarget   = 0x29
+	codeHeader   = 0x70 // the message header section
 
 	codeSASLMechanisms = 0x40
 	codeSASLInit       = 0x41

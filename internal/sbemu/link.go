@@ -34,11 +34,14 @@ type link struct {
 	mgmtQueue *queue // the entity a $management link belongs to
 
 	// session receivers
-	sessionID     string
-	sessionBound  bool
-	pendingAccept bool
-	acceptBy      time.Time
-	attachFields  []any // the attach reply, held until a session is found
+	sessionID    string
+	sessionBound bool
+	// describedFilter: the client sent its session filter as a described
+	// value, and gets the session ID back in the same form.
+	describedFilter bool
+	pendingAccept   bool
+	acceptBy        time.Time
+	attachFields    []any // the attach reply, held until a session is found
 
 	// client receivers (we send)
 	peekLock    bool // rcv-settle-mode second: deliveries are locked, not deleted
@@ -133,13 +136,13 @@ func (ss *session) attach(p perf) error {
 		ss.c.send(ss.channel, described(codeAttach, attachReply(p, l, p.field(5), p.field(6), nil, 0)...), nil)
 		return nil
 	}
-	filter := src.mapField(7)
-	var fv any
-	hasFilter := false
-	if filter != nil {
-		if d, ok := filter.GetName("com.microsoft:session-filter").(Described); ok {
-			hasFilter, fv = true, d.Value
-		}
+	// The session filter's value names the session, or is null for the next
+	// available one. The Go and .NET SDKs send it described (with the
+	// filter's descriptor); the JavaScript SDK sends the plain value. A
+	// namespace takes both and answers in the same form.
+	fv, hasFilter := src.mapField(7).Lookup("com.microsoft:session-filter")
+	if d, ok := fv.(Described); ok {
+		fv, l.describedFilter = d.Value, true
 	}
 	switch {
 	case l.q.cfg.RequiresSession && !l.q.isDLQ() && !hasFilter:
@@ -167,7 +170,9 @@ func (ss *session) attach(p perf) error {
 	l.pendingAccept = true
 	timeout := time.Minute
 	if props := p.mapField(13); props != nil {
-		if ms, ok := props.GetName("com.microsoft:timeout").(uint32); ok {
+		// Any integer type: the Go SDK sends a uint, the JavaScript SDK
+		// whatever its number encodes to.
+		if ms, ok := asInt64(props.GetName("com.microsoft:timeout")); ok && ms >= 0 {
 			timeout = time.Duration(ms) * time.Millisecond
 		}
 	}
@@ -188,8 +193,12 @@ func (s *Server) bindSession(l *link, id string, now time.Time) {
 		for len(fields) < 8 {
 			fields = append(fields, nil)
 		}
+		var v any = id
+		if l.describedFilter {
+			v = Described{Descriptor: uint64(sessionFilter), Value: id}
+		}
 		fm := &Map{}
-		fm.Set(Symbol("com.microsoft:session-filter"), Described{Descriptor: uint64(sessionFilter), Value: id})
+		fm.Set(Symbol("com.microsoft:session-filter"), v)
 		fields[7] = fm
 		reply[5] = Described{Descriptor: uint64(codeSource), Value: fields}
 	}

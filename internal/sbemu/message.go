@@ -3,6 +3,7 @@ package sbemu
 import (
 	"crypto/rand"
 	"fmt"
+	"time"
 
 	"github.com/Azure/go-amqp"
 )
@@ -36,19 +37,14 @@ func messageID(msg *amqp.Message) string {
 	return fmt.Sprint(msg.Properties.MessageID)
 }
 
-// deliverable renders m as the client receives it: the broker's
-// annotations, the header's delivery count, and for peek-lock the lock
-// token in the delivery annotations.
-func deliverable(q *queue, m *stored, withLock bool, state int64) ([]byte, error) {
+// deliverable renders m as a client receives it: the broker's annotations
+// (sequence number, enqueued time, state, lock expiry), the header with the
+// delivery count, and for a locked delivery the lock token in the delivery
+// annotations.
+func deliverable(m *stored, withLock bool, now time.Time) ([]byte, error) {
 	msg := *m.msg
 	msg.DeliveryTag = nil
-	hdr := amqp.MessageHeader{}
-	if m.msg.Header != nil {
-		hdr = *m.msg.Header
-	}
-	hdr.DeliveryCount = m.prior
-	msg.Header = &hdr
-	ann := make(amqp.Annotations, len(m.msg.Annotations)+6)
+	ann := make(amqp.Annotations, len(m.msg.Annotations)+7)
 	for k, v := range m.msg.Annotations {
 		ann[k] = v
 	}
@@ -64,8 +60,11 @@ func deliverable(q *queue, m *stored, withLock bool, state int64) ([]byte, error
 	if m.dlSource != "" {
 		ann["x-opt-deadletter-source"] = m.dlSource
 	}
-	if state != 0 {
-		ann["x-opt-message-state"] = state
+	switch {
+	case m.deferred:
+		ann["x-opt-message-state"] = int32(1)
+	case now.Before(m.visible):
+		ann["x-opt-message-state"] = int32(2)
 	}
 	msg.Annotations = ann
 	if withLock {
@@ -76,5 +75,23 @@ func deliverable(q *queue, m *stored, withLock bool, state int64) ([]byte, error
 	if msg.Properties == nil {
 		msg.Properties = &amqp.MessageProperties{}
 	}
-	return msg.MarshalBinary()
+	hdr := amqp.MessageHeader{Priority: 4}
+	if m.msg.Header != nil {
+		hdr = *m.msg.Header
+	}
+	msg.Header = nil
+	rest, err := msg.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	// The header is written by hand with every field, the delivery count
+	// included when it is 0: go-amqp leaves default fields out, and the
+	// JavaScript SDK then reports no delivery count at all where a namespace
+	// gives it 0.
+	var ttl any
+	if hdr.TTL > 0 {
+		ttl = uint32(hdr.TTL.Milliseconds())
+	}
+	head := encodeValue(described(codeHeader, hdr.Durable, hdr.Priority, ttl, hdr.FirstAcquirer, m.prior))
+	return append(head, rest...), nil
 }

@@ -13,31 +13,53 @@ import (
 	"github.com/Azure/go-amqp"
 )
 
+// rpcReply is the answer to a $cbs or $management request.
+type rpcReply struct {
+	status    int32
+	desc      string
+	condition string // for failures: the error condition clients map the status to
+	value     any
+	delay     time.Duration // injected by a CBS fault
+}
+
+func ok(value any) rpcReply { return rpcReply{status: 200, desc: "OK", value: value} }
+
+func fail(status int32, condition, desc string) rpcReply {
+	return rpcReply{status: status, condition: condition, desc: desc}
+}
+
 // rpc answers a request on a $cbs or $management link. The response goes
-// out on the client's receiver link whose target is the request's reply-to.
+// out on the client's receiver link that the request's reply-to names.
 func (s *Server) rpc(l *link, body []byte) Described {
 	req := &amqp.Message{}
 	if err := req.UnmarshalBinary(body); err != nil {
 		return described(codeRejected, amqpError("amqp:decode-error", err.Error()))
 	}
 	if req.Properties == nil || req.Properties.ReplyTo == nil {
-		return described(codeRejected, amqpError("amqp:invalid-field", "request without reply-to"))
+		return described(codeRejected, amqpError("amqp:invalid-field", "request without reply-to: set reply-to to the address or name of your receiver link"))
 	}
 	op, _ := req.ApplicationProperties["operation"].(string)
-	var status int32
-	var desc string
-	var value any
-	var delay time.Duration
+	var r rpcReply
+	// The two nodes name their status properties differently, as on Service
+	// Bus: the CBS node status-code, the management node statusCode (the
+	// JavaScript SDK reads statusCode to spot 204 on a peek).
+	props := map[string]any{}
 	if l.kind == kindCBS {
-		status, desc, delay = s.putToken(l, op, req)
+		r = s.putToken(l, op, req)
+		props["status-code"], props["status-description"] = r.status, r.desc
 	} else {
-		status, desc, value = s.management(l, op, req)
-		s.events.add(Event{Kind: EventManagement, Conn: l.sess.c.id, Entity: l.mgmtQueue.name, Detail: fmt.Sprintf("%s %d", op, status)})
+		r = s.management(l, op, req)
+		props["statusCode"], props["statusDescription"] = r.status, r.desc
+		if r.condition != "" {
+			props["errorCondition"] = r.condition
+		}
+		s.events.add(Event{Kind: EventManagement, Conn: l.sess.c.id, Entity: l.mgmtQueue.name, Detail: fmt.Sprintf("%s %d", op, r.status)})
 	}
 	resp := &amqp.Message{
-		Properties:            &amqp.MessageProperties{CorrelationID: fmt.Sprint(req.Properties.MessageID)},
-		ApplicationProperties: map[string]any{"statusCode": status, "statusDescription": desc},
-		Value:                 value,
+		// The request's message-id, of whatever type it had.
+		Properties:            &amqp.MessageProperties{CorrelationID: req.Properties.MessageID},
+		ApplicationProperties: props,
+		Value:                 r.value,
 	}
 	payload, err := resp.MarshalBinary()
 	if err != nil {
@@ -47,17 +69,14 @@ func (s *Server) rpc(l *link, body []byte) Described {
 	replyTo := *req.Properties.ReplyTo
 	c := l.sess.c
 	send := func() {
-		for _, ss := range c.sessions {
-			for _, rl := range ss.links {
-				if rl.clientRx && rl.replyTo == replyTo {
-					rl.sendRPC(payload)
-					return
-				}
-			}
+		if rl := c.replyLink(replyTo); rl != nil {
+			rl.sendRPC(payload)
+			return
 		}
+		s.log("conn %d: no receiver link %q for the %s response", c.id, replyTo, op)
 	}
-	if delay > 0 {
-		time.AfterFunc(delay, func() {
+	if r.delay > 0 {
+		time.AfterFunc(r.delay, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if !c.closed {
@@ -70,27 +89,52 @@ func (s *Server) rpc(l *link, body []byte) Described {
 	return described(codeAccepted)
 }
 
+// replyLink finds the $cbs or $management receiver link that a request's
+// reply-to names: by its target address (the Go SDK's way) or, failing
+// that, by its link name (the JavaScript SDK attaches its CBS receiver with
+// no target address and puts the link name in reply-to). Service Bus
+// routes by either.
+func (c *conn) replyLink(replyTo string) *link {
+	var byName *link
+	for _, ss := range c.sessions {
+		for _, rl := range ss.links {
+			if !rl.clientRx || rl.kind == kindEntity {
+				continue
+			}
+			if rl.replyTo == replyTo {
+				return rl
+			}
+			if byName == nil && rl.name == replyTo {
+				byName = rl
+			}
+		}
+	}
+	return byName
+}
+
 // putToken answers a CBS put-token: 200, unless a fault says otherwise or
 // the server checks SAS signatures and this one is wrong.
-func (s *Server) putToken(l *link, op string, req *amqp.Message) (int32, string, time.Duration) {
+func (s *Server) putToken(l *link, op string, req *amqp.Message) rpcReply {
 	name, _ := req.ApplicationProperties["name"].(string)
 	s.events.add(Event{Kind: EventCBS, Conn: l.sess.c.id, Entity: name})
 	if op != "put-token" {
-		return 400, "unsupported CBS operation " + op, 0
+		return fail(400, "amqp:not-implemented", "unsupported CBS operation "+op+": only put-token is")
 	}
-	if status, delay, ok := s.faults.cbs(); ok {
+	if status, delay, set := s.faults.cbs(); set {
 		if status == 0 {
-			return 200, "OK", delay
+			r := ok(nil)
+			r.delay = delay
+			return r
 		}
-		return int32(status), "fault injected by the emulator", delay
+		return rpcReply{status: int32(status), desc: "fault injected by the emulator", delay: delay}
 	}
 	if s.cfg.SharedAccessKey != "" {
 		token, _ := req.Value.(string)
 		if err := checkSAS(token, s.cfg.SharedAccessKey, s.now()); err != nil {
-			return 401, "unauthorized: " + err.Error(), 0
+			return fail(401, "amqp:unauthorized-access", "unauthorized: "+err.Error())
 		}
 	}
-	return 200, "OK", 0
+	return ok(nil)
 }
 
 // checkSAS verifies a SharedAccessSignature token against key.

@@ -319,3 +319,93 @@ func TestSASCheckAndLeaks(t *testing.T) {
 	}
 	bad.Close(ctx(t))
 }
+
+// TestSessionLockReleasesItsMessages: messages received through a session
+// are locked by the session lock, so they go back with it, first in line
+// for the session's next holder. Closing the session does not count the
+// delivery; losing the lock to expiry does; a lost connection keeps the
+// session locked until then.
+func TestSessionLockReleasesItsMessages(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// end ends the first holder's session without settling.
+		end func(s *sbemutest.Server, r *azservicebus.SessionReceiver) error
+		// lockedUntilExpiry: the session cannot be accepted until its lock
+		// expires.
+		lockedUntilExpiry bool
+		wantCount         uint32
+	}{
+		{"closed", func(_ *sbemutest.Server, r *azservicebus.SessionReceiver) error { return r.Close(context.Background()) }, false, 1},
+		{"detached by the server", func(s *sbemutest.Server, _ *azservicebus.SessionReceiver) error {
+			s.DetachLinks("sq")
+			return nil
+		}, false, 1},
+		{"lock expired", func(s *sbemutest.Server, _ *azservicebus.SessionReceiver) error {
+			s.ExpireLocks("sq")
+			return nil
+		}, false, 2},
+		{"connection lost", func(s *sbemutest.Server, _ *azservicebus.SessionReceiver) error {
+			s.CloseConnections(true)
+			return nil
+		}, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 2 * time.Second})
+			first := s.NewClient(t)
+			snd, _ := first.NewSender("sq", nil)
+			sid := "call-1"
+			for _, id := range []string{"1", "2", "3"} {
+				if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, SessionID: &sid}, nil); err != nil {
+					t.Fatalf("send: %v", err)
+				}
+			}
+			r1, err := first.AcceptSessionForQueue(ctx(t), "sq", sid, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, err := r1.ReceiveMessages(ctx(t), 1, nil); err != nil || m[0].MessageID != "1" {
+				t.Fatalf("first holder: %v %v", m, err)
+			}
+			if err := tc.end(s, r1); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			second := s.NewClient(t)
+			var r2 *azservicebus.SessionReceiver
+			for {
+				r2, err = second.AcceptSessionForQueue(ctx(t), "sq", sid, nil)
+				if err == nil {
+					break
+				}
+				if !tc.lockedUntilExpiry || time.Since(start) > 10*time.Second {
+					t.Fatalf("accept the session again: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if waited := time.Since(start); tc.lockedUntilExpiry != (waited > time.Second) {
+				t.Errorf("the session was free again after %v; want it held until its lock expires: %v", waited, tc.lockedUntilExpiry)
+			}
+			var got []string
+			for len(got) < 3 {
+				msgs, err := r2.ReceiveMessages(ctx(t), 3-len(got), nil)
+				if err != nil {
+					t.Fatalf("second holder: %v", err)
+				}
+				for _, m := range msgs {
+					if m.MessageID == "1" && m.DeliveryCount != tc.wantCount {
+						t.Errorf("message 1 redelivered with delivery count %d, want %d", m.DeliveryCount, tc.wantCount)
+					}
+					got = append(got, m.MessageID)
+					if err := r2.CompleteMessage(ctx(t), m, nil); err != nil {
+						t.Fatalf("complete %s: %v", m.MessageID, err)
+					}
+				}
+			}
+			if strings.Join(got, ",") != "1,2,3" {
+				t.Errorf("the next holder got %v, want 1,2,3", got)
+			}
+		})
+	}
+}
