@@ -69,6 +69,7 @@ type sessionState struct {
 	holder      *link
 	lockedUntil time.Time
 	state       []byte
+	stateSet    time.Time // when the state was last set
 }
 
 func (s *sessionState) held(now time.Time) bool { return s.holder != nil && now.Before(s.lockedUntil) }

@@ -75,6 +75,7 @@ func (s *Server) management(l *link, op string, req *amqp.Message) rpcReply {
 		} else {
 			st.state = append([]byte(nil), b...)
 		}
+		st.stateSet = now
 		return ok(nil)
 	case "schedule-message":
 		return s.schedule(q, body, now)
@@ -86,7 +87,7 @@ func (s *Server) management(l *link, op string, req *amqp.Message) rpcReply {
 		}
 		return ok(nil)
 	case "get-message-sessions":
-		return s.listSessions(q, body)
+		return s.listSessions(q, body, now)
 	default:
 		return fail(501, "amqp:not-implemented", "operation "+op+" is not implemented by the emulator")
 	}
@@ -209,7 +210,7 @@ func (s *Server) receiveBySequence(q *queue, body map[string]any, now time.Time)
 	for _, seq := range sequenceNumbers(body["sequence-numbers"]) {
 		m := q.findBySeq(seq)
 		if m == nil || !m.deferred || m.locked(now) {
-			return fail(404, condMessageNotFound, fmt.Sprintf("failed to lock one or more specified messages: message %d is not a deferred message of %s", seq, q.name))
+			return fail(404, condMessageNotFound, fmt.Sprintf("failed to lock one or more specified messages: message %d of %s is not deferred, or is locked", seq, q.name))
 		}
 		if m.sessionID != "" && q.cfg.RequiresSession {
 			if st := q.sessions[m.sessionID]; st == nil || !st.held(now) {
@@ -272,19 +273,26 @@ func (s *Server) schedule(q *queue, body map[string]any, now time.Time) rpcReply
 	return ok(map[string]any{"sequence-numbers": seqs})
 }
 
-// listSessions lists the sessions that have messages or state.
-func (s *Server) listSessions(q *queue, body map[string]any) rpcReply {
+// listSessions lists sessions, sorted by ID, skip and top applied. As on
+// Service Bus, last-updated-time selects: a time in the future (the Go SDK
+// sends year 10000 by default) lists the sessions that have messages;
+// another lists those whose state was set after it.
+func (s *Server) listSessions(q *queue, body map[string]any, now time.Time) rpcReply {
 	skip, _ := asInt64(body["skip"])
 	top, hasTop := asInt64(body["top"])
+	since, hasSince := body["last-updated-time"].(time.Time)
 	seen := map[string]bool{}
-	for _, m := range q.messages {
-		if m.sessionID != "" {
-			seen[m.sessionID] = true
+	if !hasSince || since.After(now) {
+		for _, m := range q.messages {
+			if m.sessionID != "" {
+				seen[m.sessionID] = true
+			}
 		}
-	}
-	for id, st := range q.sessions {
-		if st.state != nil {
-			seen[id] = true
+	} else {
+		for id, st := range q.sessions {
+			if st.stateSet.After(since) {
+				seen[id] = true
+			}
 		}
 	}
 	ids := make([]string, 0, len(seen))

@@ -409,3 +409,86 @@ func TestSessionLockReleasesItsMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestManagementAsANamespaceAnswers covers $management behaviour beyond the
+// happy path: session listing, peeking within a session, receiving a
+// deferred message that is not there, and properties modified on abandon
+// and dead-letter.
+func TestManagementAsANamespaceAnswers(t *testing.T) {
+	t.Parallel()
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true}, sbemu.QueueConfig{Name: "q"})
+	c := s.NewClient(t)
+	snd, _ := c.NewSender("sq", nil)
+	for _, m := range [][2]string{{"a1", "a"}, {"b1", "b"}, {"a2", "a"}, {"c1", "c"}} {
+		id, sid := m[0], m[1]
+		if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, SessionID: &sid}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var sessions []string
+	pager := c.NewListSessionsForQueuePager("sq", nil)
+	for pager.More() {
+		page, err := pager.NextPage(ctx(t))
+		if err != nil {
+			t.Fatalf("list sessions: %v", err)
+		}
+		sessions = append(sessions, page.Sessions...)
+	}
+	if strings.Join(sessions, ",") != "a,b,c" {
+		t.Errorf("sessions %v, want a,b,c", sessions)
+	}
+
+	ra, err := c.AcceptSessionForQueue(ctx(t), "sq", "a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peeked, err := ra.PeekMessages(ctx(t), 10, nil)
+	if err != nil {
+		t.Fatalf("peek in session a: %v", err)
+	}
+	var ids []string
+	for _, m := range peeked {
+		ids = append(ids, m.MessageID)
+	}
+	if strings.Join(ids, ",") != "a1,a2" {
+		t.Errorf("peek within session a returned %v, want a1,a2", ids)
+	}
+	if _, err := ra.ReceiveDeferredMessages(ctx(t), []int64{1}, nil); err == nil {
+		t.Error("receiving a message that was never deferred succeeded")
+	}
+
+	// Properties to modify, on abandon (through the link) and dead-letter.
+	qs, _ := c.NewSender("q", nil)
+	if err := qs.SendMessage(ctx(t), &azservicebus.Message{ApplicationProperties: map[string]any{"keep": "me"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	rcv, _ := c.NewReceiverForQueue("q", nil)
+	m, err := rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rcv.AbandonMessage(ctx(t), m[0], &azservicebus.AbandonMessageOptions{PropertiesToModify: map[string]any{"attempt": int64(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err = rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := m[0].ApplicationProperties; p["keep"] != "me" || p["attempt"] != int64(1) {
+		t.Errorf("after abandon with properties to modify: %v", p)
+	}
+	reason := "Poison"
+	if err := rcv.DeadLetterMessage(ctx(t), m[0], &azservicebus.DeadLetterOptions{Reason: &reason,
+		PropertiesToModify: map[string]any{"by": "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	dlq, _ := c.NewReceiverForQueue("q", &azservicebus.ReceiverOptions{SubQueue: azservicebus.SubQueueDeadLetter})
+	d, err := dlq.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := d[0].ApplicationProperties; p["by"] != "test" || p["attempt"] != int64(1) || *d[0].DeadLetterReason != "Poison" {
+		t.Errorf("dead letter's properties: %v", p)
+	}
+}
