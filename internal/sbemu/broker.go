@@ -13,27 +13,40 @@ import (
 // messages; the connection code (conn.go, session.go, link.go) only moves
 // frames. Everything here runs under the server's mutex.
 
-const deadLetterSuffix = "/$deadletterqueue"
+const (
+	deadLetterSuffix         = "/$deadletterqueue"
+	transferDeadLetterSuffix = "/$transfer/$deadletterqueue"
+)
 
 // queue is a queue or a dead-letter sub-queue.
 type queue struct {
-	cfg      QueueConfig
-	name     string // as configured
-	dlq      *queue // nil for a dead-letter queue
-	parent   *queue // the main queue of a dead-letter queue
-	nextSeq  int64
-	messages []*stored // by sequence number
-	dedup    map[string]time.Time
-	sessions map[string]*sessionState
+	cfg  QueueConfig
+	name string // as configured
+	dlq  *queue // nil for a dead-letter queue
+	// transferDLQ holds messages that failed to be forwarded; the emulator
+	// does not forward, so it stays empty, but clients may open it.
+	transferDLQ *queue
+	parent      *queue // the main queue of a dead-letter queue
+	nextSeq     int64
+	messages    []*stored // by sequence number
+	dedup       map[string]time.Time
+	sessions    map[string]*sessionState
 }
 
 func newQueue(cfg QueueConfig) *queue {
 	cfg.setDefaults()
 	q := &queue{cfg: cfg, name: cfg.Name, nextSeq: 1, dedup: map[string]time.Time{}, sessions: map[string]*sessionState{}}
-	q.dlq = &queue{cfg: QueueConfig{Name: cfg.Name + "/$DeadLetterQueue", LockDuration: cfg.LockDuration, MaxDeliveryCount: 1 << 30,
-		MaxMessageSizeBytes: cfg.MaxMessageSizeBytes}, name: cfg.Name + "/$DeadLetterQueue", parent: q, nextSeq: 1,
-		dedup: map[string]time.Time{}, sessions: map[string]*sessionState{}}
+	q.dlq = newSubQueue(q, "/$DeadLetterQueue")
+	q.transferDLQ = newSubQueue(q, "/$Transfer/$DeadLetterQueue")
 	return q
+}
+
+// newSubQueue makes a dead-letter sub-queue of q.
+func newSubQueue(q *queue, suffix string) *queue {
+	name := q.cfg.Name + suffix
+	return &queue{cfg: QueueConfig{Name: name, LockDuration: q.cfg.LockDuration, MaxDeliveryCount: 1 << 30,
+		MaxMessageSizeBytes: q.cfg.MaxMessageSizeBytes}, name: name, parent: q, nextSeq: 1,
+		dedup: map[string]time.Time{}, sessions: map[string]*sessionState{}}
 }
 
 // isDLQ reports whether q is a dead-letter queue.
@@ -300,8 +313,8 @@ func (q *queue) findBySeq(seq int64) *stored {
 	return nil
 }
 
-// entity resolves an address (queue, or queue/$DeadLetterQueue, in any
-// case) to a queue.
+// entity resolves an address (queue, queue/$DeadLetterQueue or
+// queue/$Transfer/$DeadLetterQueue, in any case) to a queue.
 func (s *Server) entity(address string) *queue {
 	addr := strings.ToLower(strings.TrimPrefix(address, "/"))
 	if i := strings.Index(addr, "://"); i >= 0 { // amqp://host/queue
@@ -309,6 +322,12 @@ func (s *Server) entity(address string) *queue {
 		if j := strings.IndexByte(addr, '/'); j >= 0 {
 			addr = addr[j+1:]
 		}
+	}
+	if base, ok := strings.CutSuffix(addr, transferDeadLetterSuffix); ok {
+		if q := s.queues[base]; q != nil {
+			return q.transferDLQ
+		}
+		return nil
 	}
 	if base, ok := strings.CutSuffix(addr, deadLetterSuffix); ok {
 		if q := s.queues[base]; q != nil {

@@ -492,3 +492,28 @@ func TestManagementAsANamespaceAnswers(t *testing.T) {
 		t.Errorf("dead letter's properties: %v", p)
 	}
 }
+
+// TestSubQueuePaths: the dead-letter queues open under any case, the
+// transfer dead-letter queue included (empty: the emulator does not
+// forward).
+func TestSubQueuePaths(t *testing.T) {
+	t.Parallel()
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "Orders"})
+	c := s.NewClient(t)
+	for _, tc := range []struct {
+		queue string
+		sub   azservicebus.SubQueue
+	}{
+		{"orders", azservicebus.SubQueueDeadLetter},
+		{"ORDERS", azservicebus.SubQueueTransfer},
+	} {
+		r, err := c.NewReceiverForQueue(tc.queue, &azservicebus.ReceiverOptions{SubQueue: tc.sub})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgs, err := r.PeekMessages(ctx(t), 1, nil); err != nil || len(msgs) != 0 {
+			t.Errorf("%s sub-queue %v: %v %v", tc.queue, tc.sub, msgs, err)
+		}
+		r.Close(ctx(t))
+	}
+}
