@@ -236,6 +236,12 @@ func TestJavaScriptSDK(t *testing.T) {
 		t.Errorf("acceptNextSession got session %q, want s2", nextSession)
 	}
 
+	var noneLeft string
+	decode("acceptNextSessionNoneLeft", "code", &noneLeft)
+	if noneLeft != "ServiceTimeout" {
+		t.Errorf("acceptNextSession with no session left: code %q, want ServiceTimeout", noneLeft)
+	}
+
 	// The hookbridge message, read by the JavaScript SDK.
 	var hb struct {
 		SessionID             string         `json:"sessionId"`

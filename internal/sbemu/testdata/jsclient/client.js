@@ -192,6 +192,21 @@ async function sessions(client) {
     await r.close();
     return { sessionId: r.sessionId, message: view(m) };
   });
+  await step("acceptNextSessionNoneLeft", async () => {
+    const impatient = new ServiceBusClient(process.env.SBEMU_CONNECTION_STRING, {
+      retryOptions: { maxRetries: 0, timeoutInMs: 1000 },
+    });
+    const start = Date.now();
+    try {
+      const r = await impatient.acceptNextSession("sq");
+      await r.close();
+      return { accepted: r.sessionId };
+    } catch (err) {
+      return { code: err.code, waitedMs: Date.now() - start };
+    } finally {
+      await impatient.close();
+    }
+  });
   await sender.close();
 }
 
