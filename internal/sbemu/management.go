@@ -51,7 +51,7 @@ func (s *Server) management(l *link, op string, req *amqp.Message) rpcReply {
 				m.lockedUntil = st.lockedUntil
 			}
 		}
-		return ok(map[string]any{"expiration": st.lockedUntil})
+		return okReply(map[string]any{"expiration": st.lockedUntil})
 	case "get-session-state":
 		st, r := s.heldSession(q, body, now)
 		if st == nil {
@@ -61,7 +61,7 @@ func (s *Server) management(l *link, op string, req *amqp.Message) rpcReply {
 		if st.state != nil {
 			state = st.state
 		}
-		return ok(map[string]any{"session-state": state})
+		return okReply(map[string]any{"session-state": state})
 	case "set-session-state":
 		st, r := s.heldSession(q, body, now)
 		if st == nil {
@@ -76,7 +76,7 @@ func (s *Server) management(l *link, op string, req *amqp.Message) rpcReply {
 			st.state = append([]byte(nil), b...)
 		}
 		st.stateSet = now
-		return ok(nil)
+		return okReply(nil)
 	case "schedule-message":
 		return s.schedule(q, body, now)
 	case "cancel-scheduled-message":
@@ -85,11 +85,11 @@ func (s *Server) management(l *link, op string, req *amqp.Message) rpcReply {
 				q.remove(m)
 			}
 		}
-		return ok(nil)
+		return okReply(nil)
 	case "get-message-sessions":
 		return s.listSessions(q, body, now)
 	default:
-		return fail(501, "amqp:not-implemented", "operation "+op+" is not implemented by the emulator")
+		return failReply(501, "amqp:not-implemented", "operation "+op+" is not implemented by the emulator")
 	}
 }
 
@@ -98,7 +98,7 @@ func (s *Server) heldSession(q *queue, body map[string]any, now time.Time) (*ses
 	id, _ := body["session-id"].(string)
 	st := q.sessions[id]
 	if st == nil || !st.held(now) {
-		return nil, fail(410, condSessionLockLost, descSessionLockLost)
+		return nil, failReply(410, condSessionLockLost, descSessionLockLost)
 	}
 	return st, rpcReply{}
 }
@@ -109,10 +109,10 @@ func (s *Server) renewLock(q *queue, body map[string]any, now time.Time) rpcRepl
 	for _, tok := range tokens {
 		m := q.findByLockToken(tok)
 		if m == nil || !m.locked(now) {
-			return fail(410, condMessageLockLost, descMessageLockLost)
+			return failReply(410, condMessageLockLost, descMessageLockLost)
 		}
 		if m.sessionID != "" && q.cfg.RequiresSession {
-			return fail(400, "amqp:not-allowed", "messages of a session are locked by the session lock: renew the session lock instead")
+			return failReply(400, "amqp:not-allowed", "messages of a session are locked by the session lock: renew the session lock instead")
 		}
 		msgs = append(msgs, m)
 	}
@@ -121,7 +121,7 @@ func (s *Server) renewLock(q *queue, body map[string]any, now time.Time) rpcRepl
 		m.lockedUntil = now.Add(q.cfg.LockDuration)
 		exps = append(exps, m.lockedUntil)
 	}
-	return ok(map[string]any{"expirations": exps})
+	return okReply(map[string]any{"expirations": exps})
 }
 
 // updateDisposition settles messages by lock token: all of them, or none
@@ -145,17 +145,17 @@ func (s *Server) updateDisposition(q *queue, body map[string]any, now time.Time)
 			o.props["DeadLetterErrorDescription"] = d
 		}
 	default:
-		return fail(400, condArgument, fmt.Sprintf("unknown disposition-status %q: use completed, abandoned, defered or suspended", status))
+		return failReply(400, condArgument, fmt.Sprintf("unknown disposition-status %q: use completed, abandoned, defered or suspended", status))
 	}
 	var msgs []*stored
 	for _, tok := range lockTokens(body["lock-tokens"]) {
 		m := q.findByLockToken(tok)
 		if m == nil || !m.locked(now) {
-			return fail(410, condMessageLockLost, descMessageLockLost)
+			return failReply(410, condMessageLockLost, descMessageLockLost)
 		}
 		if m.sessionID != "" && q.cfg.RequiresSession {
 			if st := q.sessions[m.sessionID]; st == nil || !st.held(now) {
-				return fail(410, condSessionLockLost, descSessionLockLost)
+				return failReply(410, condSessionLockLost, descSessionLockLost)
 			}
 		}
 		msgs = append(msgs, m)
@@ -163,7 +163,7 @@ func (s *Server) updateDisposition(q *queue, body map[string]any, now time.Time)
 	for _, m := range msgs {
 		s.applyOutcome(q, m, o, now)
 	}
-	return ok(nil)
+	return okReply(nil)
 }
 
 // peek returns messages from a sequence number on without locking them;
@@ -191,14 +191,14 @@ func (s *Server) peek(l *link, q *queue, body map[string]any, req *amqp.Message,
 		}
 		b, err := deliverable(m, false, now)
 		if err != nil {
-			return fail(500, "amqp:internal-error", err.Error())
+			return failReply(500, "amqp:internal-error", err.Error())
 		}
 		out = append(out, map[string]any{"message": b})
 	}
 	if len(out) == 0 {
 		return rpcReply{status: 204, desc: "no messages to peek"}
 	}
-	return ok(map[string]any{"messages": out})
+	return okReply(map[string]any{"messages": out})
 }
 
 // receiveBySequence receives deferred messages: all that were asked for,
@@ -210,17 +210,17 @@ func (s *Server) receiveBySequence(q *queue, body map[string]any, now time.Time)
 	for _, seq := range sequenceNumbers(body["sequence-numbers"]) {
 		m := q.findBySeq(seq)
 		if m == nil || !m.deferred || m.locked(now) {
-			return fail(404, condMessageNotFound, fmt.Sprintf("failed to lock one or more specified messages: message %d of %s is not deferred, or is locked", seq, q.name))
+			return failReply(404, condMessageNotFound, fmt.Sprintf("failed to lock one or more specified messages: message %d of %s is not deferred, or is locked", seq, q.name))
 		}
 		if m.sessionID != "" && q.cfg.RequiresSession {
 			if st := q.sessions[m.sessionID]; st == nil || !st.held(now) {
-				return fail(410, condSessionLockLost, descSessionLockLost)
+				return failReply(410, condSessionLockLost, descSessionLockLost)
 			}
 		}
 		msgs = append(msgs, m)
 	}
 	if len(msgs) == 0 {
-		return fail(400, condArgument, "no sequence-numbers in the request")
+		return failReply(400, condArgument, "no sequence-numbers in the request")
 	}
 	var out []any
 	for _, m := range msgs {
@@ -233,7 +233,7 @@ func (s *Server) receiveBySequence(q *queue, body map[string]any, now time.Time)
 		}
 		b, err := deliverable(m, peekLock, now)
 		if err != nil {
-			return fail(500, "amqp:internal-error", err.Error())
+			return failReply(500, "amqp:internal-error", err.Error())
 		}
 		if !peekLock {
 			q.remove(m)
@@ -241,7 +241,7 @@ func (s *Server) receiveBySequence(q *queue, body map[string]any, now time.Time)
 		entry["message"] = b
 		out = append(out, entry)
 	}
-	return ok(map[string]any{"messages": out})
+	return okReply(map[string]any{"messages": out})
 }
 
 // schedule enqueues messages with their scheduled-enqueue-time annotation:
@@ -253,10 +253,10 @@ func (s *Server) schedule(q *queue, body map[string]any, now time.Time) rpcReply
 		raw, _ := asStringMap(it)["message"].([]byte)
 		m := &amqp.Message{}
 		if err := m.UnmarshalBinary(raw); err != nil {
-			return fail(400, condArgument, fmt.Sprintf("scheduled message %d is not an encoded AMQP message: %v", i, err))
+			return failReply(400, condArgument, fmt.Sprintf("scheduled message %d is not an encoded AMQP message: %v", i, err))
 		}
 		if q.cfg.RequiresSession && !q.isDLQ() && (m.Properties == nil || m.Properties.GroupID == nil || *m.Properties.GroupID == "") {
-			return fail(400, condArgument, fmt.Sprintf("the queue %s requires sessions: set a session ID on scheduled message %d", q.name, i))
+			return failReply(400, condArgument, fmt.Sprintf("the queue %s requires sessions: set a session ID on scheduled message %d", q.name, i))
 		}
 		msgs = append(msgs, m)
 	}
@@ -264,13 +264,13 @@ func (s *Server) schedule(q *queue, body map[string]any, now time.Time) rpcReply
 	for _, m := range msgs {
 		st, err := s.enqueue(q, m, now)
 		if err != nil {
-			return fail(400, condArgument, err.Error())
+			return failReply(400, condArgument, err.Error())
 		}
 		if st != nil {
 			seqs = append(seqs, st.seq)
 		}
 	}
-	return ok(map[string]any{"sequence-numbers": seqs})
+	return okReply(map[string]any{"sequence-numbers": seqs})
 }
 
 // listSessions lists sessions, sorted by ID, skip and top applied. As on
@@ -307,7 +307,7 @@ func (s *Server) listSessions(q *queue, body map[string]any, now time.Time) rpcR
 	if len(ids) == 0 {
 		return rpcReply{status: 204, desc: "no sessions"}
 	}
-	return ok(map[string]any{"sessions-ids": ids, "skip": int32(skip) + int32(len(ids))})
+	return okReply(map[string]any{"sessions-ids": ids, "skip": int32(skip) + int32(len(ids))})
 }
 
 // asStringMap reads a request map, whatever its key types.

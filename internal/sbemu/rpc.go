@@ -22,9 +22,9 @@ type rpcReply struct {
 	delay     time.Duration // injected by a CBS fault
 }
 
-func ok(value any) rpcReply { return rpcReply{status: 200, desc: "OK", value: value} }
+func okReply(value any) rpcReply { return rpcReply{status: 200, desc: "OK", value: value} }
 
-func fail(status int32, condition, desc string) rpcReply {
+func failReply(status int32, condition, desc string) rpcReply {
 	return rpcReply{status: status, condition: condition, desc: desc}
 }
 
@@ -118,11 +118,11 @@ func (s *Server) putToken(l *link, op string, req *amqp.Message) rpcReply {
 	name, _ := req.ApplicationProperties["name"].(string)
 	s.events.add(Event{Kind: EventCBS, Conn: l.sess.c.id, Entity: name})
 	if op != "put-token" {
-		return fail(400, "amqp:not-implemented", "unsupported CBS operation "+op+": only put-token is")
+		return failReply(400, "amqp:not-implemented", "unsupported CBS operation "+op+": only put-token is")
 	}
 	if status, delay, set := s.faults.cbs(); set {
 		if status == 0 {
-			r := ok(nil)
+			r := okReply(nil)
 			r.delay = delay
 			return r
 		}
@@ -131,10 +131,10 @@ func (s *Server) putToken(l *link, op string, req *amqp.Message) rpcReply {
 	if s.cfg.SharedAccessKey != "" {
 		token, _ := req.Value.(string)
 		if err := checkSAS(token, s.cfg.SharedAccessKey, s.now()); err != nil {
-			return fail(401, "amqp:unauthorized-access", "unauthorized: "+err.Error())
+			return failReply(401, "amqp:unauthorized-access", "unauthorized: "+err.Error())
 		}
 	}
-	return ok(nil)
+	return okReply(nil)
 }
 
 // checkSAS verifies a SharedAccessSignature token against key.
