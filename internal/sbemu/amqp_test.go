@@ -6,13 +6,14 @@ import (
 	"github.com/Azure/go-amqp"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 )
 
 // TestReleasedIsNotADelivery speaks plain AMQP 1.0 (go-amqp, no Service
 // Bus SDK): a message released by its receiver comes back without its
 // delivery count raised, while a modified (abandoned) one counts.
 func TestReleasedIsNotADelivery(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"})
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})
 	conn, err := amqp.Dial(ctx(t), "amqp://"+s.Addr(), &amqp.ConnOptions{SASLType: amqp.SASLTypeAnonymous()})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package sbemu
 
 import (
-	"crypto/rand"
 	"fmt"
 	"strings"
 	"time"
@@ -9,68 +8,45 @@ import (
 	"github.com/Azure/go-amqp"
 )
 
-// QueueConfig describes one queue, with Service Bus's property names and
-// defaults.
-type QueueConfig struct {
-	Name string
-	// LockDuration: default 60s.
-	LockDuration time.Duration
-	// MaxDeliveryCount: default 10.
-	MaxDeliveryCount int
-	// RequiresSession: the queue delivers only through session receivers,
-	// and refuses messages without a session ID.
-	RequiresSession bool
-	// RequiresDuplicateDetection and DuplicateDetectionHistoryTimeWindow
-	// (default 10m): a message whose ID was sent within the window is
-	// accepted and dropped.
-	RequiresDuplicateDetection          bool
-	DuplicateDetectionHistoryTimeWindow time.Duration
-	// DefaultMessageTimeToLive: zero means messages do not expire.
-	DefaultMessageTimeToLive time.Duration
-	// DeadLetteringOnMessageExpiration moves expired messages to the
-	// dead-letter queue (reason TTLExpiredException) instead of dropping
-	// them.
-	DeadLetteringOnMessageExpiration bool
-	// MaxMessageSizeBytes: default 256 KiB, as on the Standard tier.
-	MaxMessageSizeBytes int
-}
+// This file is the broker: queues, sequence numbers, locks, sessions,
+// settlement, dead-lettering and expiry. It decides what happens to
+// messages; the connection code (conn.go, session.go, link.go) only moves
+// frames. Everything here runs under the server's mutex.
 
-func (c *QueueConfig) setDefaults() {
-	if c.LockDuration == 0 {
-		c.LockDuration = time.Minute
-	}
-	if c.MaxDeliveryCount == 0 {
-		c.MaxDeliveryCount = 10
-	}
-	if c.DuplicateDetectionHistoryTimeWindow == 0 {
-		c.DuplicateDetectionHistoryTimeWindow = 10 * time.Minute
-	}
-	if c.MaxMessageSizeBytes == 0 {
-		c.MaxMessageSizeBytes = 256 << 10
-	}
-}
-
-const deadLetterSuffix = "/$deadletterqueue"
+const (
+	deadLetterSuffix         = "/$deadletterqueue"
+	transferDeadLetterSuffix = "/$transfer/$deadletterqueue"
+)
 
 // queue is a queue or a dead-letter sub-queue.
 type queue struct {
-	cfg      QueueConfig
-	name     string // as configured
-	dlq      *queue // nil for a dead-letter queue
-	parent   *queue // the main queue of a dead-letter queue
-	nextSeq  int64
-	messages []*stored // by sequence number
-	dedup    map[string]time.Time
-	sessions map[string]*sessionState
+	cfg  QueueConfig
+	name string // as configured
+	dlq  *queue // nil for a dead-letter queue
+	// transferDLQ holds messages that failed to be forwarded; the emulator
+	// does not forward, so it stays empty, but clients may open it.
+	transferDLQ *queue
+	parent      *queue // the main queue of a dead-letter queue
+	nextSeq     int64
+	messages    []*stored // by sequence number
+	dedup       map[string]time.Time
+	sessions    map[string]*sessionState
 }
 
 func newQueue(cfg QueueConfig) *queue {
 	cfg.setDefaults()
 	q := &queue{cfg: cfg, name: cfg.Name, nextSeq: 1, dedup: map[string]time.Time{}, sessions: map[string]*sessionState{}}
-	q.dlq = &queue{cfg: QueueConfig{Name: cfg.Name + "/$DeadLetterQueue", LockDuration: cfg.LockDuration, MaxDeliveryCount: 1 << 30,
-		MaxMessageSizeBytes: cfg.MaxMessageSizeBytes}, name: cfg.Name + "/$DeadLetterQueue", parent: q, nextSeq: 1,
-		dedup: map[string]time.Time{}, sessions: map[string]*sessionState{}}
+	q.dlq = newSubQueue(q, "/$DeadLetterQueue")
+	q.transferDLQ = newSubQueue(q, "/$Transfer/$DeadLetterQueue")
 	return q
+}
+
+// newSubQueue makes a dead-letter sub-queue of q.
+func newSubQueue(q *queue, suffix string) *queue {
+	name := q.cfg.Name + suffix
+	return &queue{cfg: QueueConfig{Name: name, LockDuration: q.cfg.LockDuration, MaxDeliveryCount: 1 << 30,
+		MaxMessageSizeBytes: q.cfg.MaxMessageSizeBytes}, name: name, parent: q, nextSeq: 1,
+		dedup: map[string]time.Time{}, sessions: map[string]*sessionState{}}
 }
 
 // isDLQ reports whether q is a dead-letter queue.
@@ -106,49 +82,32 @@ type sessionState struct {
 	holder      *link
 	lockedUntil time.Time
 	state       []byte
+	stateSet    time.Time // when the state was last set
 }
 
 func (s *sessionState) held(now time.Time) bool { return s.holder != nil && now.Before(s.lockedUntil) }
 
-func newLockToken() UUID {
-	var u UUID
-	rand.Read(u[:])
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return u
-}
-
-// dotnetOrder converts an RFC 4122 UUID to .NET's GUID byte order (the first
-// three groups little-endian), the order of a lock token in a delivery tag.
-func dotnetOrder(u UUID) []byte {
-	b := make([]byte, 16)
-	copy(b, u[:])
-	b[0], b[1], b[2], b[3] = u[3], u[2], u[1], u[0]
-	b[4], b[5] = u[5], u[4]
-	b[6], b[7] = u[7], u[6]
-	return b
-}
-
-// enqueue adds msg to q (the caller holds the server lock). It returns false
-// when the message is a duplicate that was dropped.
-func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (bool, error) {
-	id := messageID(msg)
-	if q.cfg.RequiresDuplicateDetection && id != "" {
-		if seen, ok := q.dedup[id]; ok && now.Sub(seen) < q.cfg.DuplicateDetectionHistoryTimeWindow {
-			s.events.add(Event{Kind: EventDuplicate, Entity: q.name, MessageID: id})
-			return false, nil
-		}
-		q.dedup[id] = now
-	}
-	m := &stored{seq: q.nextSeq, msg: msg, enqueued: now, visible: now}
-	q.nextSeq++
+// enqueue adds msg to q. It returns the stored message, or nil when the
+// message is a duplicate that was dropped.
+func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (*stored, error) {
+	m := &stored{msg: msg, enqueued: now, visible: now}
 	if msg.Properties != nil && msg.Properties.GroupID != nil {
 		m.sessionID = *msg.Properties.GroupID
 	}
 	if q.cfg.RequiresSession && m.sessionID == "" && !q.isDLQ() {
-		return false, fmt.Errorf("the queue requires sessions: set a session ID on every message")
+		return nil, fmt.Errorf("the queue %s requires sessions: set a session ID on every message", q.name)
 	}
-	if t, ok := msg.Annotations["x-opt-scheduled-enqueue-time"].(time.Time); ok && t.After(now) {
+	id := messageID(msg)
+	if q.cfg.RequiresDuplicateDetection && id != "" {
+		if seen, dup := q.dedup[id]; dup && now.Sub(seen) < q.cfg.DuplicateDetectionHistoryTimeWindow {
+			s.events.add(Event{Kind: EventDuplicate, Entity: q.name, MessageID: id})
+			return nil, nil
+		}
+		q.dedup[id] = now
+	}
+	m.seq = q.nextSeq
+	q.nextSeq++
+	if t, isTime := msg.Annotations["x-opt-scheduled-enqueue-time"].(time.Time); isTime && t.After(now) {
 		m.visible = t
 	}
 	ttl := q.cfg.DefaultMessageTimeToLive
@@ -160,14 +119,7 @@ func (s *Server) enqueue(q *queue, msg *amqp.Message, now time.Time) (bool, erro
 	}
 	q.messages = append(q.messages, m)
 	s.events.add(Event{Kind: EventEnqueued, Entity: q.name, MessageID: id, Sequence: m.seq})
-	return true, nil
-}
-
-func messageID(msg *amqp.Message) string {
-	if msg.Properties == nil || msg.Properties.MessageID == nil {
-		return ""
-	}
-	return fmt.Sprint(msg.Properties.MessageID)
+	return m, nil
 }
 
 // remove takes m out of q.
@@ -180,8 +132,10 @@ func (q *queue) remove(m *stored) {
 	}
 }
 
-// deadLetter moves m from q to q's dead-letter queue.
-func (s *Server) deadLetter(q *queue, m *stored, reason, description string, now time.Time) {
+// deadLetter moves m from q to q's dead-letter queue, with props (the
+// reason, the description, and any properties the client modified) set
+// among its application properties.
+func (s *Server) deadLetter(q *queue, m *stored, props map[string]any, now time.Time) {
 	if q.isDLQ() { // a dead letter cannot be dead-lettered again
 		m.unlock()
 		return
@@ -189,18 +143,69 @@ func (s *Server) deadLetter(q *queue, m *stored, reason, description string, now
 	q.remove(m)
 	m.unlock()
 	msg := *m.msg
-	props := make(map[string]any, len(msg.ApplicationProperties)+2)
-	for k, v := range msg.ApplicationProperties {
-		props[k] = v
-	}
-	props["DeadLetterReason"] = reason
-	props["DeadLetterErrorDescription"] = description
-	msg.ApplicationProperties = props
+	msg.ApplicationProperties = withProperties(msg.ApplicationProperties, props)
 	dl := &stored{seq: q.dlq.nextSeq, msg: &msg, enqueued: m.enqueued, visible: now, prior: m.prior,
 		sessionID: m.sessionID, dlSource: q.name}
 	q.dlq.nextSeq++
 	q.dlq.messages = append(q.dlq.messages, dl)
+	reason, _ := props["DeadLetterReason"].(string)
 	s.events.add(Event{Kind: EventDeadLettered, Entity: q.name, MessageID: messageID(m.msg), Sequence: m.seq, Detail: reason})
+}
+
+// deadLetterReason is what the broker itself sets when it dead-letters.
+func deadLetterReason(reason, description string) map[string]any {
+	return map[string]any{"DeadLetterReason": reason, "DeadLetterErrorDescription": description}
+}
+
+// withProperties returns props merged over app, as a new map.
+func withProperties(app, props map[string]any) map[string]any {
+	if len(props) == 0 {
+		return app
+	}
+	out := make(map[string]any, len(app)+len(props))
+	for k, v := range app {
+		out[k] = v
+	}
+	for k, v := range props {
+		out[k] = v
+	}
+	return out
+}
+
+// propertiesToModify keeps the entries of a client's properties-to-modify
+// that can be application properties (simple values), converted to the
+// types the message encoder knows.
+func propertiesToModify(in map[string]any) map[string]any {
+	out := make(map[string]any, len(in))
+	for k, v := range in {
+		switch v := v.(type) {
+		case Symbol:
+			out[k] = amqp.Symbol(v)
+		case UUID:
+			out[k] = amqp.UUID(v)
+		case nil, bool, string, []byte, time.Time, amqp.UUID, amqp.Symbol,
+			int8, int16, int32, int64, uint8, uint16, uint32, uint64, float32, float64:
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// mapOfNames reads an AMQP map with string or symbol keys.
+func mapOfNames(m *Map) map[string]any {
+	out := map[string]any{}
+	if m == nil {
+		return out
+	}
+	for i, k := range m.Keys {
+		switch k := k.(type) {
+		case string:
+			out[k] = m.Values[i]
+		case Symbol:
+			out[string(k)] = m.Values[i]
+		}
+	}
+	return out
 }
 
 // release ends a delivery without settlement: the message is available
@@ -213,8 +218,8 @@ func (s *Server) release(q *queue, m *stored, counted bool, now time.Time) {
 	}
 	m.prior++
 	if !q.isDLQ() && int(m.prior) >= q.cfg.MaxDeliveryCount {
-		s.deadLetter(q, m, "MaxDeliveryCountExceeded",
-			fmt.Sprintf("Message could not be consumed after %d delivery attempts.", q.cfg.MaxDeliveryCount), now)
+		s.deadLetter(q, m, deadLetterReason("MaxDeliveryCountExceeded",
+			fmt.Sprintf("Message could not be consumed after %d delivery attempts.", q.cfg.MaxDeliveryCount)), now)
 	}
 }
 
@@ -228,7 +233,7 @@ func (s *Server) expire(q *queue, now time.Time) (changed bool) {
 	for _, ss := range q.sessions {
 		if ss.holder != nil && !now.Before(ss.lockedUntil) {
 			s.events.add(Event{Kind: EventSessionLockExpired, Entity: q.name, Detail: ss.id})
-			ss.holder = nil
+			s.releaseSession(q, ss, true, now)
 			changed = true
 		}
 	}
@@ -241,7 +246,7 @@ func (s *Server) expire(q *queue, now time.Time) (changed bool) {
 		}
 		if !m.expires.IsZero() && !now.Before(m.expires) && !m.locked(now) {
 			if q.cfg.DeadLetteringOnMessageExpiration && !q.isDLQ() {
-				s.deadLetter(q, m, "TTLExpiredException", "The message expired and was dead lettered.", now)
+				s.deadLetter(q, m, deadLetterReason("TTLExpiredException", "The message expired and was dead lettered."), now)
 			} else {
 				q.remove(m)
 			}
@@ -308,8 +313,8 @@ func (q *queue) findBySeq(seq int64) *stored {
 	return nil
 }
 
-// entity resolves an address (queue, or queue/$DeadLetterQueue, in any
-// case) to a queue.
+// entity resolves an address (queue, queue/$DeadLetterQueue or
+// queue/$Transfer/$DeadLetterQueue, in any case) to a queue.
 func (s *Server) entity(address string) *queue {
 	addr := strings.ToLower(strings.TrimPrefix(address, "/"))
 	if i := strings.Index(addr, "://"); i >= 0 { // amqp://host/queue
@@ -317,6 +322,12 @@ func (s *Server) entity(address string) *queue {
 		if j := strings.IndexByte(addr, '/'); j >= 0 {
 			addr = addr[j+1:]
 		}
+	}
+	if base, ok := strings.CutSuffix(addr, transferDeadLetterSuffix); ok {
+		if q := s.queues[base]; q != nil {
+			return q.transferDLQ
+		}
+		return nil
 	}
 	if base, ok := strings.CutSuffix(addr, deadLetterSuffix); ok {
 		if q := s.queues[base]; q != nil {
@@ -327,45 +338,276 @@ func (s *Server) entity(address string) *queue {
 	return s.queues[addr]
 }
 
-// deliverable renders m as the client receives it: the broker's
-// annotations, the header's delivery count, and for peek-lock the lock
-// token in the delivery annotations.
-func deliverable(q *queue, m *stored, withLock bool, state int64) ([]byte, error) {
-	msg := *m.msg
-	msg.DeliveryTag = nil
-	hdr := amqp.MessageHeader{}
-	if m.msg.Header != nil {
-		hdr = *m.msg.Header
+// accept takes what a client sender sent on l: one message, or a batch. It
+// returns the outcome to confirm, or drop when an injected fault cuts the
+// connection instead. Send faults are applied here, and only here.
+func (s *Server) accept(l *link, body []byte, format uint32) (state Described, drop bool) {
+	q := l.q
+	if f, ok := s.faults.takeSendFault(); ok {
+		s.events.add(Event{Kind: EventFault, Conn: l.sess.c.id, Link: l.name, Entity: q.name, Detail: f.describe()})
+		switch {
+		case f.condition != "":
+			return described(codeRejected, amqpError(f.condition, "fault injected by the emulator")), false
+		case f.dropConnection:
+			if f.store {
+				s.enqueueBody(q, body, format)
+			}
+			return Described{}, true
+		}
 	}
-	hdr.DeliveryCount = m.prior
-	msg.Header = &hdr
-	ann := make(amqp.Annotations, len(m.msg.Annotations)+6)
-	for k, v := range m.msg.Annotations {
-		ann[k] = v
+	if len(body) > q.cfg.MaxMessageSizeBytes {
+		return described(codeRejected, amqpError("amqp:link:message-size-exceeded",
+			fmt.Sprintf("the message of %d bytes exceeds the limit of %d bytes", len(body), q.cfg.MaxMessageSizeBytes))), false
 	}
-	ann["x-opt-sequence-number"] = m.seq
-	ann["x-opt-enqueue-sequence-number"] = m.seq
-	ann["x-opt-enqueued-time"] = m.enqueued
-	if m.sessionID != "" {
-		ann["x-opt-partition-key"] = m.sessionID
+	if err := s.enqueueBody(q, body, format); err != nil {
+		return described(codeRejected, amqpError("amqp:not-allowed", err.Error())), false
 	}
-	if withLock {
-		ann["x-opt-locked-until"] = m.lockedUntil
+	return described(codeAccepted), false
+}
+
+// enqueueBody decodes a transfer's message or batch and enqueues it, all or
+// nothing.
+func (s *Server) enqueueBody(q *queue, body []byte, format uint32) error {
+	var msgs []*amqp.Message
+	env := &amqp.Message{}
+	if err := env.UnmarshalBinary(body); err != nil {
+		return fmt.Errorf("undecodable message: %w", err)
 	}
-	if m.dlSource != "" {
-		ann["x-opt-deadletter-source"] = m.dlSource
-	}
-	if state != 0 {
-		ann["x-opt-message-state"] = state
-	}
-	msg.Annotations = ann
-	if withLock {
-		msg.DeliveryAnnotations = amqp.Annotations{"x-opt-lock-token": amqp.UUID(m.lockToken)}
+	if format == batchFormat {
+		for _, d := range env.Data {
+			m := &amqp.Message{}
+			if err := m.UnmarshalBinary(d); err != nil {
+				return fmt.Errorf("undecodable message in batch: %w", err)
+			}
+			msgs = append(msgs, m)
+		}
 	} else {
-		msg.DeliveryAnnotations = nil
+		msgs = append(msgs, env)
 	}
-	if msg.Properties == nil {
-		msg.Properties = &amqp.MessageProperties{}
+	if q.cfg.RequiresSession {
+		for _, m := range msgs {
+			if m.Properties == nil || m.Properties.GroupID == nil || *m.Properties.GroupID == "" {
+				return fmt.Errorf("the queue %s requires sessions: set a session ID on every message", q.name)
+			}
+		}
 	}
-	return msg.MarshalBinary()
+	now := s.now()
+	for _, m := range msgs {
+		if _, err := s.enqueue(q, m, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// outcomeKind is how a client ends its hold on a locked message.
+type outcomeKind int
+
+const (
+	outcomeComplete   outcomeKind = iota
+	outcomeAbandon                // available again, delivery counted
+	outcomeDefer                  // set aside until received by sequence number
+	outcomeDeadLetter             // moved to the dead-letter queue
+	outcomeRelease                // available again, not counted
+)
+
+// outcome is a settlement: its kind and the application properties to set
+// (for a dead letter, its reason and description among them).
+type outcome struct {
+	kind  outcomeKind
+	props map[string]any
+}
+
+// outcomeOf reads a delivery state from a link disposition the way Service
+// Bus does: accepted completes; modified abandons, or defers when
+// undeliverable-here, its message-annotations being the properties to
+// modify; rejected dead-letters, its error's info carrying the reason, the
+// description and the properties to modify; released gives the message
+// back without counting a delivery.
+func outcomeOf(state perf) (outcome, bool) {
+	switch state.code {
+	case codeAccepted:
+		return outcome{kind: outcomeComplete}, true
+	case codeModified:
+		o := outcome{kind: outcomeAbandon, props: propertiesToModify(mapOfNames(state.mapField(2)))}
+		if state.boolean(1) {
+			o.kind = outcomeDefer
+		}
+		return o, true
+	case codeRejected:
+		info := map[string]any{}
+		if e, isErr := state.described(0); isErr {
+			info = mapOfNames(e.mapField(2))
+		}
+		// A reason or description left out (or null) is not set.
+		for _, k := range []string{"DeadLetterReason", "DeadLetterErrorDescription"} {
+			if info[k] == nil {
+				delete(info, k)
+			}
+		}
+		return outcome{kind: outcomeDeadLetter, props: propertiesToModify(info)}, true
+	case codeReleased:
+		return outcome{kind: outcomeRelease}, true
+	}
+	return outcome{}, false
+}
+
+// settle applies a client's disposition to a delivery and returns the
+// state to confirm: the outcome reached, or rejected with
+// message-lock-lost.
+func (s *Server) settle(d *delivery, state perf) Described {
+	now := s.now()
+	m, q := d.m, d.q
+	lost := m.lockToken != d.token || !m.locked(now) || q.findBySeq(m.seq) != m
+	if d.l.sessionBound {
+		if st := q.sessions[d.l.sessionID]; st == nil || st.holder != d.l || !st.held(now) {
+			lost = true
+		}
+	}
+	if lost {
+		return described(codeRejected, amqpError(condMessageLockLost, descMessageLockLost))
+	}
+	o, known := outcomeOf(state)
+	if !known {
+		return described(codeRejected, amqpError("amqp:not-implemented",
+			fmt.Sprintf("delivery state 0x%x: settle with accepted, modified, rejected or released", state.code)))
+	}
+	s.applyOutcome(q, m, o, now)
+	switch o.kind {
+	case outcomeComplete:
+		return described(codeAccepted)
+	case outcomeAbandon:
+		return described(codeModified)
+	case outcomeDefer:
+		return described(codeModified, nil, true)
+	case outcomeDeadLetter:
+		// Rejected without an error: the SDKs read an error as a failure.
+		return described(codeRejected)
+	default:
+		return described(codeReleased)
+	}
+}
+
+// applyOutcome settles a locked message.
+func (s *Server) applyOutcome(q *queue, m *stored, o outcome, now time.Time) {
+	id := messageID(m.msg)
+	if o.kind != outcomeDeadLetter && len(o.props) > 0 {
+		msg := *m.msg
+		msg.ApplicationProperties = withProperties(msg.ApplicationProperties, o.props)
+		m.msg = &msg
+	}
+	switch o.kind {
+	case outcomeComplete:
+		q.remove(m)
+		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "completed"})
+	case outcomeDeadLetter:
+		s.deadLetter(q, m, o.props, now)
+	case outcomeDefer:
+		m.unlock()
+		m.deferred = true
+		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "deferred"})
+	case outcomeAbandon:
+		s.events.add(Event{Kind: EventSettled, Entity: q.name, MessageID: id, Sequence: m.seq, Detail: "abandoned"})
+		s.release(q, m, true, now)
+	case outcomeRelease:
+		s.release(q, m, false, now)
+	}
+}
+
+// deliverTo hands receiver link l as many messages as its credit and the
+// session window allow: the next available message for it, locked in
+// peek-lock mode, deleted in receive-and-delete mode.
+func (s *Server) deliverTo(l *link) {
+	if l.pendingAccept || l.kind != kindEntity || !l.clientRx {
+		return
+	}
+	now := s.now()
+	for l.canSend() {
+		if l.sessionBound {
+			st := l.q.sessions[l.sessionID]
+			if st == nil || st.holder != l || !st.held(now) {
+				return
+			}
+		}
+		m := l.q.nextFor(l, now)
+		if m == nil {
+			return
+		}
+		settled := !l.peekLock
+		if !settled {
+			s.lockMessage(l.q, m, l, now)
+		}
+		token := m.lockToken
+		payload, err := deliverable(m, !settled, now)
+		if err != nil {
+			s.log("encode message %d: %v", m.seq, err)
+			return
+		}
+		if settled {
+			l.q.remove(m)
+		}
+		l.transmit(&delivery{l: l, q: l.q, m: m, token: token}, dotnetOrder(token), settled, payload)
+		s.events.add(Event{Kind: EventDelivered, Conn: l.sess.c.id, Link: l.name, Entity: l.q.name, MessageID: messageID(m.msg), Sequence: m.seq})
+	}
+}
+
+// lockSession gives session id of q to holder until the lock duration
+// passes.
+func (s *Server) lockSession(q *queue, id string, holder *link, now time.Time) *sessionState {
+	st := q.sessions[id]
+	if st == nil {
+		st = &sessionState{id: id}
+		q.sessions[id] = st
+	}
+	st.holder = holder
+	st.lockedUntil = now.Add(q.cfg.LockDuration)
+	return st
+}
+
+// lockMessage locks m for holder (nil when received through
+// $management). A message of a session is locked by its session's lock:
+// it lasts as long as the session lock, and goes with it.
+func (s *Server) lockMessage(q *queue, m *stored, holder *link, now time.Time) {
+	m.lockToken, m.holder = newLockToken(), holder
+	m.lockedUntil = now.Add(q.cfg.LockDuration)
+	if st := q.sessions[m.sessionID]; m.sessionID != "" && st != nil && st.held(now) {
+		m.lockedUntil = st.lockedUntil
+	}
+}
+
+// linkGone releases what a detached link held: its session, if any.
+// Messages it received outside a session keep their locks until they
+// expire, as on Service Bus (clients then settle through $management).
+//
+// A session is released at once when the client ends the link (detach, end
+// or close) or the server forces it off; when the connection is lost
+// instead, the session stays locked until its lock expires, as a namespace
+// cannot tell a crashed client from a slow one ("the lock is released when
+// Close is called, or when the lock expires in cases in which the
+// application is unable to perform the close operation", Microsoft's
+// message sessions documentation).
+func (s *Server) linkGone(l *link) {
+	if l.q == nil || !l.sessionBound || l.sess.c.lost {
+		return
+	}
+	if st, held := l.q.sessions[l.sessionID]; held && st.holder == l {
+		s.releaseSession(l.q, st, false, s.now())
+	}
+}
+
+// releaseSession ends the lock on a session. The messages received under it
+// have no locks of their own: the session lock is theirs, so they are
+// released with it, available again in sequence order to the session's next
+// holder. Service Bus counts those deliveries when the session lock expires,
+// and not when the holder closes the session (the table "Impact of delivery
+// count" in Microsoft's message sessions documentation; the Service Bus team
+// told the JavaScript SDK's authors that only expiry increments it).
+func (s *Server) releaseSession(q *queue, st *sessionState, expired bool, now time.Time) {
+	st.holder = nil
+	st.lockedUntil = time.Time{}
+	for _, m := range append([]*stored(nil), q.messages...) {
+		if m.sessionID == st.id && m.lockToken != (UUID{}) {
+			s.release(q, m, expired, now)
+		}
+	}
 }

@@ -67,10 +67,22 @@ func (m *Map) Get(key any) any {
 
 // GetName returns the value under a string or symbol key.
 func (m *Map) GetName(name string) any {
-	if v := m.Get(Symbol(name)); v != nil {
-		return v
+	v, _ := m.Lookup(name)
+	return v
+}
+
+// Lookup returns the value under a string or symbol key, and whether the
+// key is there at all (its value may be null).
+func (m *Map) Lookup(name string) (any, bool) {
+	if m == nil {
+		return nil, false
 	}
-	return m.Get(name)
+	for i, k := range m.Keys {
+		if k == Symbol(name) || k == name {
+			return m.Values[i], true
+		}
+	}
+	return nil, false
 }
 
 // Set adds or replaces key.
@@ -584,4 +596,33 @@ func encodeValue(v any) []byte {
 	e := &encoder{}
 	e.value(v)
 	return e.b
+}
+
+// asInt64 reads any AMQP integer (as this codec or go-amqp decodes it):
+// clients choose different widths and signedness for the same field.
+func asInt64(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int8:
+		return int64(n), true
+	case int16:
+		return int64(n), true
+	case int32:
+		return int64(n), true
+	case int64:
+		return n, true
+	case int:
+		return int64(n), true
+	case uint8:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	case uint64:
+		if n > math.MaxInt64 {
+			return 0, false
+		}
+		return int64(n), true
+	}
+	return 0, false
 }

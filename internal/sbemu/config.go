@@ -118,3 +118,44 @@ func ParseISODuration(s string) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// QueueConfig describes one queue, with Service Bus's property names and
+// defaults.
+type QueueConfig struct {
+	Name string
+	// LockDuration: default 60s.
+	LockDuration time.Duration
+	// MaxDeliveryCount: default 10.
+	MaxDeliveryCount int
+	// RequiresSession: the queue delivers only through session receivers,
+	// and refuses messages without a session ID.
+	RequiresSession bool
+	// RequiresDuplicateDetection and DuplicateDetectionHistoryTimeWindow
+	// (default 10m): a message whose ID was sent within the window is
+	// accepted and dropped.
+	RequiresDuplicateDetection          bool
+	DuplicateDetectionHistoryTimeWindow time.Duration
+	// DefaultMessageTimeToLive: zero means messages do not expire.
+	DefaultMessageTimeToLive time.Duration
+	// DeadLetteringOnMessageExpiration moves expired messages to the
+	// dead-letter queue (reason TTLExpiredException) instead of dropping
+	// them.
+	DeadLetteringOnMessageExpiration bool
+	// MaxMessageSizeBytes: default 256 KiB, as on the Standard tier.
+	MaxMessageSizeBytes int
+}
+
+func (c *QueueConfig) setDefaults() {
+	if c.LockDuration == 0 {
+		c.LockDuration = time.Minute
+	}
+	if c.MaxDeliveryCount == 0 {
+		c.MaxDeliveryCount = 10
+	}
+	if c.DuplicateDetectionHistoryTimeWindow == 0 {
+		c.DuplicateDetectionHistoryTimeWindow = 10 * time.Minute
+	}
+	if c.MaxMessageSizeBytes == 0 {
+		c.MaxMessageSizeBytes = 256 << 10
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 )
 
@@ -28,6 +29,7 @@ const (
 	codeModified = 0x27
 	codeSource   = 0x28
 	codeTarget   = 0x29
+	codeHeader   = 0x70 // the message header section
 
 	codeSASLMechanisms = 0x40
 	codeSASLInit       = 0x41
@@ -57,28 +59,13 @@ func (p perf) field(i int) any {
 	return nil
 }
 
+// u32 reads an unsigned field (uint, or any integer type that fits).
 func (p perf) u32(i int) (uint32, bool) {
-	switch v := p.field(i).(type) {
-	case uint32:
-		return v, true
-	case uint8:
-		return uint32(v), true
-	case uint16:
-		return uint32(v), true
-	case uint64:
-		return uint32(v), true
+	n, ok := asInt64(p.field(i))
+	if !ok || n < 0 || n > math.MaxUint32 {
+		return 0, false
 	}
-	return 0, false
-}
-
-func (p perf) u64(i int) (uint64, bool) {
-	switch v := p.field(i).(type) {
-	case uint64:
-		return v, true
-	case uint32:
-		return uint64(v), true
-	}
-	return 0, false
+	return uint32(n), true
 }
 
 func (p perf) boolean(i int) bool {

@@ -13,31 +13,53 @@ import (
 	"github.com/Azure/go-amqp"
 )
 
+// rpcReply is the answer to a $cbs or $management request.
+type rpcReply struct {
+	status    int32
+	desc      string
+	condition string // for failures: the error condition clients map the status to
+	value     any
+	delay     time.Duration // injected by a CBS fault
+}
+
+func okReply(value any) rpcReply { return rpcReply{status: 200, desc: "OK", value: value} }
+
+func failReply(status int32, condition, desc string) rpcReply {
+	return rpcReply{status: status, condition: condition, desc: desc}
+}
+
 // rpc answers a request on a $cbs or $management link. The response goes
-// out on the client's receiver link whose target is the request's reply-to.
+// out on the client's receiver link that the request's reply-to names.
 func (s *Server) rpc(l *link, body []byte) Described {
 	req := &amqp.Message{}
 	if err := req.UnmarshalBinary(body); err != nil {
 		return described(codeRejected, amqpError("amqp:decode-error", err.Error()))
 	}
 	if req.Properties == nil || req.Properties.ReplyTo == nil {
-		return described(codeRejected, amqpError("amqp:invalid-field", "request without reply-to"))
+		return described(codeRejected, amqpError("amqp:invalid-field", "request without reply-to: set reply-to to the address or name of your receiver link"))
 	}
 	op, _ := req.ApplicationProperties["operation"].(string)
-	var status int32
-	var desc string
-	var value any
-	var delay time.Duration
+	var r rpcReply
+	// The two nodes name their status properties differently, as on Service
+	// Bus: the CBS node status-code, the management node statusCode (the
+	// JavaScript SDK reads statusCode to spot 204 on a peek).
+	props := map[string]any{}
 	if l.kind == kindCBS {
-		status, desc, delay = s.putToken(l, op, req)
+		r = s.putToken(l, op, req)
+		props["status-code"], props["status-description"] = r.status, r.desc
 	} else {
-		status, desc, value = s.management(l, op, req)
-		s.events.add(Event{Kind: EventManagement, Conn: l.sess.c.id, Entity: l.mgmtQueue.name, Detail: fmt.Sprintf("%s %d", op, status)})
+		r = s.management(l, op, req)
+		props["statusCode"], props["statusDescription"] = r.status, r.desc
+		if r.condition != "" {
+			props["errorCondition"] = r.condition
+		}
+		s.events.add(Event{Kind: EventManagement, Conn: l.sess.c.id, Entity: l.mgmtQueue.name, Detail: fmt.Sprintf("%s %d", op, r.status)})
 	}
 	resp := &amqp.Message{
-		Properties:            &amqp.MessageProperties{CorrelationID: fmt.Sprint(req.Properties.MessageID)},
-		ApplicationProperties: map[string]any{"statusCode": status, "statusDescription": desc},
-		Value:                 value,
+		// The request's message-id, of whatever type it had.
+		Properties:            &amqp.MessageProperties{CorrelationID: req.Properties.MessageID},
+		ApplicationProperties: props,
+		Value:                 r.value,
 	}
 	payload, err := resp.MarshalBinary()
 	if err != nil {
@@ -47,17 +69,14 @@ func (s *Server) rpc(l *link, body []byte) Described {
 	replyTo := *req.Properties.ReplyTo
 	c := l.sess.c
 	send := func() {
-		for _, ss := range c.sessions {
-			for _, rl := range ss.links {
-				if rl.clientRx && rl.replyTo == replyTo {
-					rl.sendRPC(payload)
-					return
-				}
-			}
+		if rl := c.replyLink(replyTo); rl != nil {
+			rl.sendRPC(payload)
+			return
 		}
+		s.log("conn %d: no receiver link %q for the %s response", c.id, replyTo, op)
 	}
-	if delay > 0 {
-		time.AfterFunc(delay, func() {
+	if r.delay > 0 {
+		time.AfterFunc(r.delay, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if !c.closed {
@@ -70,27 +89,52 @@ func (s *Server) rpc(l *link, body []byte) Described {
 	return described(codeAccepted)
 }
 
+// replyLink finds the $cbs or $management receiver link that a request's
+// reply-to names: by its target address (the Go SDK's way) or, failing
+// that, by its link name (the JavaScript SDK attaches its CBS receiver with
+// no target address and puts the link name in reply-to). Service Bus
+// routes by either.
+func (c *conn) replyLink(replyTo string) *link {
+	var byName *link
+	for _, ss := range c.sessions {
+		for _, rl := range ss.links {
+			if !rl.clientRx || rl.kind == kindEntity {
+				continue
+			}
+			if rl.replyTo == replyTo {
+				return rl
+			}
+			if byName == nil && rl.name == replyTo {
+				byName = rl
+			}
+		}
+	}
+	return byName
+}
+
 // putToken answers a CBS put-token: 200, unless a fault says otherwise or
 // the server checks SAS signatures and this one is wrong.
-func (s *Server) putToken(l *link, op string, req *amqp.Message) (int32, string, time.Duration) {
+func (s *Server) putToken(l *link, op string, req *amqp.Message) rpcReply {
 	name, _ := req.ApplicationProperties["name"].(string)
 	s.events.add(Event{Kind: EventCBS, Conn: l.sess.c.id, Entity: name})
 	if op != "put-token" {
-		return 400, "unsupported CBS operation " + op, 0
+		return failReply(400, "amqp:not-implemented", "unsupported CBS operation "+op+": only put-token is")
 	}
-	if status, delay, ok := s.faults.cbs(); ok {
+	if status, delay, set := s.faults.cbs(); set {
 		if status == 0 {
-			return 200, "OK", delay
+			r := okReply(nil)
+			r.delay = delay
+			return r
 		}
-		return int32(status), "fault injected by the emulator", delay
+		return rpcReply{status: int32(status), desc: "fault injected by the emulator", delay: delay}
 	}
 	if s.cfg.SharedAccessKey != "" {
 		token, _ := req.Value.(string)
 		if err := checkSAS(token, s.cfg.SharedAccessKey, s.now()); err != nil {
-			return 401, "unauthorized: " + err.Error(), 0
+			return failReply(401, "amqp:unauthorized-access", "unauthorized: "+err.Error())
 		}
 	}
-	return 200, "OK", 0
+	return okReply(nil)
 }
 
 // checkSAS verifies a SharedAccessSignature token against key.
@@ -119,194 +163,4 @@ func checkSAS(token, key string, now time.Time) error {
 		}
 	}
 	return nil
-}
-
-// management answers a $management operation on l's entity.
-func (s *Server) management(l *link, op string, req *amqp.Message) (int32, string, any) {
-	q := l.mgmtQueue
-	body := asStringMap(req.Value)
-	now := s.now()
-	op = strings.TrimPrefix(op, "com.microsoft:")
-	switch op {
-	case "renew-lock":
-		var exps []time.Time
-		for _, tok := range lockTokens(body["lock-tokens"]) {
-			m := q.findByLockToken(tok)
-			if m == nil || !m.locked(now) {
-				return 410, "the lock supplied is invalid: either the lock expired, or the message has already been removed", nil
-			}
-			if m.sessionID != "" && q.cfg.RequiresSession {
-				return 400, "renew-lock is not supported for session messages; renew the session lock", nil
-			}
-			m.lockedUntil = now.Add(q.cfg.LockDuration)
-			exps = append(exps, m.lockedUntil)
-		}
-		return 200, "OK", map[string]any{"expirations": exps}
-	case "update-disposition":
-		status, _ := body["disposition-status"].(string)
-		for _, tok := range lockTokens(body["lock-tokens"]) {
-			m := q.findByLockToken(tok)
-			if m == nil || !m.locked(now) {
-				return 410, "the lock supplied is invalid: either the lock expired, or the message has already been removed", nil
-			}
-			switch status {
-			case "completed":
-				s.applyOutcome(q, m, perf{code: codeAccepted}, now)
-			case "abandoned":
-				s.applyOutcome(q, m, perf{code: codeModified}, now)
-			case "defered", "deferred":
-				s.applyOutcome(q, m, perf{code: codeModified, fields: []any{false, true}}, now)
-			case "suspended":
-				reason, _ := body["deadletter-reason"].(string)
-				desc, _ := body["deadletter-description"].(string)
-				s.deadLetter(q, m, reason, desc, now)
-			default:
-				return 400, "unknown disposition-status " + status, nil
-			}
-		}
-		return 200, "OK", nil
-	case "peek-message":
-		from, _ := body["from-sequence-number"].(int64)
-		count, _ := body["message-count"].(int32)
-		var out []any
-		for _, m := range q.messages {
-			if m.seq < from || len(out) >= int(max(count, 1)) {
-				continue
-			}
-			state := int64(0)
-			if m.deferred {
-				state = 1
-			} else if now.Before(m.visible) {
-				state = 2
-			}
-			b, err := deliverable(q, m, false, state)
-			if err != nil {
-				return 500, err.Error(), nil
-			}
-			out = append(out, map[string]any{"message": b})
-		}
-		if len(out) == 0 {
-			return 204, "No messages to peek", nil
-		}
-		return 200, "OK", map[string]any{"messages": out}
-	case "receive-by-sequence-number":
-		seqs, _ := body["sequence-numbers"].([]int64)
-		var out []any
-		for _, seq := range seqs {
-			m := q.findBySeq(seq)
-			if m == nil || !m.deferred {
-				continue
-			}
-			m.deferred = false
-			m.lockToken = newLockToken()
-			m.lockedUntil = now.Add(q.cfg.LockDuration)
-			b, err := deliverable(q, m, true, 0)
-			if err != nil {
-				return 500, err.Error(), nil
-			}
-			out = append(out, map[string]any{"message": b, "lock-token": amqp.UUID(m.lockToken)})
-		}
-		if len(out) == 0 {
-			return 204, "no deferred messages with those sequence numbers", nil
-		}
-		return 200, "OK", map[string]any{"messages": out}
-	case "renew-session-lock":
-		id, _ := body["session-id"].(string)
-		st := q.sessions[id]
-		if st == nil || !st.held(now) {
-			return 410, "the session lock was lost; accept the session again", nil
-		}
-		st.lockedUntil = now.Add(q.cfg.LockDuration)
-		for _, m := range q.messages {
-			if m.sessionID == id && m.locked(now) {
-				m.lockedUntil = st.lockedUntil
-			}
-		}
-		return 200, "OK", map[string]any{"expiration": st.lockedUntil}
-	case "get-session-state":
-		id, _ := body["session-id"].(string)
-		st := q.sessions[id]
-		if st == nil || !st.held(now) {
-			return 410, "the session lock was lost; accept the session again", nil
-		}
-		var state any
-		if st.state != nil {
-			state = st.state
-		}
-		return 200, "OK", map[string]any{"session-state": state}
-	case "set-session-state":
-		id, _ := body["session-id"].(string)
-		st := q.sessions[id]
-		if st == nil || !st.held(now) {
-			return 410, "the session lock was lost; accept the session again", nil
-		}
-		b, _ := body["session-state"].([]byte)
-		if len(b) == 0 {
-			st.state = nil
-		} else {
-			st.state = append([]byte(nil), b...)
-		}
-		return 200, "OK", nil
-	case "schedule-message":
-		list, _ := body["messages"].([]any)
-		var seqs []int64
-		for _, it := range list {
-			entry := asStringMap(it)
-			raw, _ := entry["message"].([]byte)
-			m := &amqp.Message{}
-			if err := m.UnmarshalBinary(raw); err != nil {
-				return 400, "undecodable scheduled message: " + err.Error(), nil
-			}
-			if _, err := s.enqueue(q, m, now); err != nil {
-				return 400, err.Error(), nil
-			}
-			seqs = append(seqs, q.nextSeq-1)
-		}
-		return 200, "OK", map[string]any{"sequence-numbers": seqs}
-	case "cancel-scheduled-message":
-		seqs, _ := body["sequence-numbers"].([]int64)
-		for _, seq := range seqs {
-			if m := q.findBySeq(seq); m != nil && now.Before(m.visible) {
-				q.remove(m)
-			}
-		}
-		return 200, "OK", nil
-	case "get-message-sessions":
-		return 204, "no sessions", nil
-	default:
-		return 501, "operation " + op + " is not implemented by the emulator", nil
-	}
-}
-
-func asStringMap(v any) map[string]any {
-	switch m := v.(type) {
-	case map[string]any:
-		return m
-	case map[any]any:
-		out := make(map[string]any, len(m))
-		for k, v := range m {
-			out[fmt.Sprint(k)] = v
-		}
-		return out
-	}
-	return map[string]any{}
-}
-
-func lockTokens(v any) []UUID {
-	var out []UUID
-	switch t := v.(type) {
-	case []amqp.UUID:
-		for _, u := range t {
-			out = append(out, UUID(u))
-		}
-	case []any:
-		for _, u := range t {
-			if x, ok := u.(amqp.UUID); ok {
-				out = append(out, UUID(x))
-			}
-		}
-	case amqp.UUID:
-		out = append(out, UUID(t))
-	}
-	return out
 }

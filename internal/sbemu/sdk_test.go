@@ -9,32 +9,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 )
-
-func startServer(t *testing.T, queues ...sbemu.QueueConfig) *sbemu.Server {
-	t.Helper()
-	s, err := sbemu.New(sbemu.Config{Queues: queues})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func newClient(t *testing.T, s *sbemu.Server) *azservicebus.Client {
-	t.Helper()
-	c, err := azservicebus.NewClientFromConnectionString(s.ConnectionString(), &azservicebus.ClientOptions{
-		RetryOptions: azservicebus.RetryOptions{MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: time.Second},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
-}
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -43,8 +19,8 @@ func ctx(t *testing.T) context.Context {
 }
 
 func TestSendReceiveComplete(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})
+	c := s.NewClient(t)
 	snd, err := c.NewSender("q", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +51,8 @@ func TestSendReceiveComplete(t *testing.T) {
 }
 
 func TestSettlementsAndDeadLetters(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q", MaxDeliveryCount: 2, LockDuration: 5 * time.Second})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q", MaxDeliveryCount: 2, LockDuration: 5 * time.Second})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	batch, err := snd.NewMessageBatch(ctx(t), nil)
 	if err != nil {
@@ -150,8 +126,8 @@ func TestSettlementsAndDeadLetters(t *testing.T) {
 }
 
 func TestSessions(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 5 * time.Second})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 5 * time.Second})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("sq", nil)
 	for i, sid := range []string{"s1", "s2", "s1"} {
 		sid := sid
@@ -211,8 +187,8 @@ func TestSessions(t *testing.T) {
 }
 
 func TestLargeMessagesSpanFrames(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	big := make([]byte, 200_000) // several 64 KB frames each way
 	for i := range big {
@@ -239,8 +215,8 @@ func TestLargeMessagesSpanFrames(t *testing.T) {
 }
 
 func TestReceiveAndDeleteDeferScheduleTTL(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q"}, sbemu.QueueConfig{Name: "ttl", DefaultMessageTimeToLive: 200 * time.Millisecond, DeadLetteringOnMessageExpiration: true})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"}, sbemu.QueueConfig{Name: "ttl", DefaultMessageTimeToLive: 200 * time.Millisecond, DeadLetteringOnMessageExpiration: true})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	for _, id := range []string{"d1", "d2"} {
 		id := id
@@ -299,8 +275,8 @@ func TestReceiveAndDeleteDeferScheduleTTL(t *testing.T) {
 }
 
 func TestSettlementFallsBackToManagementAfterDetach(t *testing.T) {
-	s := startServer(t, sbemu.QueueConfig{Name: "q", LockDuration: 10 * time.Second})
-	c := newClient(t, s)
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q", LockDuration: 10 * time.Second})
+	c := s.NewClient(t)
 	snd, _ := c.NewSender("q", nil)
 	id := "m"
 	snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id}, nil)
@@ -327,14 +303,8 @@ func TestSettlementFallsBackToManagementAfterDetach(t *testing.T) {
 }
 
 func TestSASCheckAndLeaks(t *testing.T) {
-	s, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}, SharedAccessKey: "correct-key"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := sbemutest.NewServerConfig(t, sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}, SharedAccessKey: "correct-key"})
+	s.ExpectNoLeaks()
 	good, _ := azservicebus.NewClientFromConnectionString(s.ConnectionString(), nil)
 	snd, _ := good.NewSender("q", nil)
 	if err := snd.SendMessage(ctx(t), &azservicebus.Message{Body: []byte("x")}, nil); err != nil {
@@ -348,12 +318,202 @@ func TestSASCheckAndLeaks(t *testing.T) {
 		t.Error("a wrong key was accepted")
 	}
 	bad.Close(ctx(t))
-	// Leak check: every connection and link closed.
-	deadline := time.Now().Add(5 * time.Second)
-	for s.OpenConnections() != 0 || s.OpenLinks() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections and %d links still open after the clients closed", s.OpenConnections(), s.OpenLinks())
+}
+
+// TestSessionLockReleasesItsMessages: messages received through a session
+// are locked by the session lock, so they go back with it, first in line
+// for the session's next holder. Closing the session does not count the
+// delivery; losing the lock to expiry does; a lost connection keeps the
+// session locked until then.
+func TestSessionLockReleasesItsMessages(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// end ends the first holder's session without settling.
+		end func(s *sbemutest.Server, r *azservicebus.SessionReceiver) error
+		// lockedUntilExpiry: the session cannot be accepted until its lock
+		// expires.
+		lockedUntilExpiry bool
+		wantCount         uint32
+	}{
+		{"closed", func(_ *sbemutest.Server, r *azservicebus.SessionReceiver) error { return r.Close(context.Background()) }, false, 1},
+		{"detached by the server", func(s *sbemutest.Server, _ *azservicebus.SessionReceiver) error {
+			s.DetachLinks("sq")
+			return nil
+		}, false, 1},
+		{"lock expired", func(s *sbemutest.Server, _ *azservicebus.SessionReceiver) error {
+			s.ExpireLocks("sq")
+			return nil
+		}, false, 2},
+		{"connection lost", func(s *sbemutest.Server, _ *azservicebus.SessionReceiver) error {
+			s.CloseConnections(true)
+			return nil
+		}, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true, LockDuration: 2 * time.Second})
+			first := s.NewClient(t)
+			snd, _ := first.NewSender("sq", nil)
+			sid := "call-1"
+			for _, id := range []string{"1", "2", "3"} {
+				if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, SessionID: &sid}, nil); err != nil {
+					t.Fatalf("send: %v", err)
+				}
+			}
+			r1, err := first.AcceptSessionForQueue(ctx(t), "sq", sid, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, err := r1.ReceiveMessages(ctx(t), 1, nil); err != nil || m[0].MessageID != "1" {
+				t.Fatalf("first holder: %v %v", m, err)
+			}
+			if err := tc.end(s, r1); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			second := s.NewClient(t)
+			var r2 *azservicebus.SessionReceiver
+			for {
+				r2, err = second.AcceptSessionForQueue(ctx(t), "sq", sid, nil)
+				if err == nil {
+					break
+				}
+				if !tc.lockedUntilExpiry || time.Since(start) > 10*time.Second {
+					t.Fatalf("accept the session again: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if waited := time.Since(start); tc.lockedUntilExpiry != (waited > time.Second) {
+				t.Errorf("the session was free again after %v; want it held until its lock expires: %v", waited, tc.lockedUntilExpiry)
+			}
+			var got []string
+			for len(got) < 3 {
+				msgs, err := r2.ReceiveMessages(ctx(t), 3-len(got), nil)
+				if err != nil {
+					t.Fatalf("second holder: %v", err)
+				}
+				for _, m := range msgs {
+					if m.MessageID == "1" && m.DeliveryCount != tc.wantCount {
+						t.Errorf("message 1 redelivered with delivery count %d, want %d", m.DeliveryCount, tc.wantCount)
+					}
+					got = append(got, m.MessageID)
+					if err := r2.CompleteMessage(ctx(t), m, nil); err != nil {
+						t.Fatalf("complete %s: %v", m.MessageID, err)
+					}
+				}
+			}
+			if strings.Join(got, ",") != "1,2,3" {
+				t.Errorf("the next holder got %v, want 1,2,3", got)
+			}
+		})
+	}
+}
+
+// TestManagementAsANamespaceAnswers covers $management behaviour beyond the
+// happy path: session listing, peeking within a session, receiving a
+// deferred message that is not there, and properties modified on abandon
+// and dead-letter.
+func TestManagementAsANamespaceAnswers(t *testing.T) {
+	t.Parallel()
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "sq", RequiresSession: true}, sbemu.QueueConfig{Name: "q"})
+	c := s.NewClient(t)
+	snd, _ := c.NewSender("sq", nil)
+	for _, m := range [][2]string{{"a1", "a"}, {"b1", "b"}, {"a2", "a"}, {"c1", "c"}} {
+		id, sid := m[0], m[1]
+		if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, SessionID: &sid}, nil); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+
+	var sessions []string
+	pager := c.NewListSessionsForQueuePager("sq", nil)
+	for pager.More() {
+		page, err := pager.NextPage(ctx(t))
+		if err != nil {
+			t.Fatalf("list sessions: %v", err)
+		}
+		sessions = append(sessions, page.Sessions...)
+	}
+	if strings.Join(sessions, ",") != "a,b,c" {
+		t.Errorf("sessions %v, want a,b,c", sessions)
+	}
+
+	ra, err := c.AcceptSessionForQueue(ctx(t), "sq", "a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peeked, err := ra.PeekMessages(ctx(t), 10, nil)
+	if err != nil {
+		t.Fatalf("peek in session a: %v", err)
+	}
+	var ids []string
+	for _, m := range peeked {
+		ids = append(ids, m.MessageID)
+	}
+	if strings.Join(ids, ",") != "a1,a2" {
+		t.Errorf("peek within session a returned %v, want a1,a2", ids)
+	}
+	if _, err := ra.ReceiveDeferredMessages(ctx(t), []int64{1}, nil); err == nil {
+		t.Error("receiving a message that was never deferred succeeded")
+	}
+
+	// Properties to modify, on abandon (through the link) and dead-letter.
+	qs, _ := c.NewSender("q", nil)
+	if err := qs.SendMessage(ctx(t), &azservicebus.Message{ApplicationProperties: map[string]any{"keep": "me"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	rcv, _ := c.NewReceiverForQueue("q", nil)
+	m, err := rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rcv.AbandonMessage(ctx(t), m[0], &azservicebus.AbandonMessageOptions{PropertiesToModify: map[string]any{"attempt": int64(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err = rcv.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := m[0].ApplicationProperties; p["keep"] != "me" || p["attempt"] != int64(1) {
+		t.Errorf("after abandon with properties to modify: %v", p)
+	}
+	reason := "Poison"
+	if err := rcv.DeadLetterMessage(ctx(t), m[0], &azservicebus.DeadLetterOptions{Reason: &reason,
+		PropertiesToModify: map[string]any{"by": "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	dlq, _ := c.NewReceiverForQueue("q", &azservicebus.ReceiverOptions{SubQueue: azservicebus.SubQueueDeadLetter})
+	d, err := dlq.ReceiveMessages(ctx(t), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := d[0].ApplicationProperties; p["by"] != "test" || p["attempt"] != int64(1) || *d[0].DeadLetterReason != "Poison" {
+		t.Errorf("dead letter's properties: %v", p)
+	}
+}
+
+// TestSubQueuePaths: the dead-letter queues open under any case, the
+// transfer dead-letter queue included (empty: the emulator does not
+// forward).
+func TestSubQueuePaths(t *testing.T) {
+	t.Parallel()
+	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "Orders"})
+	c := s.NewClient(t)
+	for _, tc := range []struct {
+		queue string
+		sub   azservicebus.SubQueue
+	}{
+		{"orders", azservicebus.SubQueueDeadLetter},
+		{"ORDERS", azservicebus.SubQueueTransfer},
+	} {
+		r, err := c.NewReceiverForQueue(tc.queue, &azservicebus.ReceiverOptions{SubQueue: tc.sub})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgs, err := r.PeekMessages(ctx(t), 1, nil); err != nil || len(msgs) != 0 {
+			t.Errorf("%s sub-queue %v: %v %v", tc.queue, tc.sub, msgs, err)
+		}
+		r.Close(ctx(t))
 	}
 }

@@ -190,18 +190,12 @@ func (s *Server) dispatch() {
 	now := s.now()
 	for c := range s.conns {
 		for _, ss := range c.sessions {
-			for h, l := range ss.links {
+			for _, l := range ss.links {
 				if l.pendingAccept {
 					if id := l.q.availableSession(now); id != "" {
 						s.bindSession(l, id, now)
 					} else if !now.Before(l.acceptBy) {
-						reply := append([]any(nil), l.attachFields...)
-						reply[5] = nil // no source: the attach failed
-						ss.c.send(ss.channel, described(codeAttach, reply...), nil)
-						ss.c.send(ss.channel, described(codeDetach, h, true, amqpError("com.microsoft:timeout",
-							"no session was available before the timeout")), nil)
-						delete(ss.links, h)
-						l.detached = true
+						l.refuseAccept()
 						continue
 					}
 				}
