@@ -136,4 +136,3 @@ func TestPurgeInterruptedGivesBackWhatItTook(t *testing.T) {
 		t.Errorf("after the interruption: first %+v, then %+v %v; want every message purged, none left locked", res, res2, err)
 	}
 }
-
