@@ -42,7 +42,7 @@ func (h *health) check(what string, limit time.Duration) error {
 		return nil
 	}
 	if d := time.Since(h.since); d > limit {
-		return fmt.Errorf("%w: servicebus: %s has been failing for %s: %w", relay.ErrUnavailable, what, d.Round(time.Second), h.lastErr)
+		return fmt.Errorf("%w: servicebus: %s has been failing for %s: %w", relay.ErrUnavailable, what, d.Round(10*time.Millisecond), h.lastErr)
 	}
 	return nil
 }
