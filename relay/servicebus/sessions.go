@@ -153,7 +153,10 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 		msgs, err := s.sr.ReceiveMessages(rctx, 1, nil)
 		cancel()
 		if err != nil || len(msgs) == 0 {
-			if err != nil && stopped.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+			switch {
+			case stopped.Err() != nil:
+				p.catchInFlight(log, s)
+			case err != nil && !errors.Is(err, context.DeadlineExceeded):
 				log.Warn("servicebus: session receive failed; releasing the session", "error", err)
 			}
 			return // idle, broken or stopping: release the session
@@ -173,7 +176,7 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 		select {
 		case p.ready <- r:
 		case <-stopped.Done():
-			p.giveBack(log, current, r)
+			p.giveBack(log, current, r.SequenceNumber, r.ID)
 			return
 		}
 		if !p.awaitSettlement(s, current) {
@@ -185,12 +188,36 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 
 // giveBack abandons a message the pool received but did not hand out, so
 // it is the first the session's next holder gets.
-func (p *sessionPool) giveBack(log *slog.Logger, h *handle, r *relay.Received) {
+func (p *sessionPool) giveBack(log *slog.Logger, h *handle, seq int64, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	if err := h.settle(ctx, r.SequenceNumber, "abandon", abandonFn); err != nil {
+	if err := h.settle(ctx, seq, "abandon", abandonFn); err != nil {
 		log.Warn("servicebus: could not give back a received message on stopping; it is delivered again when its lock lapses",
-			"message_id", r.ID, "error", err)
+			"message_id", id, "error", err)
+	}
+}
+
+// inFlightGrace is how long a stopping session waits for a message already
+// on its way to it.
+const inFlightGrace = 250 * time.Millisecond
+
+// catchInFlight gives back the message a receive cancelled by the stop may
+// still draw: the SDK leaves the receive's credit open, so the session's
+// next message can be on the wire, and one that arrives as the receiver
+// closes stays locked for the lock duration (the session's next holder
+// would get the call's later events first). A receive on that same credit
+// catches it; if the SDK released it meanwhile, the receive takes it again.
+// Either way the credit is used up, or nothing came within the grace.
+func (p *sessionPool) catchInFlight(log *slog.Logger, s *session) {
+	ctx, cancel := context.WithTimeout(context.Background(), inFlightGrace)
+	msgs, _ := s.sr.ReceiveMessages(ctx, 1, nil)
+	cancel()
+	for _, sm := range msgs {
+		seq := int64(0)
+		if sm.SequenceNumber != nil {
+			seq = *sm.SequenceNumber
+		}
+		p.giveBack(log, newHandle(sm, nil, s), seq, sm.MessageID)
 	}
 }
 
