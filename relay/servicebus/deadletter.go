@@ -144,7 +144,7 @@ func (q *Queue) drainStray(ctx context.Context, r *azservicebus.Receiver) error 
 func dlqMessage(l *relay.DeadLetterLock) (*azservicebus.ReceivedMessage, error) {
 	m, ok := l.Backend.(*azservicebus.ReceivedMessage)
 	if !ok {
-		return nil, fmt.Errorf("servicebus: dead letter %d was not taken from Service Bus", l.SequenceNumber)
+		return nil, errNotFromServiceBus(fmt.Sprintf("dead letter %d", l.SequenceNumber))
 	}
 	return m, nil
 }

@@ -305,7 +305,7 @@ func (h *handle) finish() {
 func handleOf(m *relay.Received) (*handle, error) {
 	h, ok := m.Backend.(*handle)
 	if !ok {
-		return nil, fmt.Errorf("servicebus: message %s was not received from Service Bus", m.ID)
+		return nil, errNotFromServiceBus(fmt.Sprintf("message %s", m.ID))
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -338,16 +338,13 @@ func (h *handle) sessionLapsed() bool {
 // settle runs one settlement of h and marks it settled whatever the
 // outcome, except a transient failure (the lock may still hold).
 func (h *handle) settle(ctx context.Context, seq int64, op string, fn func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error) error {
-	lapsed := func() error {
-		return fmt.Errorf("%s message %d: the session lock expired: %w", op, seq, relay.ErrLockLost)
-	}
 	if h.sessionLapsed() {
 		h.finish()
-		return lapsed()
+		return errSessionLapsed(op, seq)
 	}
 	err := mapErr(op, fn(ctx, h.settler(), h.msg))
 	if err != nil && h.sessionLapsed() {
-		err = lapsed()
+		err = errSessionLapsed(op, seq)
 	}
 	if err == nil || errors.Is(err, relay.ErrLockLost) {
 		h.finish()
@@ -462,17 +459,14 @@ func (q *Queue) RenewLock(ctx context.Context, m *relay.Received) error {
 		return err
 	}
 	if h.session != nil {
-		lapsed := func() error {
-			return fmt.Errorf("renew lock of message %d: the session lock expired: %w", m.SequenceNumber, relay.ErrLockLost)
-		}
 		if h.sessionLapsed() {
 			h.finish()
-			return lapsed()
+			return errSessionLapsed("renew lock of", m.SequenceNumber)
 		}
 		if err := h.session.renew(ctx); err != nil {
 			err = mapErr("renew session lock", err)
 			if h.sessionLapsed() && !errors.Is(err, relay.ErrLockLost) {
-				err = lapsed()
+				err = errSessionLapsed("renew lock of", m.SequenceNumber)
 			}
 			if errors.Is(err, relay.ErrLockLost) {
 				h.finish()
