@@ -155,7 +155,7 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 		if err != nil || len(msgs) == 0 {
 			switch {
 			case stopped.Err() != nil:
-				p.catchInFlight(log, s)
+				p.catchInFlight(stopped, log, s)
 			case err != nil && !errors.Is(err, context.DeadlineExceeded):
 				log.Warn("servicebus: session receive failed; releasing the session", "error", err)
 			}
@@ -176,7 +176,7 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 		select {
 		case p.ready <- r:
 		case <-stopped.Done():
-			p.giveBack(log, current, r.SequenceNumber, r.ID)
+			p.giveBack(stopped, log, current, r.SequenceNumber, r.ID)
 			return
 		}
 		if !p.awaitSettlement(s, current) {
@@ -187,9 +187,10 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 }
 
 // giveBack abandons a message the pool received but did not hand out, so
-// it is the first the session's next holder gets.
-func (p *sessionPool) giveBack(log *slog.Logger, h *handle, seq int64, id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+// it is the first the session's next holder gets. It runs as the pool
+// stops, so only ctx's values count: the abandon has a deadline of its own.
+func (p *sessionPool) giveBack(ctx context.Context, log *slog.Logger, h *handle, seq int64, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	if err := h.settle(ctx, seq, "abandon", abandonFn); err != nil {
 		log.Warn("servicebus: could not give back a received message on stopping; it is delivered again when its lock lapses",
@@ -208,16 +209,16 @@ const inFlightGrace = 250 * time.Millisecond
 // would get the call's later events first). A receive on that same credit
 // catches it; if the SDK released it meanwhile, the receive takes it again.
 // Either way the credit is used up, or nothing came within the grace.
-func (p *sessionPool) catchInFlight(log *slog.Logger, s *session) {
-	ctx, cancel := context.WithTimeout(context.Background(), inFlightGrace)
-	msgs, _ := s.sr.ReceiveMessages(ctx, 1, nil)
+func (p *sessionPool) catchInFlight(ctx context.Context, log *slog.Logger, s *session) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), inFlightGrace)
+	msgs, _ := s.sr.ReceiveMessages(rctx, 1, nil)
 	cancel()
 	for _, sm := range msgs {
 		seq := int64(0)
 		if sm.SequenceNumber != nil {
 			seq = *sm.SequenceNumber
 		}
-		p.giveBack(log, newHandle(sm, nil, s), seq, sm.MessageID)
+		p.giveBack(ctx, log, newHandle(sm, nil, s), seq, sm.MessageID)
 	}
 }
 
