@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,7 +117,9 @@ type ReplayOptions struct {
 	ChunkSize int
 }
 
-// ReplayResult says what Replay or Purge did.
+// ReplayResult says what Replay or Purge did. Done + Vanished + Duplicated +
+// Failed = len(Selected) after a run that was not interrupted; a run that
+// was leaves the rest untouched.
 type ReplayResult struct {
 	// Selected are the messages that matched the filter.
 	Selected []relay.DeadLetter
@@ -129,7 +132,15 @@ type ReplayResult struct {
 	// not be removed: the event is in the main queue and still in the
 	// dead-letter queue.
 	Duplicated int
+	// Failed counts messages that were taken but could not be replayed
+	// (the send failed) or purged (the removal failed); they were given
+	// back to the dead-letter queue, unchanged.
+	Failed int
 }
+
+// Incomplete reports whether a run did less than it selected: some
+// messages vanished, failed or were duplicated, or the run was cut short.
+func (r ReplayResult) Incomplete() bool { return r.Done < len(r.Selected) }
 
 // ReplayCopy is the message Replay sends for a dead-lettered one: the same
 // body (so the same CloudEvent, id included), partition key, type and
@@ -140,19 +151,8 @@ func ReplayCopy(d relay.DeadLetter) relay.Message {
 	if props == nil {
 		props = map[string]any{}
 	}
-	count := int64(0)
-	switch v := props[relay.PropReplayCount].(type) {
-	case int64:
-		count = v
-	case int32:
-		count = int64(v)
-	case float64:
-		count = int64(v)
-	}
-	props[relay.PropReplayCount] = count + 1
+	props[relay.PropReplayCount] = relay.ReplayCount(d.Properties) + 1
 	props[relay.PropReplayOf] = d.ID
-	delete(props, "DeadLetterReason")
-	delete(props, "DeadLetterErrorDescription")
 	return relay.Message{
 		ID:          uuid.NewString(),
 		SessionID:   d.SessionID,
@@ -166,12 +166,16 @@ func ReplayCopy(d relay.DeadLetter) relay.Message {
 // Replay re-sends the dead-lettered messages that match f to the main
 // queue, in sequence order. Each copy (see ReplayCopy) is sent first and the
 // dead-lettered message is completed only after the send was acknowledged:
-// a crash in between leaves a duplicate, never a loss.
+// a crash in between leaves a duplicate, never a loss. A message taken but
+// not replayed is given back to the dead-letter queue; the error joins every
+// failure.
 func Replay(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts ReplayOptions) (ReplayResult, error) {
 	return process(ctx, q, f, opts, true)
 }
 
-// Purge removes the dead-lettered messages that match f.
+// Purge removes the dead-lettered messages that match f. A removal that
+// fails does not stop the others; the message is given back to the
+// dead-letter queue and the error joins every failure.
 func Purge(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts ReplayOptions) (ReplayResult, error) {
 	return process(ctx, q, f, opts, false)
 }
@@ -191,8 +195,18 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 	if chunk <= 0 {
 		chunk = 50
 	}
+	var errs errorList
 	total := len(res.Selected)
+	progress := func() {
+		if opts.Progress != nil {
+			opts.Progress(res.Done+res.Duplicated+res.Failed, total)
+		}
+	}
 	for start := 0; start < total; start += chunk {
+		if err := ctx.Err(); err != nil {
+			errs.add(fmt.Errorf("interrupted after %d of %d messages: %w", start, total, err))
+			break
+		}
 		part := res.Selected[start:min(start+chunk, total)]
 		seqs := make([]int64, len(part))
 		for i, d := range part {
@@ -200,46 +214,108 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 		}
 		locks, err := q.TakeDeadLetters(ctx, seqs)
 		if err != nil {
-			return res, fmt.Errorf("take dead letters: %w", err)
+			// Whatever was taken before the failure goes back.
+			errs.add(fmt.Errorf("take dead letters: %w", err))
+			errs.add(release(ctx, q, locks))
+			res.Failed += len(locks)
+			break
 		}
 		res.Vanished += len(part) - len(locks)
-		slices.SortFunc(locks, func(a, b *relay.DeadLetterLock) int { return int(a.SequenceNumber - b.SequenceNumber) })
+		slices.SortFunc(locks, func(a, b *relay.DeadLetterLock) int { return cmp.Compare(a.SequenceNumber, b.SequenceNumber) })
 		if replay {
 			copies := make([]relay.Message, len(locks))
 			for i, l := range locks {
 				copies[i] = ReplayCopy(l.DeadLetter)
 			}
 			if err := q.SendBatch(ctx, copies); err != nil {
-				release(ctx, q, locks)
-				return res, fmt.Errorf("re-send dead letters (nothing was removed from the dead-letter queue): %w", err)
+				errs.add(fmt.Errorf("re-send %d dead letters (nothing was removed from the dead-letter queue): %w", len(locks), err))
+				errs.add(release(ctx, q, locks))
+				res.Failed += len(locks)
+				progress()
+				break
 			}
 		}
-		for _, l := range locks {
-			if err := q.CompleteDeadLetter(ctx, l); err != nil {
-				if !replay {
-					return res, fmt.Errorf("purge dead letter %d: %w", l.SequenceNumber, err)
+		// Once a replay's copies are sent, removing their originals is worth
+		// finishing even if ctx ends: it saves duplicates.
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if replay {
+			cctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		}
+		for i, l := range locks {
+			if err := cctx.Err(); err != nil {
+				errs.add(fmt.Errorf("interrupted: %w", err))
+				errs.add(release(ctx, q, locks[i:]))
+				res.Failed += len(locks) - i
+				break
+			}
+			if err := q.CompleteDeadLetter(cctx, l); err != nil {
+				if replay {
+					res.Duplicated++
+					errs.add(fmt.Errorf("remove replayed dead letter %d (its copy is in the queue): %w", l.SequenceNumber, err))
+				} else {
+					res.Failed++
+					errs.add(fmt.Errorf("purge dead letter %d: %w", l.SequenceNumber, err))
 				}
-				res.Duplicated++
+				// The lock may still be held: give it back so the next run
+				// can take the message at once.
+				errs.add(release(ctx, q, locks[i:i+1]))
 			} else {
 				res.Done++
 			}
-			if opts.Progress != nil {
-				opts.Progress(res.Done+res.Duplicated, total)
-			}
+			progress()
 		}
+		cancel()
 	}
+	err := errs.err()
 	if res.Duplicated > 0 {
-		return res, fmt.Errorf("%d replayed messages are still in the dead-letter queue as well (their removal failed): %w", res.Duplicated, errDuplicated)
+		err = errors.Join(fmt.Errorf("%d replayed messages are still in the dead-letter queue as well (their removal failed): %w", res.Duplicated, errDuplicated), err)
 	}
-	return res, nil
+	return res, err
 }
 
 var errDuplicated = errors.New("duplicates left in the dead-letter queue")
 
-func release(ctx context.Context, q DeadLetterQueue, locks []*relay.DeadLetterLock) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	for _, l := range locks {
-		q.ReleaseDeadLetter(rctx, l)
+// release gives taken messages back to the dead-letter queue, even when ctx
+// has ended, and joins the errors of those it could not give back (their
+// locks expire on their own).
+func release(ctx context.Context, q DeadLetterQueue, locks []*relay.DeadLetterLock) error {
+	if len(locks) == 0 {
+		return nil
 	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	var errs []error
+	for _, l := range locks {
+		if err := q.ReleaseDeadLetter(rctx, l); err != nil && !errors.Is(err, relay.ErrLockLost) {
+			errs = append(errs, fmt.Errorf("give dead letter %d back (it stays locked until its lock expires): %w", l.SequenceNumber, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// errorList joins errors, keeping the first few in full so a run over
+// thousands of messages against a broken queue stays readable.
+type errorList struct {
+	errs    []error
+	dropped int
+}
+
+const maxJoinedErrors = 5
+
+func (l *errorList) add(err error) {
+	if err == nil {
+		return
+	}
+	if len(l.errs) < maxJoinedErrors {
+		l.errs = append(l.errs, err)
+		return
+	}
+	l.dropped++
+}
+
+func (l *errorList) err() error {
+	if l.dropped > 0 {
+		return errors.Join(append(l.errs, fmt.Errorf("and %d more errors", l.dropped))...)
+	}
+	return errors.Join(l.errs...)
 }

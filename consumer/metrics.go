@@ -14,6 +14,7 @@ const (
 	outcomeRetried      = "retried"
 	outcomeLockLost     = "lock_lost"
 	outcomeSettleFailed = "settle_failed"
+	outcomeAbandoned    = "abandoned"
 )
 
 // Metrics are the worker's instruments. A nil *Metrics records nothing.
@@ -28,7 +29,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookbridge_worker_deliveries_total",
-			Help: "Deliveries by outcome: completed, dead_lettered, retried, lock_lost, settle_failed.",
+			Help: "Deliveries by outcome: completed, dead_lettered, retried, abandoned (cut off by shutdown), lock_lost, settle_failed.",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "hookbridge_worker_delivery_duration_seconds",
@@ -41,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}),
 	}
-	for _, o := range []string{outcomeCompleted, outcomeDeadLettered, outcomeRetried, outcomeLockLost, outcomeSettleFailed} {
+	for _, o := range []string{outcomeCompleted, outcomeDeadLettered, outcomeRetried, outcomeAbandoned, outcomeLockLost, outcomeSettleFailed} {
 		m.deliveries.WithLabelValues(o)
 	}
 	reg.MustRegister(m.deliveries, m.duration, m.endToEnd)

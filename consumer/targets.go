@@ -46,7 +46,9 @@ type HTTPConfig struct {
 	URL string
 	// Client sends the requests. Default: a client with sensible pooling
 	// and no overall timeout (the worker's delivery timeout bounds each
-	// request).
+	// request). Redirects are never followed, with this client too: the
+	// target uses a copy of it whose CheckRedirect stops at the first
+	// answer (see HTTP).
 	Client *http.Client
 	// Header is added to every request, for example an Authorization header
 	// the backend expects.
@@ -59,6 +61,14 @@ type HTTPConfig struct {
 // Outcomes: 2xx → delivered; 408, 429 and 5xx → retry (honouring
 // Retry-After); any other status → permanent, dead-lettered with reason
 // BackendRejected; network errors and timeouts → retry.
+//
+// Redirects are not followed. Go's client would re-send a 301, 302 or 303
+// as a GET without the event, and a 2xx from wherever that lands would
+// mark the event delivered; a 307 or 308 would send the event to a URL
+// nobody configured. A 3xx means the delivery URL is wrong: the event is
+// dead-lettered with reason BackendRejected and the redirect's target
+// (without credentials or query) in the description, to be replayed once
+// the URL is fixed.
 type HTTP struct {
 	url     string
 	display string // the URL without credentials or query, for logs and reasons
@@ -72,8 +82,11 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("delivery URL %q: must be an absolute http:// or https:// URL", Redact(cfg.URL))
 	}
-	client := cfg.Client
-	if client == nil {
+	var client *http.Client
+	if cfg.Client != nil {
+		c := *cfg.Client // the caller's client is theirs: change a copy
+		client = &c
+	} else {
 		client = &http.Client{Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -85,6 +98,7 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 			ForceAttemptHTTP2:     true,
 		}}
 	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &HTTP{url: cfg.URL, display: Redact(cfg.URL), client: client, header: cfg.Header.Clone()}, nil
 }
 
@@ -128,6 +142,10 @@ func (h *HTTP) Handle(ctx context.Context, e *schemas.Event) error {
 	if code >= 200 && code < 300 {
 		return nil
 	}
+	if code >= 300 && code < 400 {
+		return Permanent(ReasonBackendRejected, fmt.Errorf("POST %s answered %s, a redirect%s; redirects are not followed: set the delivery URL to the final one, then replay",
+			h.display, resp.Status, redirectTarget(req.URL, resp.Header.Get("Location"))))
+	}
 	err = fmt.Errorf("POST %s answered %s%s", h.display, resp.Status, bodyText(snippet))
 	switch {
 	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
@@ -147,6 +165,19 @@ func scrubURLError(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// redirectTarget describes a redirect's Location, resolved against the
+// request's URL, without credentials or query.
+func redirectTarget(base *url.URL, location string) string {
+	if location == "" {
+		return " without a Location"
+	}
+	u, err := base.Parse(location)
+	if err != nil {
+		return " to an invalid Location"
+	}
+	return " to " + Redact(u.String())
 }
 
 func bodyText(b []byte) string {

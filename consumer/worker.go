@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -24,6 +23,11 @@ type Source interface {
 	// Complete removes the message.
 	Complete(ctx context.Context, m *relay.Received) error
 	// Abandon releases the lock for redelivery no sooner than delay from now.
+	// A backend without delayed redelivery (Service Bus) holds the message,
+	// its lock renewed, for the delay and then abandons it; when that
+	// backend stops (its Run context ends, or it is closed) it cuts the hold
+	// short and abandons at once, so a stopping worker never strands a
+	// message under its lock.
 	Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error
 	// DeadLetter moves the message to the dead-letter queue.
 	DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error
@@ -121,8 +125,10 @@ const settleTimeout = 30 * time.Second
 // Worker receives messages from a Source, hands each event to a Handler and
 // settles the message by the outcome: nil → complete; *PermanentError →
 // dead-letter; any other error → abandon after a backoff, so the queue
-// redelivers it until its maximum delivery count dead-letters it. Locks are
-// renewed while a delivery runs.
+// redelivers it; on the last delivery the queue allows
+// (relay.Received.MaxDeliveryCount) the worker dead-letters it itself with
+// reason relay.ReasonMaxDelivery and the last error, so every dead-lettering
+// is counted and logged. Locks are renewed while a delivery runs.
 type Worker struct {
 	src Source
 	h   Handler
@@ -154,6 +160,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	slots := make(chan struct{}, w.cfg.Concurrency)
 	var wg sync.WaitGroup
 	runErr := w.receiveLoop(ctx, hard, slots, &wg)
+	if n := len(slots); n > 0 {
+		w.log.Info("worker: stopping; letting deliveries in flight finish", "in_flight", n, "timeout", w.cfg.ShutdownTimeout)
+	}
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -198,7 +207,7 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wg 
 			return fmt.Errorf("worker: %w", err)
 		case err != nil:
 			failures++
-			wait := backoff(failures, 100*time.Millisecond, 10*time.Second)
+			wait := relay.Backoff(failures, 100*time.Millisecond, 10*time.Second)
 			w.log.Error("worker: receive failed; retrying", "error", err, "retry_in", wait)
 			select {
 			case <-time.After(wait):
@@ -213,7 +222,7 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wg 
 			go func() {
 				defer wg.Done()
 				defer func() { <-slots }()
-				w.process(hard, m)
+				w.process(ctx, hard, m)
 			}()
 		}
 		if ctx.Err() != nil {
@@ -222,26 +231,32 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wg 
 	}
 }
 
-// process delivers one message and settles it.
-func (w *Worker) process(hard context.Context, m *relay.Received) {
+// process delivers one message and settles it. ctx is Run's: its end
+// starts the shutdown; hard ends when the shutdown grace period is over.
+func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 	start := time.Now()
 	log := w.log.With("message_id", m.ID, "sequence_number", m.SequenceNumber,
 		"partition_key", m.SessionID, "delivery_count", m.DeliveryCount)
 	ev, err := m.Event()
 	if err != nil {
-		w.settle(log, m, nil, Permanent(ReasonInvalidMessage, err), start)
+		w.settle(ctx, log, m, nil, delivery{err: Permanent(ReasonInvalidMessage, err)}, start)
 		return
 	}
 	log = log.With("event_id", ev.ID, "type", ev.Type)
 
-	ctx, cancel := context.WithTimeout(hard, w.cfg.DeliveryTimeout)
+	dctx, cancel := context.WithTimeout(hard, w.cfg.DeliveryTimeout)
 	lockLost := make(chan struct{})
 	renewDone := make(chan struct{})
 	go func() {
 		defer close(renewDone)
-		w.renewLoop(ctx, log, m, lockLost, cancel)
+		w.renewLoop(dctx, log, m, lockLost, cancel)
 	}()
-	err = w.h.Handle(ctx, ev)
+	err = w.h.Handle(dctx, ev)
+	d := delivery{err: err}
+	if err != nil {
+		d.cutOff = hard.Err() != nil
+		d.timedOut = !d.cutOff && errors.Is(dctx.Err(), context.DeadlineExceeded)
+	}
 	cancel()
 	<-renewDone
 	select {
@@ -252,7 +267,17 @@ func (w *Worker) process(hard context.Context, m *relay.Received) {
 		return
 	default:
 	}
-	w.settle(log, m, ev, err, start)
+	w.settle(ctx, log, m, ev, d, start)
+}
+
+// delivery is how a Handle call ended.
+type delivery struct {
+	err error
+	// cutOff: the shutdown grace period ended while it ran. Not the
+	// backend's failure: the message is abandoned for redelivery at once.
+	cutOff bool
+	// timedOut: it ran longer than Config.DeliveryTimeout.
+	timedOut bool
 }
 
 // renewLoop renews m's lock at half its remaining time until ctx ends. If the
@@ -290,38 +315,63 @@ func (w *Worker) renewLoop(ctx context.Context, log *slog.Logger, m *relay.Recei
 	}
 }
 
-// settle applies the settlement rules to a finished delivery.
-func (w *Worker) settle(log *slog.Logger, m *relay.Received, ev *schemas.Event, err error, start time.Time) {
-	var outcome string
-	var delay time.Duration
+// settle applies the settlement rules to a finished delivery. ctx is Run's;
+// settlements get a context of their own, so that they still happen during
+// shutdown.
+func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received, ev *schemas.Event, d delivery, start time.Time) {
+	var (
+		outcome             string
+		delay               time.Duration
+		reason, description string
+	)
+	err := d.err
+	lastDelivery := m.MaxDeliveryCount > 0 && m.DeliveryCount >= m.MaxDeliveryCount
 	switch p, permanent := IsPermanent(err); {
 	case err == nil:
 		outcome = outcomeCompleted
 	case permanent:
-		outcome = outcomeDeadLettered
-		log.Warn("worker: delivery failed permanently; dead-lettering", "reason", p.Reason, "error", err)
+		outcome, reason, description = outcomeDeadLettered, p.Reason, err.Error()
+		log.Warn("worker: delivery failed permanently; dead-lettering", "reason", reason, "error", err)
+	case lastDelivery:
+		// Abandoning it now would make the queue dead-letter it where
+		// nobody sees; do it here, saying why.
+		outcome, reason = outcomeDeadLettered, relay.ReasonMaxDelivery
+		description = fmt.Sprintf("delivery %d of %d failed: %v", m.DeliveryCount, m.MaxDeliveryCount, err)
+		if d.cutOff {
+			description = fmt.Sprintf("delivery %d of %d was cut off by the worker's shutdown: %v", m.DeliveryCount, m.MaxDeliveryCount, err)
+		}
+		log.Error("worker: the last delivery the queue allows failed; dead-lettering", "reason", reason,
+			"max_delivery_count", m.MaxDeliveryCount, "error", err, "cause", cause(d))
+	case d.cutOff:
+		outcome = outcomeAbandoned
+		log.Warn("worker: delivery cut off by shutdown; abandoned for redelivery at once", "error", err,
+			"shutdown_timeout", w.cfg.ShutdownTimeout)
 	default:
 		outcome = outcomeRetried
-		delay = backoff(m.DeliveryCount, w.cfg.MinBackoff, w.cfg.MaxBackoff)
+		delay = relay.Backoff(m.DeliveryCount, w.cfg.MinBackoff, w.cfg.MaxBackoff)
 		var ra *RetryAfterError
 		if errors.As(err, &ra) && ra.After > delay {
 			delay = min(ra.After, w.cfg.MaxBackoff)
 		}
-		log.Warn("worker: delivery failed; will retry", "error", err, "retry_in", delay)
+		if d.timedOut {
+			log.Warn("worker: delivery took longer than the delivery timeout; will retry", "cause", causeDeliveryTimeout,
+				"delivery_timeout", w.cfg.DeliveryTimeout, "error", err, "retry_in", delay)
+		} else {
+			log.Warn("worker: delivery failed; will retry", "error", err, "retry_in", delay)
+		}
 	}
 	// A queue without delayed abandon holds the message for the delay, so
 	// the settlement's own deadline starts after it.
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout+delay)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout+delay)
 	defer cancel()
 	var serr error
 	switch outcome {
 	case outcomeCompleted:
-		serr = w.src.Complete(ctx, m)
+		serr = w.src.Complete(sctx, m)
 	case outcomeDeadLettered:
-		p, _ := IsPermanent(err)
-		serr = w.src.DeadLetter(ctx, m, p.Reason, truncate(err.Error(), 1024))
+		serr = w.src.DeadLetter(sctx, m, reason, relay.Truncate(description, maxDescription))
 	default:
-		serr = w.src.Abandon(ctx, m, delay)
+		serr = w.src.Abandon(sctx, m, delay)
 	}
 	if serr != nil {
 		if errors.Is(serr, relay.ErrLockLost) {
@@ -337,23 +387,19 @@ func (w *Worker) settle(log *slog.Logger, m *relay.Received, ev *schemas.Event, 
 	}
 }
 
-// backoff is min(base·2^(attempt-1), limit), with jitter taking it down to
-// as little as half, so retries of many messages spread out.
-func backoff(attempt int, base, limit time.Duration) time.Duration {
-	d := base
-	for i := 1; i < attempt && d < limit; i++ {
-		d *= 2
-	}
-	d = min(d, limit)
-	if d <= 0 {
-		return 0
-	}
-	return d/2 + rand.N(d/2+1)
-}
+// maxDescription bounds the dead-letter description the worker writes.
+const maxDescription = 1024
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// causeDeliveryTimeout is the log's cause for a delivery that outlasted
+// Config.DeliveryTimeout.
+const causeDeliveryTimeout = "delivery_timeout"
+
+func cause(d delivery) string {
+	switch {
+	case d.cutOff:
+		return "shutdown"
+	case d.timedOut:
+		return causeDeliveryTimeout
 	}
-	return s[:n] + "…"
+	return "delivery_failed"
 }

@@ -150,6 +150,9 @@ func TestDeploymentFilesAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer qu.Close()
+	if r, ok := qu.(runner); ok { // the session pool Receive takes from
+		go r.Run(ctx)
+	}
 	if err := qu.SendBatch(ctx, []relay.Message{{ID: "m1", SessionID: "call-1", Body: []byte(`{}`)}}); err != nil {
 		t.Fatalf("send through %s: %v", queueName, err)
 	}

@@ -123,6 +123,7 @@ delivered in order (non-zero otherwise).`,
 				g.Go(func() error { return r(gctx) })
 			}
 			st.run(gctx, g)
+			startQueue(gctx, g, q)
 			g.Go(func() error { return worker.Run(gctx) })
 			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, st.srv.Ready), log) })
 

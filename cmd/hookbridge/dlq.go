@@ -80,7 +80,13 @@ func dlqCommand(getenv env) *cobra.Command {
 Service Bus queue (its $DeadLetterQueue). Messages land there when the
 backend rejected them (BackendRejected), when they failed max delivery
 count times (MaxDeliveryCountExceeded), or when they were not events
-(InvalidMessage).`,
+(InvalidMessage).
+
+Exit status of replay and purge: 0 when every selected message was
+replayed or purged; 1 on an error, or when a run did less than it
+selected (messages gone or taken by someone else, failed and given back,
+or replayed but not removed); 2 on a usage error, and for purge without
+--yes, which only lists what it would delete.`,
 	}
 	cmd.PersistentFlags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	logs.register(cmd.PersistentFlags())
@@ -133,12 +139,7 @@ func record(d relay.DeadLetter) dlqRecord {
 	if t, ok := d.Properties[relay.PropType].(string); ok && r.Type == "" {
 		r.Type = t
 	}
-	switch v := d.Properties[relay.PropReplayCount].(type) {
-	case int64:
-		r.ReplayCount = v
-	case int32:
-		r.ReplayCount = int64(v)
-	}
+	r.ReplayCount = relay.ReplayCount(d.Properties)
 	if !d.DeadLetteredTime.IsZero() {
 		t := d.DeadLetteredTime.UTC()
 		r.DeadLetteredTime = &t
@@ -200,12 +201,9 @@ func orDash(s string) string {
 	return s
 }
 
+// clip puts s on one line of at most n bytes.
 func clip(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-1] + "…"
+	return relay.Truncate(strings.Join(strings.Fields(s), " "), n)
 }
 
 func dlqShowCommand(open opener) *cobra.Command {
@@ -332,6 +330,8 @@ func dlqPurgeCommand(open opener) *cobra.Command {
 	return cmd
 }
 
+// summarize prints what a replay or purge did, and turns a run that did
+// less than it selected into an error (exit status 1).
 func summarize(cmd *cobra.Command, res consumer.ReplayResult, err error, dryRun bool, done, would string) error {
 	out := cmd.OutOrStdout()
 	if dryRun {
@@ -346,9 +346,15 @@ func summarize(cmd *cobra.Command, res consumer.ReplayResult, err error, dryRun 
 	if res.Vanished > 0 {
 		fmt.Fprintf(cmd.ErrOrStderr(), "; %d were gone or taken by someone else", res.Vanished)
 	}
+	if res.Failed > 0 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "; %d failed and were given back", res.Failed)
+	}
 	if res.Duplicated > 0 {
 		fmt.Fprintf(cmd.ErrOrStderr(), "; %d are in the queue and still in the dead-letter queue (remove them with purge --id)", res.Duplicated)
 	}
 	fmt.Fprintln(cmd.ErrOrStderr())
+	if err == nil && res.Incomplete() {
+		err = fmt.Errorf("%s %d of %d selected messages: see hookbridge dlq list for what is left; a message another run holds is free again after the queue's lock duration", done, res.Done, len(res.Selected))
+	}
 	return err
 }

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -69,6 +71,11 @@ func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger, se
 		}
 		if cfg.MaxSessions == 0 && sessions > 0 {
 			cfg.MaxSessions = sessions
+		}
+		if cfg.ConnectionString == "" {
+			if cfg.Credential, err = azidentity.NewDefaultAzureCredential(nil); err != nil {
+				return nil, fmt.Errorf("open queue: no Azure credential (managed identity, workload identity, Azure CLI or environment), and no $%s: %w", envServiceBusConnStr, err)
+			}
 		}
 		q, err := servicebus.Open(ctx, cfg, log)
 		if err != nil {

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/ingress"
 )
 
 // workerFlags are the worker's settings.
@@ -23,15 +28,74 @@ type workerFlags struct {
 	shutdownTimeout time.Duration
 }
 
+// maxConcurrency is the most deliveries one worker runs at once.
+const maxConcurrency = 1024
+
 // register adds the worker's flags; the shutdown timeout is the command's
-// to register, since dev shares one with the ingress.
+// to register, since dev shares one with the ingress. A numeric value the
+// worker cannot honour as given (zero, negative, too large) is refused when
+// the flag is parsed, from the command line or the environment: a usage
+// error, exit status 2.
 func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.deliver, "deliver", "stdout", "where events go: stdout (one JSON line each) or an http(s):// URL to POST them to")
-	fs.IntVar(&f.concurrency, "concurrency", consumer.DefaultConcurrency, "deliveries in flight at once, across calls (a call's events always go one at a time)")
-	fs.DurationVar(&f.deliveryTimeout, "delivery-timeout", consumer.DefaultDeliveryTimeout, "how long one delivery may take")
-	fs.DurationVar(&f.minBackoff, "min-backoff", consumer.DefaultMinBackoff, "wait before the first retry of a failed delivery (doubles per attempt, with jitter)")
-	fs.DurationVar(&f.maxBackoff, "max-backoff", consumer.DefaultMaxBackoff, "longest wait between retries")
+	f.concurrency = consumer.DefaultConcurrency
+	fs.Var(&boundedInt{p: &f.concurrency, min: 1, max: maxConcurrency}, "concurrency", "deliveries in flight at once, across calls (a call's events always go one at a time), 1 to 1024")
+	f.deliveryTimeout, f.minBackoff, f.maxBackoff = consumer.DefaultDeliveryTimeout, consumer.DefaultMinBackoff, consumer.DefaultMaxBackoff
+	fs.Var(positiveDuration{&f.deliveryTimeout}, "delivery-timeout", "how long one delivery may take; a slower one is retried, so keep it above the backend's slowest answer")
+	fs.Var(positiveDuration{&f.minBackoff}, "min-backoff", "wait before the first retry of a failed delivery (doubles per attempt, with jitter)")
+	fs.Var(positiveDuration{&f.maxBackoff}, "max-backoff", "longest wait between retries")
 }
+
+// boundedInt is an int flag limited to [min, max].
+type boundedInt struct {
+	p        *int
+	min, max int
+}
+
+func (b *boundedInt) String() string {
+	if b.p == nil {
+		return "0"
+	}
+	return strconv.Itoa(*b.p)
+}
+
+func (b *boundedInt) Set(s string) error {
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("not a whole number")
+	}
+	if v < b.min || v > b.max {
+		return fmt.Errorf("must be between %d and %d", b.min, b.max)
+	}
+	*b.p = v
+	return nil
+}
+
+func (b *boundedInt) Type() string { return "int" }
+
+// positiveDuration is a duration flag that must be above zero.
+type positiveDuration struct{ p *time.Duration }
+
+func (d positiveDuration) String() string {
+	if d.p == nil {
+		return "0s"
+	}
+	return d.p.String()
+}
+
+func (d positiveDuration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("not a duration; use e.g. 30s or 2m")
+	}
+	if v <= 0 {
+		return fmt.Errorf("must be positive, e.g. 30s")
+	}
+	*d.p = v
+	return nil
+}
+
+func (d positiveDuration) Type() string { return "duration" }
 
 // target builds the delivery handler named by --deliver.
 func (f *workerFlags) target(stdout io.Writer) (consumer.Handler, error) {
@@ -59,6 +123,45 @@ func (f *workerFlags) config() consumer.Config {
 	}
 }
 
+// runner is a queue with background loops of its own (the Service Bus
+// session pool): they run in the command's errgroup, until its context
+// ends.
+type runner interface {
+	Run(ctx context.Context) error
+	Ready(ctx context.Context) error
+}
+
+// startQueue runs q's background loops in g, if it has any.
+func startQueue(ctx context.Context, g *errgroup.Group, q queue) {
+	if r, ok := q.(runner); ok {
+		g.Go(func() error { return r.Run(ctx) })
+	}
+}
+
+// registerQueueMetrics registers the instruments a queue backend keeps of
+// its own (Service Bus: messages dead-lettered on arrival).
+func registerQueueMetrics(reg prometheus.Registerer, q queue) {
+	if c, ok := q.(interface{ Collector() prometheus.Collector }); ok {
+		reg.MustRegister(c.Collector())
+	}
+}
+
+// workerAdmin serves /healthz, /readyz (the queue answers, and its
+// background loops are not failing) and /metrics.
+func workerAdmin(reg *prometheus.Registry, q queue) http.Handler {
+	return ingress.AdminHandler(reg,
+		ingress.Check{Name: "queue", Check: func(ctx context.Context) error {
+			if err := q.Ping(ctx); err != nil {
+				return fmt.Errorf("queue unreachable: %w", err)
+			}
+			if r, ok := q.(runner); ok {
+				return r.Ready(ctx)
+			}
+			return nil
+		}},
+	)
+}
+
 func workerCommand(getenv env) *cobra.Command {
 	var (
 		f           workerFlags
@@ -70,10 +173,14 @@ func workerCommand(getenv env) *cobra.Command {
 		Use:   "worker",
 		Short: "Consume the queue and deliver events to the backend",
 		Long: `Consume the queue and deliver each event to the backend: 2xx completes it,
-a 4xx other than 408 and 429 dead-letters it, anything else is retried with
-backoff until the queue's max delivery count dead-letters it. A call's events
-are delivered one at a time, in order. Run several workers for more
-throughput.`,
+a 3xx or a 4xx other than 408 and 429 dead-letters it (redirects are not
+followed), anything else is retried with backoff until the last delivery
+the queue allows, which dead-letters it. A call's events are delivered one
+at a time, in order. Run several workers for more throughput.
+
+On SIGTERM the worker stops receiving, lets deliveries in flight finish
+within --shutdown-timeout, abandons the rest for immediate redelivery, and
+exits once everything it held is settled.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logs.logger(cmd.ErrOrStderr())
@@ -91,6 +198,7 @@ throughput.`,
 			}
 			defer q.Close()
 			reg := newRegistry()
+			registerQueueMetrics(reg, q)
 			cfg := f.config()
 			cfg.Logger, cfg.Metrics = log, consumer.NewMetrics(reg)
 			w, err := consumer.New(q, target, cfg)
@@ -101,17 +209,21 @@ throughput.`,
 			if err != nil {
 				return err
 			}
-			log.Info("hookbridge worker started", "queue", queueURL, "deliver", consumer.Redact(f.deliver), "concurrency", cfg.Concurrency, "admin", adm.Addr().String(), "version", version)
+			log.Info("hookbridge worker started", "queue", queueURL, "deliver", consumer.Redact(f.deliver),
+				"concurrency", cfg.Concurrency, "delivery_timeout", cfg.DeliveryTimeout, "min_backoff", cfg.MinBackoff,
+				"max_backoff", cfg.MaxBackoff, "shutdown_timeout", cfg.ShutdownTimeout, "admin", adm.Addr().String(), "version", version)
 			g, gctx := errgroup.WithContext(ctx)
+			startQueue(gctx, g, q)
 			g.Go(func() error { return w.Run(gctx) })
-			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, func() error { return nil }), log) })
+			g.Go(func() error { return serveAdmin(gctx, adm, workerAdmin(reg, q), log) })
 			err = g.Wait()
 			log.Info("hookbridge worker stopped")
 			return err
 		},
 	}
 	f.register(cmd.Flags())
-	cmd.Flags().DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "on SIGTERM, how long deliveries in flight may finish before they are abandoned")
+	f.shutdownTimeout = consumer.DefaultShutdownTimeout
+	cmd.Flags().Var(positiveDuration{&f.shutdownTimeout}, "shutdown-timeout", "on SIGTERM, how long deliveries in flight may finish before they are abandoned for immediate redelivery")
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9091", "private admin listener (/healthz, /readyz, /metrics); never expose it")

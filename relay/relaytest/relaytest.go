@@ -12,7 +12,12 @@
 // receive; complete; abandon then redelivery with the delivery count raised;
 // lock expiry then redelivery; lock renewal; dead-lettering with a reason;
 // the maximum delivery count; duplicate detection by MessageID; one message
-// per session in flight, in order, under concurrent receivers; and close.
+// per session in flight, in order, under concurrent receivers; the
+// dead-letter tooling's contract (list, take, complete, release; a taken
+// message cannot be taken again until it is released); and close.
+//
+// FaultyDeadLetters wraps a queue's dead-letter side and fails chosen calls,
+// for the replay and purge tests of each backend.
 package relaytest
 
 import (
@@ -36,6 +41,9 @@ type Queue interface {
 	DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error
 	RenewLock(ctx context.Context, m *relay.Received) error
 	ListDeadLetters(ctx context.Context, after int64, limit int) ([]relay.DeadLetter, error)
+	TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.DeadLetterLock, error)
+	CompleteDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error
+	ReleaseDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error
 	Close() error
 }
 
@@ -72,6 +80,7 @@ func Run(t *testing.T, open Opener) {
 		{"SessionBlockedByHead", testSessionHead},
 		{"NoSessionInParallel", testNoSession},
 		{"ReceiveHonoursContext", testReceiveContext},
+		{"DeadLetterTakeCompleteRelease", testDeadLetterTake},
 		{"Close", testClose},
 	}
 	for _, tt := range tests {
@@ -558,6 +567,117 @@ func testReceiveContext(t *testing.T, open Opener) {
 	}
 }
 
+// deadLetterAll receives the messages with the given IDs and dead-letters
+// each with reason "Test" and its ID as description.
+func deadLetterAll(t *testing.T, q Queue, ids ...string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for len(want) > 0 {
+		msgs, err := q.Receive(ctxTimeout(t, 10*time.Second), len(want))
+		if err != nil {
+			t.Fatalf("Receive: %v", err)
+		}
+		for _, m := range msgs {
+			if !want[m.ID] {
+				t.Fatalf("received %s, want one of %v", m.ID, want)
+			}
+			delete(want, m.ID)
+			if err := q.DeadLetter(ctxTimeout(t, 10*time.Second), m, "Test", m.ID); err != nil {
+				t.Fatalf("DeadLetter %s: %v", m.ID, err)
+			}
+		}
+	}
+}
+
+// deadLetterSeqs lists the dead-letter queue and returns the sequence
+// numbers of the given message IDs.
+func deadLetterSeqs(t *testing.T, q Queue, ids ...string) map[string]int64 {
+	t.Helper()
+	for _, id := range ids {
+		findDeadLetter(t, q, id) // waits for it
+	}
+	dls, err := q.ListDeadLetters(ctxTimeout(t, 10*time.Second), 0, 100)
+	if err != nil {
+		t.Fatalf("ListDeadLetters: %v", err)
+	}
+	seqs := map[string]int64{}
+	var last int64
+	for _, d := range dls {
+		if d.SequenceNumber <= last {
+			t.Errorf("ListDeadLetters out of order: %d after %d", d.SequenceNumber, last)
+		}
+		last = d.SequenceNumber
+		seqs[d.ID] = d.SequenceNumber
+	}
+	return seqs
+}
+
+func take(t *testing.T, q Queue, seqs ...int64) map[string]*relay.DeadLetterLock {
+	t.Helper()
+	locks, err := q.TakeDeadLetters(ctxTimeout(t, 20*time.Second), seqs)
+	if err != nil {
+		t.Fatalf("TakeDeadLetters(%v): %v", seqs, err)
+	}
+	out := map[string]*relay.DeadLetterLock{}
+	for _, l := range locks {
+		out[l.ID] = l
+	}
+	return out
+}
+
+func testDeadLetterTake(t *testing.T, open Opener) {
+	q, _ := openQueue(t, open, defaults)
+	send(t, q, Msg("dlt-1", "a"), Msg("dlt-2", "b"), Msg("dlt-3", "c"))
+	deadLetterAll(t, q, "dlt-1", "dlt-2", "dlt-3")
+	seqs := deadLetterSeqs(t, q, "dlt-1", "dlt-2", "dlt-3")
+
+	// Take two: they come with their content and reason.
+	locks := take(t, q, seqs["dlt-1"], seqs["dlt-2"])
+	if len(locks) != 2 || locks["dlt-1"] == nil || locks["dlt-2"] == nil {
+		t.Fatalf("took %v, want dlt-1 and dlt-2", locks)
+	}
+	for id, l := range locks {
+		if l.Reason != "Test" || l.Description != id || l.SequenceNumber != seqs[id] || l.Properties[relay.PropID] != id || l.SessionID == "" {
+			t.Errorf("taken %s: %+v", id, l.DeadLetter)
+		}
+	}
+	// A taken message cannot be taken again.
+	if again := take(t, q, seqs["dlt-1"]); len(again) != 0 {
+		t.Errorf("took dlt-1 a second time while it was taken: %v", again)
+	}
+	// Released, it can.
+	if err := q.ReleaseDeadLetter(ctxTimeout(t, 10*time.Second), locks["dlt-1"]); err != nil {
+		t.Fatalf("ReleaseDeadLetter: %v", err)
+	}
+	retaken := take(t, q, seqs["dlt-1"])
+	if retaken["dlt-1"] == nil {
+		t.Fatalf("after its release dlt-1 could not be taken: %v", retaken)
+	}
+	// Completed, it is gone from the listing; the others stay.
+	if err := q.CompleteDeadLetter(ctxTimeout(t, 10*time.Second), locks["dlt-2"]); err != nil {
+		t.Fatalf("CompleteDeadLetter: %v", err)
+	}
+	if err := q.CompleteDeadLetter(ctxTimeout(t, 10*time.Second), retaken["dlt-1"]); err != nil {
+		t.Fatalf("CompleteDeadLetter after a release and a new take: %v", err)
+	}
+	left := deadLetterSeqs(t, q, "dlt-3")
+	if _, ok := left["dlt-1"]; ok {
+		t.Errorf("dlt-1 still listed after its removal: %v", left)
+	}
+	if _, ok := left["dlt-2"]; ok {
+		t.Errorf("dlt-2 still listed after its removal: %v", left)
+	}
+	// A removed message cannot be taken.
+	if gone := take(t, q, seqs["dlt-2"], seqs["dlt-3"]); len(gone) != 1 || gone["dlt-3"] == nil {
+		t.Errorf("took %v, want only dlt-3", gone)
+	} else if err := q.ReleaseDeadLetter(ctxTimeout(t, 10*time.Second), gone["dlt-3"]); err != nil {
+		t.Errorf("ReleaseDeadLetter: %v", err)
+	}
+}
+
 func testClose(t *testing.T, open Opener) {
 	q, _ := openQueue(t, open, defaults)
 	errc := make(chan error, 1)
@@ -586,4 +706,91 @@ func testClose(t *testing.T, open Opener) {
 	if err := q.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
+}
+
+// DeadLetterQueue is the dead-letter side of a queue, as the replay and
+// purge tooling uses it.
+type DeadLetterQueue interface {
+	ListDeadLetters(ctx context.Context, after int64, limit int) ([]relay.DeadLetter, error)
+	TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.DeadLetterLock, error)
+	CompleteDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error
+	ReleaseDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error
+	SendBatch(ctx context.Context, msgs []relay.Message) error
+}
+
+// ErrInjected is the error FaultyDeadLetters fails calls with.
+var ErrInjected = errors.New("relaytest: injected failure")
+
+// Dead-letter operations FaultyDeadLetters can fail.
+const (
+	OpTake     = "take"
+	OpComplete = "complete"
+	OpRelease  = "release"
+	OpSend     = "send"
+)
+
+// FaultyDeadLetters wraps a real queue's dead-letter side and fails chosen
+// calls with ErrInjected before they reach the queue, as a broken
+// connection would: a failed complete or release leaves the message
+// locked, a failed send sends nothing.
+type FaultyDeadLetters struct {
+	DeadLetterQueue
+	// Fail reports whether call n (counting from 1) of op fails.
+	Fail func(op string, n int) bool
+
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+// Calls returns how many times op was called.
+func (f *FaultyDeadLetters) Calls(op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[op]
+}
+
+func (f *FaultyDeadLetters) fail(op string) error {
+	f.mu.Lock()
+	if f.calls == nil {
+		f.calls = map[string]int{}
+	}
+	f.calls[op]++
+	n := f.calls[op]
+	f.mu.Unlock()
+	if f.Fail != nil && f.Fail(op, n) {
+		return fmt.Errorf("%s call %d: %w", op, n, ErrInjected)
+	}
+	return nil
+}
+
+// TakeDeadLetters fails or takes.
+func (f *FaultyDeadLetters) TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.DeadLetterLock, error) {
+	if err := f.fail(OpTake); err != nil {
+		return nil, err
+	}
+	return f.DeadLetterQueue.TakeDeadLetters(ctx, seqs)
+}
+
+// CompleteDeadLetter fails or completes.
+func (f *FaultyDeadLetters) CompleteDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
+	if err := f.fail(OpComplete); err != nil {
+		return err
+	}
+	return f.DeadLetterQueue.CompleteDeadLetter(ctx, l)
+}
+
+// ReleaseDeadLetter fails or releases.
+func (f *FaultyDeadLetters) ReleaseDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
+	if err := f.fail(OpRelease); err != nil {
+		return err
+	}
+	return f.DeadLetterQueue.ReleaseDeadLetter(ctx, l)
+}
+
+// SendBatch fails or sends.
+func (f *FaultyDeadLetters) SendBatch(ctx context.Context, msgs []relay.Message) error {
+	if err := f.fail(OpSend); err != nil {
+		return err
+	}
+	return f.DeadLetterQueue.SendBatch(ctx, msgs)
 }

@@ -22,9 +22,10 @@ type Config struct {
 	// ConnectionString, when set, authenticates instead of Credential
 	// (shared access keys, or the emulator's UseDevelopmentEmulator=true).
 	ConnectionString string
-	// Credential authenticates with Microsoft Entra ID when there is no
-	// connection string. Default: azidentity's DefaultAzureCredential
-	// (managed identity, workload identity, Azure CLI, environment).
+	// Credential authenticates with Microsoft Entra ID; required when there
+	// is no connection string. The command builds azidentity's
+	// DefaultAzureCredential (managed identity, workload identity, Azure
+	// CLI, environment).
 	Credential azcore.TokenCredential
 	// Sessions says the queue is session-enabled (RequiresSession): messages
 	// carry their partition key as SessionID (a keyless message gets its own
@@ -39,6 +40,15 @@ type Config struct {
 	// LockDuration is the queue's lock duration, for lock renewal timing
 	// when the SDK does not report it. Default 60s.
 	LockDuration time.Duration
+	// MaxDeliveryCount is the queue's maximum delivery count, which the
+	// SDK does not report: received messages carry it, so that a consumer
+	// dead-letters a message's last delivery itself, saying why, instead of
+	// abandoning it into the queue's own dead-lettering. Keep it equal to
+	// the queue's setting. Default 10, Service Bus's default.
+	MaxDeliveryCount int
+	// UnreadyAfter is how long Run's session accepts may keep failing before
+	// Ready reports the queue unready. Default 30s.
+	UnreadyAfter time.Duration
 	// Retry bounds the SDK's retries of one operation, so that a send fails
 	// within the ingress's deadline (503) instead of hanging: at most
 	// MaxRetries retries, RetryDelay doubling up to MaxRetryDelay. Defaults
@@ -47,6 +57,9 @@ type Config struct {
 	RetryDelay    time.Duration
 	MaxRetryDelay time.Duration
 }
+
+// DefaultMaxDeliveryCount is Service Bus's default maximum delivery count.
+const DefaultMaxDeliveryCount = 10
 
 func (c *Config) sessions() bool { return c.Sessions == nil || *c.Sessions }
 
@@ -59,6 +72,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.LockDuration == 0 {
 		c.LockDuration = time.Minute
+	}
+	if c.MaxDeliveryCount == 0 {
+		c.MaxDeliveryCount = DefaultMaxDeliveryCount
+	}
+	if c.UnreadyAfter == 0 {
+		c.UnreadyAfter = 30 * time.Second
 	}
 	if c.MaxRetries == 0 {
 		c.MaxRetries = 3
@@ -80,7 +99,9 @@ func (c Config) Validate() error {
 		return errors.New("servicebus: no namespace in the queue URL and no connection string; use servicebus://<namespace>.servicebus.windows.net/<queue> or set HOOKBRIDGE_SERVICEBUS_CONNECTION_STRING")
 	case c.MaxSessions < 0 || c.MaxSessions > 1000:
 		return fmt.Errorf("servicebus: max_sessions %d: must be between 1 and 1000", c.MaxSessions)
-	case c.SessionIdle < 0 || c.LockDuration < 0 || c.RetryDelay < 0 || c.MaxRetryDelay < 0 || c.MaxRetries < 0:
+	case c.MaxDeliveryCount < 0 || c.MaxDeliveryCount > 2000:
+		return fmt.Errorf("servicebus: max_delivery %d: must be between 1 and 2000, the queue's MaxDeliveryCount", c.MaxDeliveryCount)
+	case c.SessionIdle < 0 || c.LockDuration < 0 || c.RetryDelay < 0 || c.MaxRetryDelay < 0 || c.MaxRetries < 0 || c.UnreadyAfter < 0:
 		return errors.New("servicebus: durations and retries must not be negative")
 	}
 	return nil
@@ -88,7 +109,8 @@ func (c Config) Validate() error {
 
 // ParseURL reads servicebus://<namespace>/<queue>[?options], or
 // servicebus:///<queue> when a connection string names the namespace.
-// Options: sessions (true/false), max_sessions, session_idle, lock.
+// Options: sessions (true/false), max_sessions, session_idle, lock,
+// max_delivery.
 func ParseURL(raw, connectionString string) (Config, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "servicebus" {
@@ -109,8 +131,13 @@ func ParseURL(raw, connectionString string) (Config, error) {
 			cfg.SessionIdle, err = time.ParseDuration(v)
 		case "lock":
 			cfg.LockDuration, err = time.ParseDuration(v)
+		case "max_delivery":
+			cfg.MaxDeliveryCount, err = strconv.Atoi(v)
+			if err == nil && cfg.MaxDeliveryCount <= 0 {
+				err = errors.New("must be positive: the queue's MaxDeliveryCount")
+			}
 		default:
-			return Config{}, fmt.Errorf("queue URL %q: unknown option %q; known: sessions, max_sessions, session_idle, lock", raw, name)
+			return Config{}, fmt.Errorf("queue URL %q: unknown option %q; known: sessions, max_sessions, session_idle, lock, max_delivery", raw, name)
 		}
 		if err != nil {
 			return Config{}, fmt.Errorf("queue URL %q: option %s=%q: %w", raw, name, v, err)

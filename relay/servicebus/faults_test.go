@@ -88,7 +88,7 @@ func TestDroppedConnectionMidSend(t *testing.T) {
 func TestServerBusyIsRetried(t *testing.T) {
 	t.Parallel()
 	emu := emulator(t)
-	q, _ := openEmulated(t, emu, settings, true)
+	q, _ := openEmulatedIdle(t, emu, settings, true) // a sender, as the ingress uses it: no session pool
 	emu.RejectSends(2, "com.microsoft:server-busy")
 	if err := q.SendBatch(tctx(t), []relay.Message{event(t, "busy", "k")}); err != nil {
 		t.Fatalf("send after two server-busy rejections: %v", err)
@@ -103,7 +103,7 @@ func TestRefusedCBSIsUnavailable(t *testing.T) {
 	t.Parallel()
 	emu := emulator(t)
 	emu.SetCBS(401, 0)
-	q, _ := openEmulated(t, emu, settings, true)
+	q, _ := openEmulatedIdle(t, emu, settings, true) // a sender, as the ingress uses it: no session pool
 	err := q.SendBatch(tctx(t), []relay.Message{event(t, "x", "k")})
 	if !errors.Is(err, relay.ErrUnavailable) {
 		t.Fatalf("send with CBS refused: %v, want ErrUnavailable", err)
@@ -114,7 +114,7 @@ func TestWithheldCreditFailsWithinDeadline(t *testing.T) {
 	t.Parallel()
 	emu := emulator(t)
 	emu.WithholdCredit(true)
-	q, _ := openEmulated(t, emu, settings, true)
+	q, _ := openEmulatedIdle(t, emu, settings, true) // a sender, as the ingress uses it: no session pool
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	start := time.Now()
@@ -184,7 +184,7 @@ func TestKilledWorkerLeavesNothingStuck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer q2.Close()
+	runQueue(t, q2)
 	got, err := q2.Receive(tctx(t), 1)
 	if err != nil {
 		t.Fatalf("after the worker died: %v", err)

@@ -1,7 +1,7 @@
 package servicebus
 
 import (
-	"fmt"
+	"maps"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
@@ -10,15 +10,44 @@ import (
 	"github.com/hookbridge/hookbridge/relay"
 )
 
+// Application properties that carry a relay.Message's DeadLetterReason and
+// DeadLetterDescription: Service Bus takes no sends to a dead-letter queue,
+// so such a message is sent to the queue marked with them, and this
+// backend's receivers dead-letter it on arrival, never handing it out.
+const (
+	PropDeadLetterReason      = "hookbridge_deadletter_reason"
+	PropDeadLetterDescription = "hookbridge_deadletter_description"
+)
+
+// Application properties Service Bus sets on a dead-lettered message; the
+// relay view carries them as DeadLetter.Reason and Description instead.
+const (
+	sbDeadLetterReason      = "DeadLetterReason"
+	sbDeadLetterDescription = "DeadLetterErrorDescription"
+)
+
+// maxDescription bounds a dead-letter description.
+const maxDescription = 4000
+
 // toMessage maps a relay message to a Service Bus message: MessageID,
 // Subject, ContentType, body and application properties as they are, and on
 // a session-enabled queue SessionID = the partition key, or the message's
-// own ID when it has none (so a keyless event is a session of its own).
+// own ID when it has none (so a keyless event is a session of its own). A
+// message for the dead-letter queue is marked (PropDeadLetterReason).
 func toMessage(m *relay.Message, sessions bool) *azservicebus.Message {
+	props := m.Properties
+	if m.DeadLetterReason != "" {
+		props = maps.Clone(props)
+		if props == nil {
+			props = map[string]any{}
+		}
+		props[PropDeadLetterReason] = m.DeadLetterReason
+		props[PropDeadLetterDescription] = relay.Truncate(m.DeadLetterDescription, maxDescription)
+	}
 	out := &azservicebus.Message{
 		MessageID:             &m.ID,
 		Body:                  m.Body,
-		ApplicationProperties: m.Properties,
+		ApplicationProperties: props,
 	}
 	if m.Subject != "" {
 		out.Subject = &m.Subject
@@ -36,9 +65,18 @@ func toMessage(m *relay.Message, sessions bool) *azservicebus.Message {
 	return out
 }
 
+// deadLetterMark returns the reason and description a marked message asks
+// to be dead-lettered with, or ok false.
+func deadLetterMark(sm *azservicebus.ReceivedMessage) (reason, description string, ok bool) {
+	reason, _ = sm.ApplicationProperties[PropDeadLetterReason].(string)
+	description, _ = sm.ApplicationProperties[PropDeadLetterDescription].(string)
+	return reason, description, reason != ""
+}
+
 // fromMessage maps a received Service Bus message back. A session ID equal
 // to the message ID is a keyless message's own session, not a partition
-// key.
+// key. Service Bus's and hookbridge's dead-letter properties are left out:
+// the relay types carry them as fields.
 func fromMessage(sm *azservicebus.ReceivedMessage) relay.Message {
 	m := relay.Message{ID: sm.MessageID, Body: sm.Body, Properties: sm.ApplicationProperties}
 	if sm.SessionID != nil && *sm.SessionID != sm.MessageID {
@@ -50,6 +88,12 @@ func fromMessage(sm *azservicebus.ReceivedMessage) relay.Message {
 	if sm.ContentType != nil {
 		m.ContentType = *sm.ContentType
 	}
+	for _, k := range []string{sbDeadLetterReason, sbDeadLetterDescription, PropDeadLetterReason, PropDeadLetterDescription} {
+		if _, ok := m.Properties[k]; ok {
+			m.Properties = maps.Clone(m.Properties)
+			delete(m.Properties, k)
+		}
+	}
 	if len(m.Properties) == 0 {
 		m.Properties = nil
 	}
@@ -57,8 +101,9 @@ func fromMessage(sm *azservicebus.ReceivedMessage) relay.Message {
 }
 
 // received builds the relay view of a locked message.
-func received(sm *azservicebus.ReceivedMessage, h *handle) *relay.Received {
-	r := &relay.Received{Message: fromMessage(sm), DeliveryCount: int(sm.DeliveryCount), LockToken: uuid.UUID(sm.LockToken).String(), Backend: h}
+func received(sm *azservicebus.ReceivedMessage, h *handle, maxDelivery int) *relay.Received {
+	r := &relay.Received{Message: fromMessage(sm), DeliveryCount: int(sm.DeliveryCount), MaxDeliveryCount: maxDelivery,
+		LockToken: uuid.UUID(sm.LockToken).String(), Backend: h}
 	if sm.SequenceNumber != nil {
 		r.SequenceNumber = *sm.SequenceNumber
 	}
@@ -88,19 +133,11 @@ func deadLetter(sm *azservicebus.ReceivedMessage) relay.DeadLetter {
 	}
 	// Service Bus does not record when a message was dead-lettered.
 	d.DeadLetteredTime = time.Time{}
-	delete(d.Properties, "DeadLetterReason")
-	delete(d.Properties, "DeadLetterErrorDescription")
 	return d
 }
 
-// maxDescription bounds a dead-letter description.
-const maxDescription = 4000
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
+// eventID is the CloudEvent id a message carries, for logs.
+func eventID(sm *azservicebus.ReceivedMessage) string {
+	id, _ := sm.ApplicationProperties[relay.PropID].(string)
+	return id
 }
-
-func describeSeq(seq int64) string { return fmt.Sprintf("sequence number %d", seq) }

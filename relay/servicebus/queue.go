@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/relay"
@@ -18,18 +17,32 @@ import (
 // MessageBatches to it, workers receive from it (through sessions when the
 // queue is session-enabled) and settle, and the dead-letter tooling reads
 // its dead-letter sub-queue. It satisfies the relay/relaytest contract.
+//
+// Receiving from a session-enabled queue needs Run, which runs the session
+// pool; sending and the dead-letter tooling do not.
 type Queue struct {
-	cfg    Config
-	log    *slog.Logger
-	client *azservicebus.Client
+	cfg     Config
+	log     *slog.Logger
+	client  *azservicebus.Client
+	metrics *metrics
+	pool    *sessionPool // session-enabled queues
+	// accepts is the health of receiving: the session pool's accepts, or
+	// Receive on a queue without sessions.
+	accepts health
 
-	mu       sync.Mutex
-	sender   *azservicebus.Sender
-	receiver *azservicebus.Receiver // non-session queues
-	dlq      *azservicebus.Receiver
-	pool     *sessionPool
-	closed   bool
-	closing  chan struct{}
+	// closed ends at Close; stopped ends when Run's context ends, or at
+	// Close: the queue stops receiving and gives back what it holds.
+	closed, stopped context.Context
+	closeFn, stopFn context.CancelFunc
+	running         sync.WaitGroup
+	closeOnce       sync.Once
+	closeErr        error
+
+	mu         sync.Mutex
+	runStarted bool
+	sender     *azservicebus.Sender
+	receiver   *azservicebus.Receiver // non-session queues
+	dlq        *azservicebus.Receiver
 }
 
 // Open connects to the queue. Links open lazily, on first use.
@@ -46,29 +59,77 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 	}}
 	var client *azservicebus.Client
 	var err error
-	if cfg.ConnectionString != "" {
+	switch {
+	case cfg.ConnectionString != "":
 		client, err = azservicebus.NewClientFromConnectionString(cfg.ConnectionString, opts)
 		if err != nil {
 			return nil, fmt.Errorf("servicebus: connection string: %w", err)
 		}
-	} else {
-		cred := cfg.Credential
-		if cred == nil {
-			cred, err = azidentity.NewDefaultAzureCredential(nil)
-			if err != nil {
-				return nil, fmt.Errorf("servicebus: no Azure credential (managed identity, workload identity, Azure CLI or environment): %w", err)
-			}
-		}
-		client, err = azservicebus.NewClient(cfg.Namespace, cred, opts)
+	case cfg.Credential != nil:
+		client, err = azservicebus.NewClient(cfg.Namespace, cfg.Credential, opts)
 		if err != nil {
 			return nil, fmt.Errorf("servicebus: %w", err)
 		}
+	default:
+		return nil, errors.New("servicebus: no credential and no connection string: give Config.Credential (e.g. azidentity.NewDefaultAzureCredential) or Config.ConnectionString")
 	}
-	return &Queue{cfg: cfg, log: log, client: client, closing: make(chan struct{})}, nil
+	q := &Queue{cfg: cfg, log: log, client: client, metrics: newMetrics()}
+	q.closed, q.closeFn = context.WithCancel(context.Background())
+	q.stopped, q.stopFn = context.WithCancel(q.closed)
+	if cfg.sessions() {
+		q.pool = &sessionPool{q: q, ready: make(chan *relay.Received)}
+	}
+	return q, nil
 }
 
 // Config returns the effective settings.
 func (q *Queue) Config() Config { return q.cfg }
+
+// Run runs the queue's background loops until ctx ends or the queue is
+// closed: on a session-enabled queue, the session pool that Receive takes
+// messages from. When ctx ends it stops receiving: a message received but
+// not yet handed out, and one held by Abandon for its delay, are abandoned
+// at once, in order, and each session is released once the message handed
+// out of it was settled (or its lock lapsed), so the session's next holder
+// starts where this one stopped. Run returns nil then; it runs once per
+// Queue.
+func (q *Queue) Run(ctx context.Context) error {
+	q.mu.Lock()
+	switch {
+	case q.closed.Err() != nil:
+		q.mu.Unlock()
+		return relay.ErrClosed
+	case q.runStarted:
+		q.mu.Unlock()
+		return errors.New("servicebus: Run called twice; a queue runs once")
+	}
+	q.runStarted = true
+	q.running.Add(1)
+	q.mu.Unlock()
+	defer q.running.Done()
+	stop := context.AfterFunc(ctx, q.stopFn)
+	defer stop()
+	if q.pool != nil {
+		q.pool.run(q.stopped)
+		return nil
+	}
+	<-q.stopped.Done()
+	return nil
+}
+
+// Ready reports whether the queue can do its work: an error once Run's
+// session accepts, or Receive on a queue without sessions, have been
+// failing for longer than Config.UnreadyAfter, or after Close.
+func (q *Queue) Ready(ctx context.Context) error {
+	if q.closed.Err() != nil {
+		return relay.ErrClosed
+	}
+	what := "receiving"
+	if q.pool != nil {
+		what = "accepting sessions"
+	}
+	return q.accepts.check(what, q.cfg.UnreadyAfter)
+}
 
 // mapErr turns SDK errors into relay sentinels.
 func mapErr(op string, err error) error {
@@ -92,16 +153,10 @@ func mapErr(op string, err error) error {
 	}
 }
 
-func (q *Queue) isClosed() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.closed
-}
-
 func (q *Queue) getSender() (*azservicebus.Sender, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed {
+	if q.closed.Err() != nil {
 		return nil, relay.ErrClosed
 	}
 	if q.sender == nil {
@@ -119,6 +174,8 @@ func (q *Queue) getSender() (*azservicebus.Sender, error) {
 // message too large to fit any batch fails with relay.ErrMessageTooLarge.
 // If a later batch fails after an earlier one succeeded, the error says so;
 // a retry is deduplicated by MessageID on a queue with duplicate detection.
+// A message with a DeadLetterReason is sent marked (PropDeadLetterReason),
+// for this backend's receivers to dead-letter on arrival.
 func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 	s, err := q.getSender()
 	if err != nil {
@@ -163,9 +220,10 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 	return send()
 }
 
-// Ping checks the queue is reachable and readable: a peek of one message.
+// Ping checks the queue is reachable and readable: a peek of one message
+// of the dead-letter sub-queue, which takes no lock.
 func (q *Queue) Ping(ctx context.Context) error {
-	r, err := q.getDLQ() // any receiver works; the dead-letter one never holds locks
+	r, err := q.getDLQ()
 	if err != nil {
 		return err
 	}
@@ -178,7 +236,7 @@ func (q *Queue) Ping(ctx context.Context) error {
 func (q *Queue) getDLQ() (*azservicebus.Receiver, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed {
+	if q.closed.Err() != nil {
 		return nil, relay.ErrClosed
 	}
 	if q.dlq == nil {
@@ -191,40 +249,32 @@ func (q *Queue) getDLQ() (*azservicebus.Receiver, error) {
 	return q.dlq, nil
 }
 
-// Close stops receiving and closes every link and the connection. Messages
-// still locked are delivered again when their locks expire.
+// Close stops receiving, gives back what the session pool holds and has
+// not handed out, and closes every link and the connection. Messages handed
+// out and not settled are delivered again when their locks expire.
 func (q *Queue) Close() error {
-	q.mu.Lock()
-	if q.closed {
+	q.closeOnce.Do(func() {
+		q.mu.Lock()
+		q.closeFn()
 		q.mu.Unlock()
-		return nil
-	}
-	q.closed = true
-	close(q.closing)
-	pool := q.pool
-	q.mu.Unlock()
-	if pool != nil {
-		pool.close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var errs []error
-	q.mu.Lock()
-	for _, c := range []interface{ Close(context.Context) error }{q.sender, q.receiver, q.dlq} {
-		switch v := c.(type) {
-		case *azservicebus.Sender:
-			if v != nil {
-				errs = append(errs, v.Close(ctx))
-			}
-		case *azservicebus.Receiver:
-			if v != nil {
-				errs = append(errs, v.Close(ctx))
+		q.running.Wait() // Run's loops end on closed
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var errs []error
+		q.mu.Lock()
+		if q.sender != nil {
+			errs = append(errs, q.sender.Close(ctx))
+		}
+		for _, r := range []*azservicebus.Receiver{q.receiver, q.dlq} {
+			if r != nil {
+				errs = append(errs, r.Close(ctx))
 			}
 		}
-	}
-	q.mu.Unlock()
-	errs = append(errs, q.client.Close(ctx))
-	return errors.Join(errs...)
+		q.mu.Unlock()
+		errs = append(errs, q.client.Close(ctx))
+		q.closeErr = errors.Join(errs...)
+	})
+	return q.closeErr
 }
 
 // handle is the backend state of one received message.
@@ -239,6 +289,10 @@ type handle struct {
 	done    chan struct{} // closed once settled, lost or abandoned
 }
 
+func newHandle(msg *azservicebus.ReceivedMessage, rcv *azservicebus.Receiver, s *session) *handle {
+	return &handle{msg: msg, rcv: rcv, session: s, done: make(chan struct{})}
+}
+
 func (h *handle) finish() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -251,7 +305,7 @@ func (h *handle) finish() {
 func handleOf(m *relay.Received) (*handle, error) {
 	h, ok := m.Backend.(*handle)
 	if !ok {
-		return nil, fmt.Errorf("servicebus: message %s was not received from Service Bus", m.ID)
+		return nil, errNotFromServiceBus(fmt.Sprintf("message %s", m.ID))
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -275,20 +329,22 @@ func (h *handle) settler() settler {
 	return h.rcv
 }
 
-// settle runs one settlement and marks the message settled whatever the
+// sessionLapsed reports whether h's session lock has expired: no settlement
+// can succeed then.
+func (h *handle) sessionLapsed() bool {
+	return h.session != nil && time.Now().After(h.session.until())
+}
+
+// settle runs one settlement of h and marks it settled whatever the
 // outcome, except a transient failure (the lock may still hold).
-func settle(m *relay.Received, op string, fn func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error, ctx context.Context) error {
-	h, err := handleOf(m)
-	if err != nil {
-		return err
-	}
+func (h *handle) settle(ctx context.Context, seq int64, op string, fn func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error) error {
 	if h.sessionLapsed() {
 		h.finish()
-		return fmt.Errorf("%s message %d: the session lock expired: %w", op, m.SequenceNumber, relay.ErrLockLost)
+		return errSessionLapsed(op, seq)
 	}
-	err = mapErr(op, fn(ctx, h.settler(), h.msg))
+	err := mapErr(op, fn(ctx, h.settler(), h.msg))
 	if err != nil && h.sessionLapsed() {
-		err = fmt.Errorf("%s message %d: the session lock expired: %w", op, m.SequenceNumber, relay.ErrLockLost)
+		err = errSessionLapsed(op, seq)
 	}
 	if err == nil || errors.Is(err, relay.ErrLockLost) {
 		h.finish()
@@ -296,58 +352,103 @@ func settle(m *relay.Received, op string, fn func(ctx context.Context, s settler
 	return err
 }
 
-// sessionLapsed reports whether h's session lock has expired: no settlement
-// can succeed then.
-func (h *handle) sessionLapsed() bool {
-	return h.session != nil && time.Now().After(h.session.until())
+// settle settles a received message through its handle.
+func settle(ctx context.Context, m *relay.Received, op string, fn func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error) error {
+	h, err := handleOf(m)
+	if err != nil {
+		return err
+	}
+	return h.settle(ctx, m.SequenceNumber, op, fn)
+}
+
+func completeFn(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
+	return s.CompleteMessage(ctx, msg, nil)
+}
+
+func abandonFn(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
+	return s.AbandonMessage(ctx, msg, nil)
+}
+
+func deadLetterFn(reason, description string) func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
+	description = relay.Truncate(description, maxDescription)
+	return func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
+		return s.DeadLetterMessage(ctx, msg, &azservicebus.DeadLetterOptions{Reason: &reason, ErrorDescription: &description})
+	}
 }
 
 // Complete removes a delivered message.
 func (q *Queue) Complete(ctx context.Context, m *relay.Received) error {
-	return settle(m, "complete", func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
-		return s.CompleteMessage(ctx, msg, nil)
-	}, ctx)
+	return settle(ctx, m, "complete", completeFn)
 }
 
 // DeadLetter moves a delivered message to the dead-letter sub-queue.
 func (q *Queue) DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error {
-	description = truncate(description, maxDescription)
-	return settle(m, "dead-letter", func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
-		return s.DeadLetterMessage(ctx, msg, &azservicebus.DeadLetterOptions{Reason: &reason, ErrorDescription: &description})
-	}, ctx)
+	return settle(ctx, m, "dead-letter", deadLetterFn(reason, description))
 }
+
+// settleTimeout bounds a settlement the queue makes on its own (giving back
+// what it holds when it stops).
+const settleTimeout = 30 * time.Second
 
 // Abandon releases the message for redelivery after delay. Service Bus has
 // no delayed abandon, so the message is held (its lock renewed) for the
 // delay and then abandoned; on a session queue the session waits too, which
-// keeps the call's later events behind it.
+// keeps the call's later events behind it. The hold ends early, and the
+// message is abandoned at once, when ctx ends or the queue stops (Run's
+// context ended, or Close): a stopping worker strands nothing.
 func (q *Queue) Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error {
 	if delay > 0 {
 		if _, err := handleOf(m); err != nil {
 			return err
 		}
-		deadline := time.Now().Add(delay)
-		for time.Now().Before(deadline) {
-			wait := min(time.Until(deadline), time.Until(m.LockedUntil)/2)
-			if wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-q.closing:
-					return relay.ErrClosed
-				}
-			}
-			if time.Now().Before(deadline) {
-				if err := q.RenewLock(ctx, m); err != nil {
-					return err
-				}
-			}
+		if err := q.hold(ctx, m, delay); err != nil {
+			return err
 		}
 	}
-	return settle(m, "abandon", func(ctx context.Context, s settler, msg *azservicebus.ReceivedMessage) error {
-		return s.AbandonMessage(ctx, msg, nil)
-	}, ctx)
+	if ctx.Err() != nil || q.stopped.Err() != nil {
+		// Cut short: abandon now, with a deadline of its own.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+		ctx = actx
+	}
+	return settle(ctx, m, "abandon", abandonFn)
+}
+
+// hold keeps m locked until delay has passed, ctx ends or the queue stops.
+// It fails only when the lock is lost.
+func (q *Queue) hold(ctx context.Context, m *relay.Received, delay time.Duration) error {
+	deadline := time.Now().Add(delay)
+	for time.Now().Before(deadline) {
+		wait := min(time.Until(deadline), time.Until(m.LockedUntil)/2)
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-q.stopped.Done():
+				t.Stop()
+				return nil
+			}
+		}
+		if !time.Now().Before(deadline) {
+			return nil
+		}
+		switch err := q.RenewLock(ctx, m); {
+		case err == nil:
+		case errors.Is(err, relay.ErrLockLost):
+			return err
+		case ctx.Err() != nil:
+			return nil
+		case !time.Now().Before(m.LockedUntil):
+			return fmt.Errorf("hold message %d for its retry delay: the lock expired after a failed renewal (%v): %w", m.SequenceNumber, err, relay.ErrLockLost)
+		default:
+			q.log.Warn("servicebus: lock renewal during a retry delay failed; trying again", "message_id", m.ID, "error", err)
+			time.Sleep(min(time.Second, time.Until(m.LockedUntil)/4))
+		}
+	}
+	return nil
 }
 
 // RenewLock extends the message's lock (on a session queue, the session's
@@ -360,12 +461,12 @@ func (q *Queue) RenewLock(ctx context.Context, m *relay.Received) error {
 	if h.session != nil {
 		if h.sessionLapsed() {
 			h.finish()
-			return fmt.Errorf("renew lock of message %d: the session lock expired: %w", m.SequenceNumber, relay.ErrLockLost)
+			return errSessionLapsed("renew lock of", m.SequenceNumber)
 		}
 		if err := h.session.renew(ctx); err != nil {
 			err = mapErr("renew session lock", err)
 			if h.sessionLapsed() && !errors.Is(err, relay.ErrLockLost) {
-				err = fmt.Errorf("renew lock of message %d: the session lock expired: %w", m.SequenceNumber, relay.ErrLockLost)
+				err = errSessionLapsed("renew lock of", m.SequenceNumber)
 			}
 			if errors.Is(err, relay.ErrLockLost) {
 				h.finish()
@@ -389,18 +490,19 @@ func (q *Queue) RenewLock(ctx context.Context, m *relay.Received) error {
 }
 
 // Receive waits for at least one message and returns up to n, locked. On a
-// session-enabled queue messages come from up to MaxSessions sessions, one
+// session-enabled queue messages come from the sessions Run holds, one
 // message per session at a time: a session's next message is received only
-// after the previous one was settled.
+// after the previous one was settled. Receive starts no goroutine; it
+// returns relay.ErrClosed once the queue stopped or closed.
 func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	if n <= 0 {
 		n = 1
 	}
-	if q.isClosed() {
+	if q.stopped.Err() != nil {
 		return nil, relay.ErrClosed
 	}
-	if q.cfg.sessions() {
-		return q.sessionPool().receive(ctx, n)
+	if q.pool != nil {
+		return q.pool.receive(ctx, n)
 	}
 	q.mu.Lock()
 	if q.receiver == nil {
@@ -415,28 +517,60 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	q.mu.Unlock()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-q.closing:
-			cancel()
-		case <-rctx.Done():
-		}
-	}()
-	msgs, err := r.ReceiveMessages(rctx, n, nil)
-	if err != nil {
-		if q.isClosed() {
+	defer context.AfterFunc(q.stopped, cancel)()
+	for {
+		msgs, err := r.ReceiveMessages(rctx, n, nil)
+		switch {
+		case q.stopped.Err() != nil && len(msgs) == 0:
 			return nil, relay.ErrClosed
+		case err != nil && len(msgs) == 0:
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			err = mapErr("receive", err)
+			q.accepts.fail(err)
+			return nil, err
 		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		q.accepts.ok()
+		out := make([]*relay.Received, 0, len(msgs))
+		for _, sm := range msgs {
+			h := newHandle(sm, r, nil)
+			if reason, desc, ok := deadLetterMark(sm); ok {
+				q.deadLetterOnArrival(ctx, h, sm, reason, desc)
+				continue
+			}
+			out = append(out, received(sm, h, q.cfg.MaxDeliveryCount))
 		}
-		return nil, mapErr("receive", err)
+		if len(out) > 0 {
+			return out, nil
+		}
 	}
-	out := make([]*relay.Received, len(msgs))
-	for i, sm := range msgs {
-		out[i] = received(sm, &handle{msg: sm, rcv: r, done: make(chan struct{})})
+}
+
+// deadLetterOnArrival dead-letters a message the ingress marked for the
+// dead-letter queue. If that fails the message is abandoned, to be tried
+// again; if that fails too its lock lapses and it comes back anyway.
+func (q *Queue) deadLetterOnArrival(ctx context.Context, h *handle, sm *azservicebus.ReceivedMessage, reason, description string) {
+	log := q.log.With("message_id", sm.MessageID, "event_id", eventID(sm), "reason", reason, "delivery_count", sm.DeliveryCount)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	seq := int64(0)
+	if sm.SequenceNumber != nil {
+		seq = *sm.SequenceNumber
 	}
-	return out, nil
+	err := h.settle(sctx, seq, "dead-letter", deadLetterFn(reason, description))
+	if err == nil {
+		q.metrics.deadLetteredOnArrival.WithLabelValues(reason).Inc()
+		log.Warn("servicebus: dead-lettered a message the ingress marked for the dead-letter queue", "description", relay.Truncate(description, 200))
+		return
+	}
+	if errors.Is(err, relay.ErrLockLost) {
+		log.Warn("servicebus: lock lost while dead-lettering a marked message; it will arrive again", "error", err)
+		return
+	}
+	aerr := h.settle(sctx, seq, "abandon", abandonFn)
+	log.Error("servicebus: could not dead-letter a message the ingress marked for the dead-letter queue; it will arrive again",
+		"error", err, "abandon_error", aerr)
 }
 
 // ListDeadLetters browses the dead-letter sub-queue from sequence number

@@ -32,9 +32,18 @@ func emulator(t testing.TB) *sbemu.Server {
 	return s
 }
 
-// openEmulated creates a fresh queue with want's settings on emu and opens
-// it through the SDK.
+// openEmulated creates a fresh queue with want's settings on emu, opens it
+// through the SDK and runs it.
 func openEmulated(t testing.TB, emu *sbemu.Server, want relaytest.Settings, sessions bool) (*servicebus.Queue, string) {
+	t.Helper()
+	q, name := openEmulatedIdle(t, emu, want, sessions)
+	runQueue(t, q)
+	return q, name
+}
+
+// openEmulatedIdle is openEmulated without Run: the queue sends, and
+// receives nothing from sessions until runQueue starts it.
+func openEmulatedIdle(t testing.TB, emu *sbemu.Server, want relaytest.Settings, sessions bool) (*servicebus.Queue, string) {
 	t.Helper()
 	name := fmt.Sprintf("q%d", queueSeq.Add(1))
 	if err := emu.CreateQueue(sbemu.QueueConfig{
@@ -59,6 +68,22 @@ func openEmulated(t testing.TB, emu *sbemu.Server, want relaytest.Settings, sess
 	}
 	t.Cleanup(func() { q.Close() })
 	return q, name
+}
+
+// runQueue runs q's background loops (the session pool) until the test
+// ends, as the worker command's errgroup does, and closes q.
+func runQueue(t testing.TB, q *servicebus.Queue) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		q.Close()
+	})
 }
 
 func TestConformanceEmulatorSessions(t *testing.T) {
@@ -110,7 +135,7 @@ func TestConformanceAzure(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { q.Close() })
+		runQueue(t, q)
 		return q, got
 	})
 }

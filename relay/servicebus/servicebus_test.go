@@ -49,7 +49,7 @@ func event(t testing.TB, id, key string) relay.Message {
 func TestMappingRoundTrip(t *testing.T) {
 	t.Parallel()
 	emu := emulator(t)
-	q, name := openEmulated(t, emu, settings, true)
+	q, name := openEmulatedIdle(t, emu, settings, true)
 	keyed, keyless := event(t, "evt-1", "call-7"), event(t, "evt-2", "")
 	if err := q.SendBatch(tctx(t), []relay.Message{keyed, keyless}); err != nil {
 		t.Fatal(err)
@@ -83,6 +83,7 @@ func TestMappingRoundTrip(t *testing.T) {
 	sr.Close(tctx(t))
 
 	// And back through the backend.
+	runQueue(t, q)
 	got := map[string]*relay.Received{}
 	for len(got) < 2 {
 		rs, err := q.Receive(tctx(t), 2)

@@ -3,6 +3,7 @@ package servicebus
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,18 +13,22 @@ import (
 	"github.com/hookbridge/hookbridge/relay"
 )
 
-// sessionPool receives from a session-enabled queue: it holds up to
-// MaxSessions sessions, each served by a goroutine that receives one
-// message, hands it to Receive, and waits until it is settled before
+// sessionPool receives from a session-enabled queue while Run runs: it
+// holds up to MaxSessions sessions, each served by a goroutine that receives
+// one message, hands it to Receive, and waits until it is settled before
 // receiving the next. A session that stays empty for SessionIdle is released
 // so other sessions get their turn.
+//
+// A session is never released with a message of it locked by this pool,
+// because Service Bus gives the session's next holder the messages that
+// are not locked: a message left locked would come after its successors.
+// So a message received but not handed out when the pool stops is
+// abandoned first, and a message handed out is waited for until it is
+// settled (the worker settles everything it holds when it stops) or the
+// session lock lapses.
 type sessionPool struct {
 	q     *Queue
-	ready chan *relay.Received
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ready chan *relay.Received // unbuffered: a message is handed out or given back
 }
 
 type session struct {
@@ -44,18 +49,6 @@ func (s *session) renew(ctx context.Context) error {
 	return nil
 }
 
-func (q *Queue) sessionPool() *sessionPool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.pool == nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		q.pool = &sessionPool{q: q, ready: make(chan *relay.Received), ctx: ctx, cancel: cancel}
-		q.pool.wg.Add(1)
-		go q.pool.run()
-	}
-	return q.pool
-}
-
 // receive returns at least one message (waiting for it) and at most n.
 func (p *sessionPool) receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	var out []*relay.Received
@@ -64,7 +57,7 @@ func (p *sessionPool) receive(ctx context.Context, n int) ([]*relay.Received, er
 		out = append(out, r)
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-p.ctx.Done():
+	case <-p.q.stopped.Done():
 		return nil, relay.ErrClosed
 	}
 	for len(out) < n {
@@ -78,109 +71,173 @@ func (p *sessionPool) receive(ctx context.Context, n int) ([]*relay.Received, er
 	return out, nil
 }
 
-func (p *sessionPool) close() {
-	p.cancel()
-	p.wg.Wait()
-}
+// acceptWait bounds one AcceptNextSession call: when no session has
+// messages, Service Bus answers with a timeout and the pool asks again.
+const acceptWait = 10 * time.Second
 
-// run accepts sessions while there is room.
-func (p *sessionPool) run() {
-	defer p.wg.Done()
+// run accepts sessions while there is room, until stopped ends; it returns
+// once every session it accepted was released.
+func (p *sessionPool) run(stopped context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	slots := make(chan struct{}, p.q.cfg.MaxSessions)
 	failures := 0
 	for {
 		select {
 		case slots <- struct{}{}:
-		case <-p.ctx.Done():
+		case <-stopped.Done():
 			return
 		}
-		actx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		actx, cancel := context.WithTimeout(stopped, acceptWait)
 		sr, err := p.q.client.AcceptNextSessionForQueue(actx, p.q.cfg.Queue, nil)
 		cancel()
 		if err != nil {
 			<-slots
-			if p.ctx.Err() != nil {
+			if stopped.Err() != nil {
 				return
 			}
 			var sbErr *azservicebus.Error
 			if errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeTimeout || errors.Is(err, context.DeadlineExceeded) {
 				failures = 0
+				p.q.accepts.ok()
 				continue // no session had messages: ask again
 			}
 			failures++
-			wait := min(time.Duration(failures)*200*time.Millisecond, 5*time.Second)
+			p.q.accepts.fail(mapErr("accept session", err))
+			wait := relay.Backoff(failures, 200*time.Millisecond, 5*time.Second)
 			p.q.log.Warn("servicebus: cannot accept a session; retrying", "error", err, "retry_in", wait)
+			t := time.NewTimer(wait)
 			select {
-			case <-time.After(wait):
-			case <-p.ctx.Done():
+			case <-t.C:
+			case <-stopped.Done():
+				t.Stop()
 				return
 			}
 			continue
 		}
 		failures = 0
-		p.wg.Add(1)
-		sess := &session{sr: sr}
-		sess.lockedUntil.Store(sr.LockedUntil().UnixNano())
+		p.q.accepts.ok()
+		s := &session{sr: sr}
+		s.lockedUntil.Store(sr.LockedUntil().UnixNano())
+		wg.Add(1)
 		go func() {
-			defer p.wg.Done()
+			defer wg.Done()
 			defer func() { <-slots }()
-			p.serve(sess)
+			p.serve(stopped, s)
 		}()
 	}
 }
 
-// serve hands out one session's messages, one at a time. The session lock
-// covers the message handed out; the consumer renews it through RenewLock
-// while it works. If the consumer lets it lapse, the session is released
-// (Service Bus hands it, and the unsettled message, to the next receiver).
-func (p *sessionPool) serve(s *session) {
-	ctx, cancel := context.WithCancel(p.ctx)
-	defer cancel()
+// serve hands out one session's messages, one at a time, until the session
+// is idle, broken or lapsed, or the pool stops. The session lock covers the
+// message handed out; the consumer renews it through RenewLock while it
+// works.
+func (p *sessionPool) serve(stopped context.Context, s *session) {
+	log := p.q.log.With("session", s.sr.SessionID())
+	var current *handle
 	defer func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
-		s.sr.Close(cctx)
-		ccancel()
-	}()
-	for {
-		rctx, rcancel := context.WithTimeout(ctx, p.q.cfg.SessionIdle)
-		msgs, err := s.sr.ReceiveMessages(rctx, 1, nil)
-		rcancel()
-		if err != nil || len(msgs) == 0 {
-			if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
-				p.q.log.Warn("servicebus: session receive failed; releasing the session", "session", s.sr.SessionID(), "error", err)
-			}
-			return // idle or broken: release the session
+		if current != nil {
+			current.finish() // a settlement after the release reports the lock lost
 		}
-		h := &handle{msg: msgs[0], session: s, done: make(chan struct{})}
-		r := received(msgs[0], h)
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.sr.Close(cctx); err != nil {
+			log.Debug("servicebus: closing a session receiver failed; its lock lapses on its own", "error", err)
+		}
+	}()
+	for stopped.Err() == nil {
+		// One message at a time: the receive's credit is used up by the
+		// message it returns, so nothing else of the session is locked
+		// into this link while that message is out.
+		rctx, cancel := context.WithTimeout(stopped, p.q.cfg.SessionIdle)
+		msgs, err := s.sr.ReceiveMessages(rctx, 1, nil)
+		cancel()
+		if err != nil || len(msgs) == 0 {
+			switch {
+			case stopped.Err() != nil:
+				p.catchInFlight(stopped, log, s)
+			case err != nil && !errors.Is(err, context.DeadlineExceeded):
+				log.Warn("servicebus: session receive failed; releasing the session", "error", err)
+			}
+			return // idle, broken or stopping: release the session
+		}
+		sm := msgs[0]
+		current = newHandle(sm, nil, s)
+		if reason, desc, ok := deadLetterMark(sm); ok {
+			p.q.deadLetterOnArrival(stopped, current, sm, reason, desc)
+			if !p.awaitSettlement(s, current) {
+				return
+			}
+			current = nil
+			continue
+		}
+		r := received(sm, current, p.q.cfg.MaxDeliveryCount)
 		r.LockedUntil = s.until()
 		select {
 		case p.ready <- r:
-		case <-ctx.Done():
-			return // closing: the lock lapses and the message comes back
-		}
-		if !p.awaitSettlement(ctx, s, h) {
+		case <-stopped.Done():
+			p.giveBack(stopped, log, current, r.SequenceNumber, r.ID)
 			return
 		}
+		if !p.awaitSettlement(s, current) {
+			return
+		}
+		current = nil
+	}
+}
+
+// giveBack abandons a message the pool received but did not hand out, so
+// it is the first the session's next holder gets. It runs as the pool
+// stops, so only ctx's values count: the abandon has a deadline of its own.
+func (p *sessionPool) giveBack(ctx context.Context, log *slog.Logger, h *handle, seq int64, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	if err := h.settle(ctx, seq, "abandon", abandonFn); err != nil {
+		log.Warn("servicebus: could not give back a received message on stopping; it is delivered again when its lock lapses",
+			"message_id", id, "error", err)
+	}
+}
+
+// inFlightGrace is how long a stopping session waits for a message already
+// on its way to it.
+const inFlightGrace = 250 * time.Millisecond
+
+// catchInFlight gives back the message a receive cancelled by the stop may
+// still draw: the SDK leaves the receive's credit open, so the session's
+// next message can be on the wire, and one that arrives as the receiver
+// closes stays locked for the lock duration (the session's next holder
+// would get the call's later events first). A receive on that same credit
+// catches it; if the SDK released it meanwhile, the receive takes it again.
+// Either way the credit is used up, or nothing came within the grace.
+func (p *sessionPool) catchInFlight(ctx context.Context, log *slog.Logger, s *session) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), inFlightGrace)
+	msgs, _ := s.sr.ReceiveMessages(rctx, 1, nil)
+	cancel()
+	for _, sm := range msgs {
+		seq := int64(0)
+		if sm.SequenceNumber != nil {
+			seq = *sm.SequenceNumber
+		}
+		p.giveBack(ctx, log, newHandle(sm, nil, s), seq, sm.MessageID)
 	}
 }
 
 // awaitSettlement waits until h is settled (true), or the session lock
-// lapsed or the pool closed (false).
-func (p *sessionPool) awaitSettlement(ctx context.Context, s *session, h *handle) bool {
+// lapsed or the queue closed (false). Run's context ending does not end the
+// wait: the consumer is settling what it holds.
+func (p *sessionPool) awaitSettlement(s *session, h *handle) bool {
 	for {
 		t := time.NewTimer(max(time.Until(s.until()), 0) + 100*time.Millisecond)
 		select {
 		case <-h.done:
 			t.Stop()
 			return true
-		case <-ctx.Done():
+		case <-p.q.closed.Done():
 			t.Stop()
 			return false
 		case <-t.C:
 			if time.Now().After(s.until()) {
-				h.finish() // the lock is gone: a later settlement reports it lost
-				return false
+				return false // the lock is gone: a later settlement reports it lost
 			}
 		}
 	}
