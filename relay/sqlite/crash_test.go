@@ -125,11 +125,18 @@ func TestCrashKeepsAcknowledgedMessages(t *testing.T) {
 	defer q.Close()
 	found := map[string]bool{}
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		active, _, err := q.Counts(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if active == 0 {
+			break
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		msgs, err := q.Receive(ctx, 500)
 		cancel()
 		if err != nil {
-			break
+			t.Fatalf("receive with %d messages left: %v", active, err)
 		}
 		for _, m := range msgs {
 			if string(m.Body) != string(crashBody(m.ID)) {
