@@ -31,6 +31,10 @@ func TestMain(m *testing.M) {
 		crashChild(path)
 		return
 	}
+	if path := os.Getenv(walChildEnv); path != "" {
+		walChild(path)
+		return
+	}
 	os.Exit(m.Run())
 }
 

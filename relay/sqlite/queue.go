@@ -67,6 +67,8 @@ type Queue struct {
 	outside       atomic.Uint64 // commits other processes signalled
 
 	health health
+	// walFull tells Run that a commit found the log over walSizeLimit.
+	walFull chan struct{}
 
 	mu      sync.Mutex
 	closed  bool
@@ -90,6 +92,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 	q := &Queue{
 		cfg: cfg, log: log, metrics: cfg.Metrics, path: path,
 		idx: newIndex(), wake: newNotifier(), receiving: make(chan struct{}), closing: make(chan struct{}),
+		walFull: make(chan struct{}, 1),
 	}
 	q.settlements.q = q
 	if err := q.open(ctx); err != nil {
@@ -221,6 +224,12 @@ func (q *Queue) lockedTx(ctx context.Context, c *conn, fn func() error) (uint64,
 	var gen uint64
 	if q.wal != nil {
 		gen = q.wal.committed()
+		if q.wal.size() > walSizeLimit {
+			select {
+			case q.walFull <- struct{}{}:
+			default:
+			}
+		}
 	}
 	return gen, nil
 }

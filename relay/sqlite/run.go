@@ -19,11 +19,15 @@ const (
 	checkpointEvery = time.Second
 	// walSizeLimit bounds the write-ahead log. A passive checkpoint lets the
 	// next writer start the log over from its beginning, but under steady
-	// load that moment may not come, and the log grows; once it is larger
-	// than this, Run checkpoints in TRUNCATE mode, which waits for writers
-	// for a moment and empties the file.
-	walSizeLimit = 16 << 20
-	// probeAfter is how long readiness trusts the last successful write
+	// load that moment never comes (each checkpoint finds new frames behind
+	// it), and the log would grow without end; once it is larger than this,
+	// Run checkpoints in TRUNCATE mode, which holds writers off for the
+	// moment it takes to copy the last frames and empty the file.
+	walSizeLimit = 4 << 20
+	// walCheckEvery is how often Run looks at the log's size, besides
+	// when a commit finds it over the limit.
+	walCheckEvery = 100 * time.Millisecond
+	// probeAfter is how long readiness trusts the last write's outcome
 	// before it writes a probe of its own.
 	probeAfter = 5 * time.Second
 	// failingFor is how long a background step may keep failing before the
@@ -109,10 +113,11 @@ func (q *Queue) Ready(ctx context.Context) error {
 	return nil
 }
 
-// probe commits a tiny durable write.
+// probe commits a durable write about the size of a group commit's, so
+// that the slack of a full volume's log does not pass for free space.
 func (q *Queue) probe(ctx context.Context) error {
 	gen, err := q.writeTx(ctx, q.ckpt, func() error {
-		_, err := q.ckpt.exec(ctx, `UPDATE meta SET value = value + 1 WHERE key = 'probe'`)
+		_, err := q.ckpt.exec(ctx, `INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(16384))`)
 		return err
 	})
 	if err == nil {
@@ -143,9 +148,9 @@ func (q *Queue) Run(ctx context.Context) error {
 		defer wg.Done()
 		q.watchCommits(ctx)
 	}()
-	t := time.NewTicker(checkpointEvery)
+	t := time.NewTicker(walCheckEvery)
 	defer t.Stop()
-	var lastPrune time.Time
+	var lastCheckpoint, lastPrune time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -153,14 +158,20 @@ func (q *Queue) Run(ctx context.Context) error {
 		case <-q.closing:
 			return nil
 		case <-t.C:
+		case <-q.walFull:
 		}
+		now := time.Now()
+		if now.Sub(lastCheckpoint) < checkpointEvery && q.wal.size() <= walSizeLimit {
+			continue
+		}
+		lastCheckpoint = now
 		if err := q.wal.gone(true); err != nil {
 			q.walGone(err)
 			continue
 		}
 		err := q.checkpoint(ctx)
-		if err == nil && time.Since(lastPrune) > pruneEvery {
-			lastPrune = time.Now()
+		if err == nil && now.Sub(lastPrune) > pruneEvery {
+			lastPrune = now
 			err = q.pruneWindow(ctx)
 		}
 		if err != nil && ctx.Err() == nil && !errors.Is(err, relay.ErrClosed) {

@@ -23,7 +23,7 @@ import (
 //   - dedup_log: the MessageIDs handed out, appended at first delivery, so
 //     every receiving process knows which IDs the duplicate window has seen.
 //   - deadletter: the dead-letter queue.
-//   - meta: schema version and the readiness write probe.
+//   - meta: the schema version; probe: the readiness write probe.
 const schemaVersion = 2
 
 const schema = `
@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS deadletter (
 	lock_token       TEXT
 );
 CREATE INDEX IF NOT EXISTS deadletter_message_id ON deadletter(message_id);
+CREATE TABLE IF NOT EXISTS probe (
+	id  INTEGER PRIMARY KEY,
+	pad BLOB
+);
 `
 
 // createSchema creates the tables and upgrades files written by earlier
@@ -89,8 +93,8 @@ func createSchema(ctx context.Context, c *conn) error {
 	if err := migrateV1(ctx, tx); err != nil {
 		return fmt.Errorf("upgrade from an earlier version: %w", err)
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('probe', 0)
-		ON CONFLICT(key) DO UPDATE SET value = excluded.value WHERE key = 'schema_version'`, schemaVersion)
+	_, err = tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('schema_version', ?)
+		ON CONFLICT(key) DO UPDATE SET value = excluded.value`, schemaVersion)
 	return err
 }
 
