@@ -24,10 +24,7 @@ func moveToDeadLetter(ctx context.Context, c *conn, seq int64, reason, desc stri
 	if err := exec(sqlMoveToDLQ, reason, desc, now, seq); err != nil {
 		return err
 	}
-	if err := exec(sqlDelete, seq); err != nil {
-		return err
-	}
-	return exec(sqlDeleteState, seq)
+	return exec(sqlRemove, seq)
 }
 
 const deadLetterColumns = `seq, message_id, session_id, enqueued_at, data, delivery_count, reason, description, dead_lettered_at`

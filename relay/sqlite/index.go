@@ -20,11 +20,12 @@ import (
 // locked or delayed ones parked until their lock or delay ends, or until
 // another process signals a commit (outside), which may have settled them.
 //
-// The index also holds the duplicate window (seen): the MessageIDs of
-// messages already handed out, read from dedup_log, which every receiving
-// process appends to at a message's first delivery. Duplicates are dropped
-// when they reach the head of their session, so the send path never looks
-// anything up.
+// The index also holds the duplicate window: the first waiting message of
+// each MessageID (first, from the scan), and the IDs of messages that left
+// the queue (seen, read from dedup_log, which every process appends to when
+// a message is completed or dead-lettered). A duplicate is dropped when it
+// reaches the head of its session, so the send path never looks anything
+// up.
 //
 // All fields are guarded by the queue's writeMu.
 type index struct {
@@ -37,7 +38,8 @@ type index struct {
 	parked  parkedHeap          // sessions whose head is locked or delayed, by when that ends
 	held    map[int64]bool      // heads this process handed out and has not settled
 
-	seen map[string]seenID // duplicate window: MessageID → first delivery
+	first map[string]seenID // duplicate window: MessageID → its first waiting message
+	seen  map[string]int64  // duplicate window: MessageID that left → window end (unix ns)
 
 	outside, checked uint64 // commits signalled by other processes; the count last acted on
 	lastPrune        time.Time
@@ -63,7 +65,7 @@ const (
 
 type seenID struct {
 	seq     int64
-	expires int64 // unix ns
+	expires int64 // unix ns: enqueued time + window
 }
 
 func newIndex() *index {
@@ -71,7 +73,8 @@ func newIndex() *index {
 		keyed:   make(map[string]*session),
 		keyless: make(map[int64]*session),
 		held:    make(map[int64]bool),
-		seen:    make(map[string]seenID),
+		first:   make(map[string]seenID),
+		seen:    make(map[string]int64),
 	}
 }
 
@@ -83,39 +86,43 @@ func newIndex() *index {
 const refreshRows = 4096
 
 // refresh adds rows sent since the last refresh (up to refreshRows), and the
-// duplicate window's entries appended since.
-func (x *index) refresh(ctx context.Context, c *conn, dedup bool) error {
+// duplicate window's entries appended since. window is the duplicate window,
+// 0 when detection is off.
+func (x *index) refresh(ctx context.Context, c *conn, window int64) error {
 	rows, err := c.query(ctx, sqlScanQueue, x.lastSeq, refreshRows)
 	if err != nil {
 		return err
 	}
 	for rows.Next() {
-		var seq int64
-		var key string
-		if err := rows.Scan(&seq, &key); err != nil {
+		var seq, enq int64
+		var key, id string
+		if err := rows.Scan(&seq, &key, &id, &enq); err != nil {
 			rows.Close()
 			return err
 		}
 		x.add(seq, key)
+		if _, ok := x.first[id]; !ok && window > 0 {
+			x.first[id] = seenID{seq: seq, expires: enq + window}
+		}
 	}
 	if err := rows.Close(); err != nil {
 		return err
 	}
-	if !dedup {
+	if window <= 0 {
 		return nil
 	}
-	rows, err = c.query(ctx, `SELECT id, message_id, seq, expires_at FROM dedup_log WHERE id > ? ORDER BY id`, x.lastLog)
+	rows, err = c.query(ctx, `SELECT id, message_id, expires_at FROM dedup_log WHERE id > ? ORDER BY id`, x.lastLog)
 	if err != nil {
 		return err
 	}
 	for rows.Next() {
 		var id string
-		var e seenID
-		if err := rows.Scan(&x.lastLog, &id, &e.seq, &e.expires); err != nil {
+		var expires int64
+		if err := rows.Scan(&x.lastLog, &id, &expires); err != nil {
 			rows.Close()
 			return err
 		}
-		x.seen[id] = e
+		x.seen[id] = max(x.seen[id], expires)
 	}
 	return rows.Close()
 }
@@ -233,18 +240,33 @@ func (x *index) due() time.Time {
 	return time.Unix(0, x.parked[0].until)
 }
 
-// duplicate reports whether the message id, first delivered now as seq and
-// enqueued at enq, repeats one seen within the window.
+// duplicate reports whether message seq, enqueued at enq with MessageID id,
+// repeats one sent within the window before it: one still waiting, or one
+// that already left the queue.
 func (x *index) duplicate(id string, seq, enq int64) bool {
-	e, ok := x.seen[id]
-	return ok && e.seq != seq && enq < e.expires
+	if f, ok := x.first[id]; ok && f.seq < seq && enq < f.expires {
+		return true
+	}
+	return enq < x.seen[id]
+}
+
+// forgetFirst drops message seq from the waiting IDs once it left.
+func (x *index) forgetFirst(id string, seq int64) {
+	if f, ok := x.first[id]; ok && f.seq == seq {
+		delete(x.first, id)
+	}
 }
 
 // prune forgets window entries that no pending message can still repeat.
 func (x *index) prune(cutoff int64) {
-	for id, e := range x.seen {
-		if e.expires <= cutoff {
+	for id, expires := range x.seen {
+		if expires <= cutoff {
 			delete(x.seen, id)
+		}
+	}
+	for id, f := range x.first {
+		if f.expires <= cutoff {
+			delete(x.first, id)
 		}
 	}
 }

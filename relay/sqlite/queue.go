@@ -52,7 +52,7 @@ type Queue struct {
 	wal     *walSyncer
 	idx     *index // under writeMu
 
-	settlements combiner
+	ops combiner // claims, settlements and renewals, in shared transactions
 
 	wake *notifier
 	// signal is written after every commit that may let a receiver make
@@ -94,7 +94,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 		idx: newIndex(), wake: newNotifier(), receiving: make(chan struct{}), closing: make(chan struct{}),
 		walFull: make(chan struct{}, 1),
 	}
-	q.settlements.q = q
+	q.ops.q = q
 	if err := q.open(ctx); err != nil {
 		q.closeFiles()
 		return nil, fmt.Errorf("open sqlite queue %s: %w", path, err)

@@ -3,11 +3,12 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -23,10 +24,13 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	}
 	q.receivingOnce.Do(func() { close(q.receiving) })
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		woken := q.wake.wait()
-		msgs, due, err := q.claim(ctx, n)
-		if err != nil || len(msgs) > 0 {
-			return msgs, err
+		op := &op{kind: opClaim, n: n}
+		if err := q.ops.do(ctx, op); err != nil || len(op.out) > 0 {
+			return op.out, err
 		}
 		// Nothing ready: sleep until another send or settlement, the next
 		// lock expiry or delay, or a safety poll for missed wake-ups.
@@ -35,8 +39,8 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 		if !watching {
 			wait = 50 * time.Millisecond
 		}
-		if !due.IsZero() {
-			if d := time.Until(due); d < wait {
+		if !op.due.IsZero() {
+			if d := time.Until(op.due); d < wait {
 				wait = max(d, time.Millisecond)
 			}
 		}
@@ -58,130 +62,66 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	}
 }
 
-// claimed is what a claim did besides handing out messages, for the log
-// after its commit.
-type claimed struct {
-	out          []*relay.Received
-	deadLettered []string // MessageIDs moved to the dead-letter queue
-	duplicates   int
-	// mutated says the index was changed in ways only the commit makes
-	// true (a message removed, locked or recorded in the window).
-	mutated bool
-}
-
-// claim locks up to n deliverable messages: the head of each session, in
-// order of their sequence numbers. With none deliverable it returns when
-// the earliest parked session may be due (zero if none).
-func (q *Queue) claim(ctx context.Context, n int) ([]*relay.Received, time.Time, error) {
-	var c claimed
-	var due time.Time
-	q.writeMu.Lock()
-	if q.isClosed() {
-		q.writeMu.Unlock()
-		return nil, time.Time{}, relay.ErrClosed
-	}
-	_, err := q.lockedTx(ctx, q.settle, func() error {
-		c = claimed{}
-		return q.claimTx(ctx, n, &c)
-	})
-	if err != nil && c.mutated {
-		// The view holds changes the rollback undid: rebuild it.
-		q.idx = newIndex()
-	} else if err == nil {
-		due = q.idx.due()
-	}
-	q.writeMu.Unlock()
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	if len(c.deadLettered) > 0 {
-		q.metrics.deadLetter(relay.ReasonMaxDelivery, len(c.deadLettered))
-		for _, id := range c.deadLettered {
-			q.log.Warn("sqlite queue: message dead-lettered: its lock expired on its last delivery",
-				"message_id", id, "reason", relay.ReasonMaxDelivery, "max_delivery", q.cfg.MaxDeliveryCount)
-		}
-	}
-	if c.duplicates > 0 {
-		q.metrics.duplicate(c.duplicates)
-	}
-	if len(c.deadLettered) > 0 || c.duplicates > 0 {
-		q.notify()
-	}
-	return c.out, due, nil
-}
-
 // pruneEvery is how often receivers forget duplicate-window entries that
 // can no longer match.
 const pruneEvery = 10 * time.Second
 
-func (q *Queue) claimTx(ctx context.Context, n int, c *claimed) error {
-	db := q.settle
-	x := q.idx
-	dedup := q.cfg.DuplicateWindow > 0
-	if err := x.refresh(ctx, db, dedup); err != nil {
-		return unavailable("receive", err)
+// claim hands out up to op.n deliverable messages: the head of each session,
+// in order of their sequence numbers. With none deliverable it sets op.due
+// to when the earliest parked session may be due (zero if none). It runs in
+// the shared transaction; b collects what to report after the commit.
+func (q *Queue) claim(ctx context.Context, op *op, now time.Time, b *batch) error {
+	x, db := q.idx, q.settle
+	window := int64(0)
+	if q.cfg.DuplicateWindow > 0 {
+		window = q.cfg.DuplicateWindow.Nanoseconds()
 	}
-	now := time.Now()
+	if !b.refreshed {
+		b.refreshed = true
+		if err := x.refresh(ctx, db, window); err != nil {
+			return unavailable("receive", err)
+		}
+		if window > 0 && now.Sub(x.lastPrune) > pruneEvery {
+			x.lastPrune = now
+			x.prune(q.windowCutoff(ctx, db, now.UnixNano()))
+		}
+	}
 	nowNS := now.UnixNano()
-	if dedup && now.Sub(x.lastPrune) > pruneEvery {
-		x.lastPrune = now
-		x.prune(q.windowCutoff(ctx, db, nowNS))
-	}
 	x.outside = q.outside.Load()
 	x.wake(nowNS)
 	lockedUntil := now.Add(q.cfg.LockDuration)
-	for len(c.out) < n {
+	for len(op.out) < op.n {
 		s := x.next()
 		if s == nil {
 			break
 		}
 		for len(s.seqs) > 0 {
 			seq := s.seqs[0]
+			token := newLockToken()
 			var h head
-			err := db.row(ctx, sqlHead, []any{seq}, &h.id, &h.session, &h.enq, &h.data, &h.deliveries, &h.lockedUntil, &h.visibleAt)
+			err := db.row(ctx, sqlClaim, []any{lockedUntil.UnixNano(), token, seq, nowNS, q.cfg.MaxDeliveryCount},
+				&h.id, &h.session, &h.enq, &h.data, &h.deliveries)
 			if errors.Is(err, sql.ErrNoRows) {
-				x.pop(s) // settled or dead-lettered by another process
+				parked, err := q.unclaimable(ctx, x, s, seq, nowNS, b)
+				if err != nil {
+					return err
+				}
+				if parked {
+					break
+				}
 				continue
 			}
 			if err != nil {
 				return unavailable("receive", err)
 			}
-			if h.lockedUntil > nowNS {
-				x.park(s, h.lockedUntil, !x.held[seq])
-				break
-			}
-			if h.visibleAt > nowNS {
-				x.park(s, h.visibleAt, false)
-				break
-			}
-			if h.deliveries >= q.cfg.MaxDeliveryCount {
-				// The last delivery's lock expired unsettled.
-				desc := fmt.Sprintf("the message was delivered %d times without being completed; its last lock expired (max_delivery=%d)", h.deliveries, q.cfg.MaxDeliveryCount)
-				if err := moveToDeadLetter(ctx, db, seq, relay.ReasonMaxDelivery, desc, nowNS); err != nil {
-					return err
+			b.mutated = true
+			if h.deliveries == 1 && window > 0 && x.duplicate(h.id, seq, h.enq) {
+				if _, err := db.exec(ctx, sqlRemove, seq); err != nil {
+					return unavailable("remove duplicate", err)
 				}
-				c.deadLettered = append(c.deadLettered, h.id)
-				c.mutated = true
+				b.duplicates++
 				x.pop(s)
 				continue
-			}
-			first := h.deliveries <= 0
-			if first && dedup {
-				if x.duplicate(h.id, seq, h.enq) {
-					if err := remove(ctx, db, seq); err != nil {
-						return err
-					}
-					c.duplicates++
-					c.mutated = true
-					x.pop(s)
-					continue
-				}
-				expires := h.enq + q.cfg.DuplicateWindow.Nanoseconds()
-				if _, err := db.exec(ctx, sqlDedupAppend, h.id, seq, expires); err != nil {
-					return unavailable("receive", err)
-				}
-				x.seen[h.id] = seenID{seq: seq, expires: expires}
-				c.mutated = true
 			}
 			r, err := h.received(seq)
 			if err != nil {
@@ -189,36 +129,89 @@ func (q *Queue) claimTx(ctx context.Context, n int, c *claimed) error {
 				if err := moveToDeadLetter(ctx, db, seq, "InvalidMessage", err.Error(), nowNS); err != nil {
 					return err
 				}
-				q.log.Error("sqlite queue: stored message is unreadable; dead-lettered", "message_id", h.id, "sequence_number", seq, "error", err)
-				c.mutated = true
+				b.invalid = append(b.invalid, h.id)
 				x.pop(s)
 				continue
 			}
-			r.DeliveryCount = max(h.deliveries, 0) + 1
+			r.DeliveryCount = h.deliveries
 			r.MaxDeliveryCount = q.cfg.MaxDeliveryCount
 			r.LockedUntil = lockedUntil
-			r.LockToken = uuid.NewString()
-			if _, err := db.exec(ctx, sqlLock, seq, r.DeliveryCount, lockedUntil.UnixNano(), r.LockToken); err != nil {
-				return unavailable("lock", err)
-			}
+			r.LockToken = token
 			x.held[seq] = true
-			c.mutated = true
 			x.park(s, lockedUntil.UnixNano(), false)
-			c.out = append(c.out, r)
+			op.out = append(op.out, r)
 			break
 		}
 		x.done(s)
 	}
+	op.due = x.due()
 	return nil
 }
 
-// head is a session's first message as the database has it.
+// unclaimable handles a session head that could not be claimed: gone (the
+// session moves on), locked or delayed (the session is parked: parked is
+// true), or past the maximum delivery count, its last lock having expired
+// (dead-lettered; the session moves on).
+func (q *Queue) unclaimable(ctx context.Context, x *index, s *session, seq, now int64, b *batch) (parked bool, err error) {
+	var lockedUntil, visibleAt, enq int64
+	var deliveries int
+	var id string
+	err = q.settle.row(ctx, sqlState, []any{seq}, &lockedUntil, &visibleAt, &deliveries, &id, &enq)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		x.pop(s) // settled or dead-lettered by another process
+		return false, nil
+	case err != nil:
+		return false, unavailable("receive", err)
+	case lockedUntil > now:
+		x.park(s, lockedUntil, !x.held[seq])
+		return true, nil
+	case visibleAt > now:
+		x.park(s, visibleAt, false)
+		return true, nil
+	}
+	b.mutated = true
+	desc := fmt.Sprintf("the message was delivered %d times without being completed; its last lock expired (max_delivery=%d)", deliveries, q.cfg.MaxDeliveryCount)
+	if err := q.leave(ctx, seq, id, enq); err != nil {
+		return false, err
+	}
+	if err := moveToDeadLetter(ctx, q.settle, seq, relay.ReasonMaxDelivery, desc, now); err != nil {
+		return false, err
+	}
+	b.expired = append(b.expired, id)
+	x.pop(s)
+	return false, nil
+}
+
+// leave records in the duplicate window that message seq is leaving the
+// queue (completed or dead-lettered).
+func (q *Queue) leave(ctx context.Context, seq int64, id string, enq int64) error {
+	if q.cfg.DuplicateWindow <= 0 {
+		return nil
+	}
+	expires := enq + q.cfg.DuplicateWindow.Nanoseconds()
+	if _, err := q.settle.exec(ctx, sqlDedupAppend, id, expires); err != nil {
+		return unavailable("record duplicate window", err)
+	}
+	q.idx.forgetFirst(id, seq)
+	q.idx.seen[id] = max(q.idx.seen[id], expires)
+	return nil
+}
+
+// newLockToken returns a token unique enough to tell one delivery of a
+// message from the next.
+func newLockToken() string {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], rand.Uint64())
+	return hex.EncodeToString(b[:])
+}
+
+// head is a session's first message as the claim read it.
 type head struct {
-	id, session            string
-	enq                    int64
-	data                   []byte
-	deliveries             int
-	lockedUntil, visibleAt int64
+	id, session string
+	enq         int64
+	data        []byte
+	deliveries  int
 }
 
 func (h *head) received(seq int64) (*relay.Received, error) {
@@ -245,15 +238,4 @@ func (q *Queue) windowCutoff(ctx context.Context, c *conn, now int64) int64 {
 		return now
 	}
 	return min(now, oldest)
-}
-
-// remove deletes a message and its delivery state.
-func remove(ctx context.Context, c *conn, seq int64) error {
-	if _, err := c.exec(ctx, sqlDelete, seq); err != nil {
-		return unavailable("remove", err)
-	}
-	if _, err := c.exec(ctx, sqlDeleteState, seq); err != nil {
-		return unavailable("remove", err)
-	}
-	return nil
 }

@@ -15,13 +15,14 @@ import (
 // session's next message is kept in memory by each receiving process (see
 // index.go), rebuilt from the table by a sequential scan.
 //
-//   - queue: the messages, immutable once sent. seq is AUTOINCREMENT so a
-//     sequence number is never reused, even after the newest messages were
-//     removed: receivers scan for seq > the last they saw.
-//   - queue_state: delivery state (lock, delivery count, abandon delay),
-//     created at a message's first delivery.
-//   - dedup_log: the MessageIDs handed out, appended at first delivery, so
-//     every receiving process knows which IDs the duplicate window has seen.
+//   - queue: the messages, with their delivery state (delivery count, lock,
+//     abandon delay) in the same row, so handing a message out and settling
+//     it each rewrite one row. seq is AUTOINCREMENT so a sequence number is
+//     never reused, even after the newest messages were removed: receivers
+//     scan for seq > the last they saw.
+//   - dedup_log: the MessageIDs of messages that left the queue (completed or
+//     dead-lettered), appended as they leave, so every receiving process
+//     knows what the duplicate window has seen.
 //   - deadletter: the dead-letter queue.
 //   - meta: the schema version; probe: the readiness write probe.
 const schemaVersion = 2
@@ -32,23 +33,19 @@ CREATE TABLE IF NOT EXISTS meta (
 	value INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS queue (
-	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-	message_id  TEXT    NOT NULL,
-	session_id  TEXT    NOT NULL,
-	enqueued_at INTEGER NOT NULL,
-	data        BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS queue_state (
-	seq            INTEGER PRIMARY KEY,
-	delivery_count INTEGER NOT NULL,
-	locked_until   INTEGER NOT NULL,
+	seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+	message_id     TEXT    NOT NULL,
+	session_id     TEXT    NOT NULL,
+	enqueued_at    INTEGER NOT NULL,
+	data           BLOB    NOT NULL,
+	delivery_count INTEGER NOT NULL DEFAULT 0,
+	locked_until   INTEGER NOT NULL DEFAULT 0,
 	lock_token     TEXT,
-	visible_at     INTEGER NOT NULL
+	visible_at     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dedup_log (
 	id         INTEGER PRIMARY KEY,
 	message_id TEXT    NOT NULL,
-	seq        INTEGER NOT NULL,
 	expires_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deadletter (
@@ -139,17 +136,11 @@ func migrateV1(ctx context.Context, tx *sql.Conn) error {
 		return err
 	}
 	for _, m := range msgs {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO queue (seq, message_id, session_id, enqueued_at, data) VALUES (?, ?, ?, ?, ?)`,
-			m.seq, m.id, m.session, m.enq, m.data); err != nil {
+		// Locks held by the old version's processes are released: none of
+		// them can still be running against a migrated file.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO queue (seq, message_id, session_id, enqueued_at, data, delivery_count, visible_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, m.seq, m.id, m.session, m.enq, m.data, m.count, m.visible); err != nil {
 			return err
-		}
-		if m.count > 0 || m.visible > m.enq {
-			// Locks held by the old version's processes are released: none
-			// of them can still be running against a migrated file.
-			if _, err := tx.ExecContext(ctx, `INSERT INTO queue_state (seq, delivery_count, locked_until, lock_token, visible_at) VALUES (?, ?, 0, NULL, ?)`,
-				m.seq, m.count, m.visible); err != nil {
-				return err
-			}
 		}
 	}
 	rows, err = tx.QueryContext(ctx, `SELECT seq, message_id, session_id, subject, content_type, properties, body,
@@ -187,8 +178,11 @@ func migrateV1(ctx context.Context, tx *sql.Conn) error {
 			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO dedup_log (message_id, seq, expires_at)
-		SELECT message_id, 0, expires_at FROM dedup WHERE expires_at > ? ORDER BY expires_at`, now); err != nil {
+	// The old window recorded every ID sent; those still waiting are in the
+	// queue now, and are found there (see index).
+	if _, err := tx.ExecContext(ctx, `INSERT INTO dedup_log (message_id, expires_at)
+		SELECT message_id, expires_at FROM dedup WHERE expires_at > ? AND message_id NOT IN (SELECT message_id FROM messages)
+		ORDER BY expires_at`, now); err != nil {
 		return err
 	}
 	// Keep the sequence going where the old tables left it: a sequence

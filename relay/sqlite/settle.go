@@ -13,29 +13,29 @@ import (
 
 // Complete removes a delivered message from the queue.
 func (q *Queue) Complete(ctx context.Context, m *relay.Received) error {
-	return q.settlements.do(ctx, &settleOp{m: m, kind: opComplete})
+	return q.ops.do(ctx, &op{kind: opComplete, m: m})
 }
 
 // Abandon releases the lock so the message is delivered again, after delay
 // if delay > 0; its session stays blocked until then. A message that has
 // reached the maximum delivery count is dead-lettered instead.
 func (q *Queue) Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error {
-	return q.settlements.do(ctx, &settleOp{m: m, kind: opAbandon, delay: max(delay, 0)})
+	return q.ops.do(ctx, &op{kind: opAbandon, m: m, delay: max(delay, 0)})
 }
 
 // DeadLetter moves a delivered message to the dead-letter queue with a reason
 // and description.
 func (q *Queue) DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error {
-	return q.settlements.do(ctx, &settleOp{m: m, kind: opDeadLetter, reason: reason, description: description})
+	return q.ops.do(ctx, &op{kind: opDeadLetter, m: m, reason: reason, description: description})
 }
 
 // RenewLock extends m's lock by the lock duration and updates m.LockedUntil.
 func (q *Queue) RenewLock(ctx context.Context, m *relay.Received) error {
-	op := &settleOp{m: m, kind: opRenew, until: time.Now().Add(q.cfg.LockDuration)}
-	if err := q.settlements.do(ctx, op); err != nil {
+	o := &op{kind: opRenew, m: m, until: time.Now().Add(q.cfg.LockDuration)}
+	if err := q.ops.do(ctx, o); err != nil {
 		return err
 	}
-	m.LockedUntil = op.until
+	m.LockedUntil = o.until
 	return nil
 }
 
@@ -46,163 +46,257 @@ const (
 	opAbandon
 	opDeadLetter
 	opRenew
+	opClaim
 )
 
-var opNames = [...]string{"complete", "abandon", "dead-letter", "renew lock of"}
+var opNames = [...]string{"complete", "abandon", "dead-letter", "renew lock of", "receive"}
 
-// settleOp is one settlement or renewal.
-type settleOp struct {
-	m           *relay.Received
+// op is one settlement, renewal or claim.
+type op struct {
 	kind        opKind
+	m           *relay.Received
 	delay       time.Duration
 	reason      string
 	description string
 	until       time.Time
+	n           int // claim: at most this many
 
 	err          error
-	deadLettered bool // abandoned past the maximum delivery count
+	out          []*relay.Received // claim: what it handed out
+	due          time.Time         // claim: when to look again if out is empty
+	deadLettered bool              // abandoned past the maximum delivery count
 	done         chan struct{}
 }
 
-// combiner runs concurrent settlements in shared transactions: the first
-// caller to find none running becomes the leader and commits everything
-// queued meanwhile in one transaction, again until the queue is empty; the
-// others wait for its result. A worker settling many messages at once pays
-// for one transaction, not one each. Settlements are committed without an
-// fsync: losing the latest to a power cut only causes a redelivery.
+// batch is what one shared transaction did besides each op's own result.
+type batch struct {
+	refreshed bool
+	// mutated says the index was changed in ways only the commit makes
+	// true (a message removed, locked or recorded in the window): a
+	// rollback must rebuild it.
+	mutated    bool
+	released   bool     // a session's next message may be due
+	expired    []string // MessageIDs dead-lettered when their last lock expired
+	invalid    []string // MessageIDs dead-lettered as unreadable
+	duplicates int
+}
+
+// combiner runs concurrent claims, settlements and renewals in shared
+// transactions: the first caller to find none running becomes the leader
+// and commits everything queued meanwhile in one transaction (settlements
+// first, so a claim in the same transaction finds the sessions they freed),
+// again until nothing is queued; the others wait for its result. A worker
+// receiving and settling many messages at once pays for few transactions,
+// not one each. None of these commits waits for an fsync: losing the latest
+// of them to a power cut only causes a redelivery.
+//
+// A caller whose context has ended is refused; once its op is queued it
+// waits for the result even if its context ends meanwhile: the transaction
+// runs with its own deadline, and a claim answered after its caller left
+// would hold its messages locked for nothing.
 type combiner struct {
 	q       *Queue
 	mu      sync.Mutex
-	pending []*settleOp
+	pending []*op
 	running bool
 }
 
-// settleTimeout bounds one shared settlement transaction, whatever the
-// callers' contexts: it commits for all of them.
-const settleTimeout = 30 * time.Second
+// opTimeout bounds one shared transaction, whatever the callers' contexts:
+// it commits for all of them.
+const opTimeout = 30 * time.Second
 
-func (c *combiner) do(ctx context.Context, op *settleOp) error {
+func (c *combiner) do(ctx context.Context, o *op) error {
 	if c.q.isClosed() {
 		return relay.ErrClosed
 	}
-	op.done = make(chan struct{})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	o.done = make(chan struct{})
 	c.mu.Lock()
-	c.pending = append(c.pending, op)
+	c.pending = append(c.pending, o)
 	if c.running {
 		c.mu.Unlock()
-		select {
-		case <-op.done:
-			return op.err
-		case <-ctx.Done():
-			return fmt.Errorf("%s message %d: %w (it may still be settled)", opNames[op.kind], op.m.SequenceNumber, ctx.Err())
-		}
+		<-o.done
+		return o.err
 	}
 	c.running = true
 	c.mu.Unlock()
 	for {
 		c.mu.Lock()
-		batch := c.pending
+		ops := c.pending
 		c.pending = nil
-		if len(batch) == 0 {
+		if len(ops) == 0 {
 			c.running = false
 			c.mu.Unlock()
 			break
 		}
 		c.mu.Unlock()
-		c.q.settleBatch(batch)
+		c.q.apply(ops)
 	}
-	return op.err
+	return o.err
 }
 
-// settleBatch applies ops in one transaction and reports each one's result.
-func (q *Queue) settleBatch(ops []*settleOp) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+// apply runs ops in one transaction and reports each one's result.
+func (q *Queue) apply(ops []*op) {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	released := false
+	var b batch
 	q.writeMu.Lock()
 	var err error
 	if q.isClosed() {
 		err = relay.ErrClosed
 	} else {
 		_, err = q.lockedTx(ctx, q.settle, func() error {
-			now := time.Now().UnixNano()
-			for _, op := range ops {
-				op.err, op.deadLettered = nil, false
-				if err := q.settleOne(ctx, op, now); err != nil {
+			b = batch{}
+			now := time.Now()
+			for _, o := range ops {
+				o.err, o.deadLettered, o.out = nil, false, o.out[:0]
+				if o.kind == opClaim {
+					continue
+				}
+				if err := q.settleOne(ctx, o, now.UnixNano(), &b); err != nil {
 					return err
+				}
+			}
+			for _, o := range ops {
+				if o.kind == opClaim {
+					if err := q.claim(ctx, o, now, &b); err != nil {
+						return err
+					}
 				}
 			}
 			return nil
 		})
-	}
-	if err == nil {
-		for _, op := range ops {
-			if op.err == nil && op.kind != opRenew {
-				q.idx.settled(op.m.SessionID, op.m.SequenceNumber, op.kind != opAbandon || op.deadLettered)
-				released = true
-			}
+		if err != nil && b.mutated {
+			// The view holds changes the rollback undid: rebuild it.
+			q.idx = newIndex()
 		}
 	}
 	q.writeMu.Unlock()
-	if released {
+	if err == nil && (b.released || b.duplicates > 0 || len(b.expired) > 0 || len(b.invalid) > 0) {
 		q.notify()
 	}
-	for _, op := range ops {
+	q.report(&b)
+	for _, o := range ops {
 		if err != nil {
-			op.err = fmt.Errorf("%s message %d: %w", opNames[op.kind], op.m.SequenceNumber, err)
+			o.out = nil
+			if o.kind == opClaim {
+				o.err = err
+			} else {
+				o.err = fmt.Errorf("%s message %d: %w", opNames[o.kind], o.m.SequenceNumber, err)
+			}
 		}
-		if op.deadLettered {
+		if o.deadLettered && err == nil {
 			q.metrics.deadLetter(relay.ReasonMaxDelivery, 1)
 			q.log.Warn("sqlite queue: message dead-lettered: abandoned on its last delivery",
-				"message_id", op.m.ID, "sequence_number", op.m.SequenceNumber, "reason", relay.ReasonMaxDelivery,
-				"delivery_count", op.m.DeliveryCount, "max_delivery", q.cfg.MaxDeliveryCount)
+				"message_id", o.m.ID, "sequence_number", o.m.SequenceNumber, "reason", relay.ReasonMaxDelivery,
+				"delivery_count", o.m.DeliveryCount, "max_delivery", q.cfg.MaxDeliveryCount)
 		}
-		close(op.done)
+		close(o.done)
 	}
 }
 
-// settleOne applies one op if m still holds its lock; otherwise it sets
-// op.err to relay.ErrLockLost and writes nothing. A database error aborts
-// the whole transaction.
-func (q *Queue) settleOne(ctx context.Context, op *settleOp, now int64) error {
-	m, db := op.m, q.settle
-	if op.kind == opRenew {
-		res, err := db.exec(ctx, sqlRenew, op.until.UnixNano(), m.SequenceNumber, m.LockToken, now)
-		if err != nil {
-			return unavailable("renew lock", err)
+// report logs and counts what the queue did on its own in a committed
+// transaction.
+func (q *Queue) report(b *batch) {
+	if len(b.expired) > 0 {
+		q.metrics.deadLetter(relay.ReasonMaxDelivery, len(b.expired))
+		for _, id := range b.expired {
+			q.log.Warn("sqlite queue: message dead-lettered: its lock expired on its last delivery",
+				"message_id", id, "reason", relay.ReasonMaxDelivery, "max_delivery", q.cfg.MaxDeliveryCount)
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			op.err = lockLost(op)
-		}
-		return nil
 	}
-	var deliveries int
-	err := db.row(ctx, sqlHeld, []any{m.SequenceNumber, m.LockToken, now}, &deliveries)
-	if errors.Is(err, sql.ErrNoRows) {
-		op.err = lockLost(op)
+	if len(b.invalid) > 0 {
+		q.metrics.deadLetter("InvalidMessage", len(b.invalid))
+		for _, id := range b.invalid {
+			q.log.Error("sqlite queue: stored message is unreadable; dead-lettered", "message_id", id, "reason", "InvalidMessage")
+		}
+	}
+	q.metrics.duplicate(b.duplicates)
+}
+
+// settleOne applies one settlement or renewal if m still holds its lock;
+// otherwise it sets o.err to relay.ErrLockLost and writes nothing. A
+// database error aborts the whole transaction.
+func (q *Queue) settleOne(ctx context.Context, o *op, now int64, b *batch) error {
+	m, db := o.m, q.settle
+	var res sql.Result
+	var err error
+	switch o.kind {
+	case opRenew:
+		res, err = db.exec(ctx, sqlRenew, o.until.UnixNano(), m.SequenceNumber, m.LockToken, now)
+	case opComplete:
+		res, err = db.exec(ctx, sqlComplete, m.SequenceNumber, m.LockToken, now)
+	case opAbandon:
+		res, err = db.exec(ctx, sqlRelease, now+o.delay.Nanoseconds(), m.SequenceNumber, m.LockToken, now, q.cfg.MaxDeliveryCount)
+	case opDeadLetter:
+		var deliveries int
+		err = db.row(ctx, sqlHeld, []any{m.SequenceNumber, m.LockToken, now}, &deliveries)
+		if errors.Is(err, sql.ErrNoRows) {
+			o.err = lockLost(o)
+			return nil
+		}
+		if err != nil {
+			return unavailable("dead-letter", err)
+		}
+		if err := q.leave(ctx, m.SequenceNumber, m.ID, m.EnqueuedTime.UnixNano()); err != nil {
+			return err
+		}
+		if err := moveToDeadLetter(ctx, db, m.SequenceNumber, o.reason, o.description, now); err != nil {
+			return err
+		}
+		q.settled(o, b, true)
 		return nil
 	}
 	if err != nil {
-		return unavailable(opNames[op.kind], err)
+		return unavailable(opNames[o.kind], err)
 	}
-	switch op.kind {
-	case opComplete:
-		return remove(ctx, db, m.SequenceNumber)
-	case opDeadLetter:
-		return moveToDeadLetter(ctx, db, m.SequenceNumber, op.reason, op.description, now)
-	default: // opAbandon
-		if deliveries >= q.cfg.MaxDeliveryCount {
-			op.deadLettered = true
-			desc := fmt.Sprintf("the message was delivered %d times without being completed (max_delivery=%d)", deliveries, q.cfg.MaxDeliveryCount)
-			return moveToDeadLetter(ctx, db, m.SequenceNumber, relay.ReasonMaxDelivery, desc, now)
-		}
-		if _, err := db.exec(ctx, sqlAbandon, now+op.delay.Nanoseconds(), m.SequenceNumber); err != nil {
-			return unavailable("abandon", err)
+	if n, _ := res.RowsAffected(); n == 1 {
+		switch o.kind {
+		case opComplete:
+			if err := q.leave(ctx, m.SequenceNumber, m.ID, m.EnqueuedTime.UnixNano()); err != nil {
+				return err
+			}
+			q.settled(o, b, true)
+		case opAbandon:
+			q.settled(o, b, false)
 		}
 		return nil
 	}
+	if o.kind != opAbandon {
+		o.err = lockLost(o)
+		return nil
+	}
+	// Not released: the lock is gone, or this was the last delivery.
+	var deliveries int
+	err = db.row(ctx, sqlHeld, []any{m.SequenceNumber, m.LockToken, now}, &deliveries)
+	if errors.Is(err, sql.ErrNoRows) {
+		o.err = lockLost(o)
+		return nil
+	}
+	if err != nil {
+		return unavailable("abandon", err)
+	}
+	o.deadLettered = true
+	if err := q.leave(ctx, m.SequenceNumber, m.ID, m.EnqueuedTime.UnixNano()); err != nil {
+		return err
+	}
+	desc := fmt.Sprintf("the message was delivered %d times without being completed (max_delivery=%d)", deliveries, q.cfg.MaxDeliveryCount)
+	if err := moveToDeadLetter(ctx, db, m.SequenceNumber, relay.ReasonMaxDelivery, desc, now); err != nil {
+		return err
+	}
+	q.settled(o, b, true)
+	return nil
 }
 
-func lockLost(op *settleOp) error {
-	return fmt.Errorf("%s message %d: %w", opNames[op.kind], op.m.SequenceNumber, relay.ErrLockLost)
+// settled updates the view after o released m's session: removed says m
+// left the queue.
+func (q *Queue) settled(o *op, b *batch, removed bool) {
+	q.idx.settled(o.m.SessionID, o.m.SequenceNumber, removed)
+	b.mutated, b.released = true, true
+}
+
+func lockLost(o *op) error {
+	return fmt.Errorf("%s message %d: %w", opNames[o.kind], o.m.SequenceNumber, relay.ErrLockLost)
 }

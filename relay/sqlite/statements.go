@@ -6,24 +6,25 @@ import (
 )
 
 // Statements of the receive and settle path (prepared once per connection,
-// see conn).
+// see conn). A claim or settlement is one statement that checks and writes
+// together, its RowsAffected or RETURNING saying whether it applied.
 const (
-	sqlScanQueue = `SELECT seq, session_id FROM queue WHERE seq > ? ORDER BY seq LIMIT ?`
-	sqlHead      = `SELECT q.message_id, q.session_id, q.enqueued_at, q.data,
-		coalesce(s.delivery_count, -1), coalesce(s.locked_until, 0), coalesce(s.visible_at, 0)
-		FROM queue AS q LEFT JOIN queue_state AS s ON s.seq = q.seq WHERE q.seq = ?`
-	sqlLock = `INSERT INTO queue_state (seq, delivery_count, locked_until, lock_token, visible_at) VALUES (?, ?, ?, ?, 0)
-		ON CONFLICT(seq) DO UPDATE SET delivery_count = excluded.delivery_count,
-		locked_until = excluded.locked_until, lock_token = excluded.lock_token`
-	sqlDedupAppend = `INSERT INTO dedup_log (message_id, seq, expires_at) VALUES (?, ?, ?)`
-	sqlDelete      = `DELETE FROM queue WHERE seq = ?`
-	sqlDeleteState = `DELETE FROM queue_state WHERE seq = ?`
-	sqlHeld        = `SELECT s.delivery_count FROM queue_state AS s WHERE s.seq = ? AND s.lock_token = ? AND s.locked_until > ?`
-	sqlAbandon     = `UPDATE queue_state SET locked_until = 0, lock_token = NULL, visible_at = ? WHERE seq = ?`
-	sqlRenew       = `UPDATE queue_state SET locked_until = ? WHERE seq = ? AND lock_token = ? AND locked_until > ?`
+	sqlScanQueue = `SELECT seq, session_id, message_id, enqueued_at FROM queue WHERE seq > ? ORDER BY seq LIMIT ?`
+	// sqlClaim locks a deliverable message (unlocked, visible, under the
+	// maximum delivery count) and returns it.
+	sqlClaim = `UPDATE queue SET delivery_count = delivery_count + 1, locked_until = ?1, lock_token = ?2
+		WHERE seq = ?3 AND locked_until <= ?4 AND visible_at <= ?4 AND delivery_count < ?5
+		RETURNING message_id, session_id, enqueued_at, data, delivery_count`
+	// sqlState says why a message could not be claimed.
+	sqlState       = `SELECT locked_until, visible_at, delivery_count, message_id, enqueued_at FROM queue WHERE seq = ?`
+	sqlComplete    = `DELETE FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
+	sqlRemove      = `DELETE FROM queue WHERE seq = ?`
+	sqlRelease     = `UPDATE queue SET locked_until = 0, lock_token = NULL, visible_at = ? WHERE seq = ? AND lock_token = ? AND locked_until > ? AND delivery_count < ?`
+	sqlHeld        = `SELECT delivery_count FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
+	sqlRenew       = `UPDATE queue SET locked_until = ? WHERE seq = ? AND lock_token = ? AND locked_until > ?`
+	sqlDedupAppend = `INSERT INTO dedup_log (message_id, expires_at) VALUES (?, ?)`
 	sqlMoveToDLQ   = `INSERT INTO deadletter (seq, message_id, session_id, enqueued_at, data, delivery_count, reason, description, dead_lettered_at)
-		SELECT q.seq, q.message_id, q.session_id, q.enqueued_at, q.data, coalesce(s.delivery_count, 0), ?, ?, ?
-		FROM queue AS q LEFT JOIN queue_state AS s ON s.seq = q.seq WHERE q.seq = ?`
+		SELECT seq, message_id, session_id, enqueued_at, data, delivery_count, ?, ?, ? FROM queue WHERE seq = ?`
 )
 
 // Sends insert with multi-row statements, by row count: every power of two
