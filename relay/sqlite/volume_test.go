@@ -160,3 +160,32 @@ func TestSmallVolume(t *testing.T) {
 		t.Fatalf("send after space was freed: %v", err)
 	}
 }
+
+// TestImmutableFileExplained makes the write-ahead log immutable (chattr
+// +i) under a running queue: sends fail with a message that says what to
+// fix, readiness fails, and both recover once the attribute is removed.
+func TestImmutableFileExplained(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := sqlitetest.Open(t, sqlite.Config{Path: path})
+	sendAll(t, q, kilobyteMsg("before", "call-1"))
+	if out, err := exec.Command("chattr", "+i", path+"-wal").CombinedOutput(); err != nil {
+		t.Skipf("chattr +i needs root and a file system with attributes: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", path+"-wal").Run() })
+	err := q.SendBatch(ctxT(t, 10*time.Second), []relay.Message{kilobyteMsg("blocked", "call-1")})
+	t.Logf("send to an immutable file: %v", err)
+	if !errors.Is(err, relay.ErrUnavailable) || !strings.Contains(err.Error(), "chattr") {
+		t.Fatalf("send to an immutable file: %v, want ErrUnavailable saying to check attributes (chattr)", err)
+	}
+	if err := q.Ready(ctxT(t, 10*time.Second)); err == nil {
+		t.Fatal("Ready with an immutable log: nil")
+	}
+	if out, err := exec.Command("chattr", "-i", path+"-wal").CombinedOutput(); err != nil {
+		t.Fatalf("chattr -i: %v: %s", err, out)
+	}
+	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatalf("Ready after chattr -i: %v", err)
+	}
+	sendAll(t, q, kilobyteMsg("after", "call-1"))
+}
