@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -27,12 +31,23 @@ func benchMessage(i int64) relay.Message {
 
 func openBench(b *testing.B) *sqlite.Queue {
 	b.Helper()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "q.db")}, nil)
-	if err != nil {
-		b.Fatal(err)
+	return sqlitetest.Open(b, sqlite.Config{Path: filepath.Join(b.TempDir(), "q.db")})
+}
+
+// reportCPU reports the process's CPU time (user and system) per operation
+// once the returned function is called: with fsync in the path, wall time
+// mostly measures the disk.
+func reportCPU(b *testing.B, perOp int) func() {
+	start := cpuTime()
+	return func() {
+		b.ReportMetric(float64((cpuTime()-start).Nanoseconds())/1e3/float64(b.N*perOp), "cpu-µs/msg")
 	}
-	b.Cleanup(func() { q.Close() })
-	return q
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkSendBatch is one durable commit of n messages; events/s is the
@@ -44,6 +59,7 @@ func BenchmarkSendBatch(b *testing.B) {
 			var seq int64
 			batch := make([]relay.Message, n)
 			b.ResetTimer()
+			defer reportCPU(b, n)()
 			for range b.N {
 				for j := range batch {
 					seq++
@@ -70,6 +86,7 @@ func BenchmarkPublishParallel(b *testing.B) {
 	var seq atomic.Int64
 	b.SetParallelism(64)
 	b.ResetTimer()
+	defer reportCPU(b, 1)()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := batcher.Publish(context.Background(), []relay.Message{benchMessage(seq.Add(1))}); err != nil {
@@ -80,32 +97,52 @@ func BenchmarkPublishParallel(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }
 
-// BenchmarkReceiveComplete drains a pre-filled queue with a receiver taking
-// up to 32 messages at a time and completing each.
+// BenchmarkReceiveComplete drains a pre-filled queue of 64 sessions the way
+// a worker does: receivers take up to n messages at a time and complete
+// each; "workers=8,n=1" is eight concurrent receivers taking one message
+// per free slot, the worker's shape under load.
 func BenchmarkReceiveComplete(b *testing.B) {
-	q := openBench(b)
-	var batch []relay.Message
-	for i := range int64(b.N) {
-		batch = append(batch, benchMessage(i))
-		if len(batch) == 256 || i == int64(b.N)-1 {
-			if err := q.SendBatch(context.Background(), batch); err != nil {
-				b.Fatal(err)
+	for _, tc := range []struct{ workers, n int }{{1, 32}, {8, 1}} {
+		b.Run(fmt.Sprintf("workers=%d,n=%d", tc.workers, tc.n), func(b *testing.B) {
+			q := openBench(b)
+			var batch []relay.Message
+			for i := range int64(b.N) {
+				batch = append(batch, benchMessage(i))
+				if len(batch) == 256 || i == int64(b.N)-1 {
+					if err := q.SendBatch(context.Background(), batch); err != nil {
+						b.Fatal(err)
+					}
+					batch = batch[:0]
+				}
 			}
-			batch = batch[:0]
-		}
-	}
-	b.ResetTimer()
-	for done := 0; done < b.N; {
-		msgs, err := q.Receive(context.Background(), 32)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, m := range msgs {
-			if err := q.Complete(context.Background(), m); err != nil {
-				b.Fatal(err)
+			var done atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			stop := reportCPU(b, 1)
+			for range tc.workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for done.Load() < int64(b.N) {
+						ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+						msgs, err := q.Receive(ctx, tc.n)
+						cancel()
+						if err != nil {
+							continue
+						}
+						for _, m := range msgs {
+							if err := q.Complete(context.Background(), m); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+						done.Add(int64(len(msgs)))
+					}
+				}()
 			}
-		}
-		done += len(msgs)
+			wg.Wait()
+			stop()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
 	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }

@@ -27,6 +27,9 @@ type Config struct {
 	// BusyTimeout is how long a write waits for another process holding the
 	// database's write lock. Default 5s.
 	BusyTimeout time.Duration
+	// Metrics, if set, records the queue's own dead-lettering, dropped
+	// duplicates and checkpoints.
+	Metrics *Metrics
 }
 
 // Defaults.

@@ -12,24 +12,46 @@ import (
 	"github.com/hookbridge/hookbridge/relay"
 )
 
-const deadLetterColumns = `seq, message_id, session_id, subject, content_type, properties, body,
-	enqueued_at, delivery_count, reason, description, dead_lettered_at`
+// moveToDeadLetter moves message seq, with its delivery count, to the
+// dead-letter queue, in c's transaction.
+func moveToDeadLetter(ctx context.Context, c *conn, seq int64, reason, desc string, now int64) error {
+	exec := func(query string, args ...any) error {
+		if _, err := c.exec(ctx, query, args...); err != nil {
+			return unavailable("dead-letter", err)
+		}
+		return nil
+	}
+	if err := exec(sqlMoveToDLQ, reason, desc, now, seq); err != nil {
+		return err
+	}
+	return exec(sqlRemove, seq)
+}
+
+const deadLetterColumns = `seq, message_id, session_id, enqueued_at, data, delivery_count, reason, description, dead_lettered_at`
 
 func scanDeadLetter(row interface{ Scan(...any) error }) (relay.DeadLetter, error) {
 	var d relay.DeadLetter
-	var props []byte
+	var data []byte
 	var enq, dl int64
-	if err := row.Scan(&d.SequenceNumber, &d.ID, &d.SessionID, &d.Subject, &d.ContentType, &props, &d.Body,
-		&enq, &d.DeliveryCount, &d.Reason, &d.Description, &dl); err != nil {
+	if err := row.Scan(&d.SequenceNumber, &d.ID, &d.SessionID, &enq, &data, &d.DeliveryCount, &d.Reason, &d.Description, &dl); err != nil {
 		return relay.DeadLetter{}, err
 	}
 	var err error
-	if d.Properties, err = decodeProperties(props); err != nil {
+	if d.Subject, d.ContentType, d.Properties, d.Body, err = decodeData(data); err != nil {
 		return relay.DeadLetter{}, fmt.Errorf("dead-lettered message %d: %w", d.SequenceNumber, err)
 	}
 	d.EnqueuedTime = time.Unix(0, enq)
 	d.DeadLetteredTime = time.Unix(0, dl)
 	return d, nil
+}
+
+// readDeadLetter reads one dead-lettered message through c.
+func (q *Queue) readDeadLetter(ctx context.Context, c *conn, seq int64) (relay.DeadLetter, error) {
+	s, err := c.stmt(ctx, `SELECT `+deadLetterColumns+` FROM deadletter WHERE seq = ?`)
+	if err != nil {
+		return relay.DeadLetter{}, err
+	}
+	return scanDeadLetter(s.QueryRowContext(ctx, seq))
 }
 
 // ListDeadLetters returns up to limit dead-lettered messages with a sequence
@@ -41,7 +63,7 @@ func (q *Queue) ListDeadLetters(ctx context.Context, after int64, limit int) ([]
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := q.settle.QueryContext(ctx, `SELECT `+deadLetterColumns+` FROM deadletters WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	rows, err := q.read.query(ctx, `SELECT `+deadLetterColumns+` FROM deadletter WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, unavailable("list dead letters", err)
 	}
@@ -66,7 +88,7 @@ func (q *Queue) GetDeadLetter(ctx context.Context, seq int64) (relay.DeadLetter,
 	if q.isClosed() {
 		return relay.DeadLetter{}, relay.ErrClosed
 	}
-	d, err := scanDeadLetter(q.settle.QueryRowContext(ctx, `SELECT `+deadLetterColumns+` FROM deadletters WHERE seq = ?`, seq))
+	d, err := q.readDeadLetter(ctx, q.read, seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return relay.DeadLetter{}, fmt.Errorf("dead-lettered message %d: %w", seq, relay.ErrNotFound)
 	}
@@ -85,11 +107,12 @@ const deadLetterLockDuration = 5 * time.Minute
 // CompleteDeadLetter or ReleaseDeadLetter.
 func (q *Queue) TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.DeadLetterLock, error) {
 	var out []*relay.DeadLetterLock
-	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
+	_, err := q.writeTx(ctx, q.settle, func() error {
+		out = out[:0]
 		now := time.Now()
 		for _, seq := range seqs {
 			token := uuid.NewString()
-			res, err := tx.ExecContext(ctx, `UPDATE deadletters SET locked_until = ?, lock_token = ? WHERE seq = ? AND locked_until <= ?`,
+			res, err := q.settle.exec(ctx, `UPDATE deadletter SET locked_until = ?, lock_token = ? WHERE seq = ? AND locked_until <= ?`,
 				now.Add(deadLetterLockDuration).UnixNano(), token, seq, now.UnixNano())
 			if err != nil {
 				return unavailable("lock dead letter", err)
@@ -97,7 +120,7 @@ func (q *Queue) TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.Dea
 			if n, _ := res.RowsAffected(); n == 0 {
 				continue // gone, or taken by another replay
 			}
-			d, err := scanDeadLetter(tx.QueryRowContext(ctx, `SELECT `+deadLetterColumns+` FROM deadletters WHERE seq = ?`, seq))
+			d, err := q.readDeadLetter(ctx, q.settle, seq)
 			if err != nil {
 				return unavailable("read dead letter", err)
 			}
@@ -113,17 +136,17 @@ func (q *Queue) TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.Dea
 
 // CompleteDeadLetter removes a taken dead-lettered message.
 func (q *Queue) CompleteDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
-	return q.settleDeadLetter(ctx, l, `DELETE FROM deadletters WHERE seq = ? AND lock_token = ? AND locked_until > ?`)
+	return q.settleDeadLetter(ctx, l, `DELETE FROM deadletter WHERE seq = ? AND lock_token = ? AND locked_until > ?`)
 }
 
 // ReleaseDeadLetter gives a taken dead-lettered message back untouched.
 func (q *Queue) ReleaseDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
-	return q.settleDeadLetter(ctx, l, `UPDATE deadletters SET locked_until = 0, lock_token = NULL WHERE seq = ? AND lock_token = ? AND locked_until > ?`)
+	return q.settleDeadLetter(ctx, l, `UPDATE deadletter SET locked_until = 0, lock_token = NULL WHERE seq = ? AND lock_token = ? AND locked_until > ?`)
 }
 
 func (q *Queue) settleDeadLetter(ctx context.Context, l *relay.DeadLetterLock, stmt string) error {
-	_, err := q.writeTx(ctx, q.settle, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, stmt, l.SequenceNumber, l.LockToken, time.Now().UnixNano())
+	_, err := q.writeTx(ctx, q.settle, func() error {
+		res, err := q.settle.exec(ctx, stmt, l.SequenceNumber, l.LockToken, time.Now().UnixNano())
 		if err != nil {
 			return unavailable("settle dead letter", err)
 		}

@@ -1,11 +1,11 @@
 package sqlite
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
-	"time"
+	"syscall"
 )
 
 // walSyncer makes commits durable outside the write lock. Sends commit with
@@ -16,8 +16,15 @@ import (
 // run while the previous batch's fsync is in flight: group commit with a
 // pipelined flush. A send is acknowledged only after its fsync, exactly as
 // with synchronous=FULL.
+//
+// The syncer's own descriptor of the log also tells when the log was deleted
+// or replaced under the running processes (see gone): SQLite would go on
+// writing to the unlinked file, and everything committed there since the
+// last checkpoint would vanish with the process.
 type walSyncer struct {
-	f *os.File
+	f    *os.File
+	path string
+	ino  uint64
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -31,7 +38,12 @@ func newWALSyncer(path string) (*walSyncer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open write-ahead log %s: %w", path, err)
 	}
-	s := &walSyncer{f: f}
+	s := &walSyncer{f: f, path: path}
+	if fi, err := f.Stat(); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			s.ino = uint64(st.Ino)
+		}
+	}
 	s.cond = sync.NewCond(&s.mu)
 	return s, nil
 }
@@ -71,32 +83,41 @@ func (s *walSyncer) wait(gen uint64) error {
 	return nil
 }
 
-func (s *walSyncer) close() error { return s.f.Close() }
+// errWALGone says the write-ahead log was deleted or replaced while the
+// queue was open.
+var errWALGone = errors.New("the write-ahead log was deleted or replaced while the queue was open")
 
-// checkpointEvery is how often the background checkpointer copies the
-// write-ahead log into the database. Commits never checkpoint themselves
-// (wal_autocheckpoint is off), so no acknowledged send waits for one.
-const checkpointEvery = time.Second
-
-// checkpointLoop runs passive checkpoints until the queue closes. A passive
-// checkpoint never blocks writers or readers; once it has copied every frame,
-// the next writer restarts the log from its beginning, keeping it small.
-func (q *Queue) checkpointLoop() {
-	defer q.bg.Done()
-	t := time.NewTicker(checkpointEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-q.closing:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		var busy, logFrames, done int
-		err := q.ckpt.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &done)
-		cancel()
-		if err != nil {
-			q.log.Warn("sqlite queue: checkpoint failed; will retry", "error", err)
-		}
+// gone reports whether the log file the processes write to is no longer the
+// one at its path: unlinked (no links left: one fstat, cheap enough for
+// every commit), or, with byPath, the path now names another file.
+func (s *walSyncer) gone(byPath bool) error {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", errWALGone, s.path, err)
 	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
+		return fmt.Errorf("%w: %s has no links left", errWALGone, s.path)
+	}
+	if !byPath {
+		return nil
+	}
+	pi, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", errWALGone, s.path, err)
+	}
+	if st, ok := pi.Sys().(*syscall.Stat_t); ok && s.ino != 0 && uint64(st.Ino) != s.ino {
+		return fmt.Errorf("%w: %s is now another file", errWALGone, s.path)
+	}
+	return nil
 }
+
+// size is the log's current length.
+func (s *walSyncer) size() int64 {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+func (s *walSyncer) close() error { return s.f.Close() }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -14,15 +15,7 @@ import (
 
 func openTemp(t *testing.T, cfg sqlite.Config) *sqlite.Queue {
 	t.Helper()
-	if cfg.Path == "" {
-		cfg.Path = filepath.Join(t.TempDir(), "queue.db")
-	}
-	q, err := sqlite.Open(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() { q.Close() })
-	return q
+	return sqlitetest.Open(t, cfg)
 }
 
 func TestConformance(t *testing.T) {

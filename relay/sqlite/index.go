@@ -1,0 +1,319 @@
+package sqlite
+
+import (
+	"container/heap"
+	"context"
+	"time"
+)
+
+// index is a receiving process's view of the queue: for each session, the
+// sequence numbers of its messages in order, and which sessions are worth
+// asking the database about now. It replaces a secondary index on the queue
+// table, whose random inserts made every send write several scattered pages;
+// the table itself is append-only, so the view is kept current by a
+// sequential scan of the rows added since the last one (refresh).
+//
+// The view may be stale about what other processes did (a head they
+// completed or locked), never about what exists: every row sent is scanned,
+// and a receiver checks a session's head in the database, inside its write
+// transaction, before handing it out. Heads that turn out gone are dropped,
+// locked or delayed ones parked until their lock or delay ends, or until
+// another process signals a commit (outside), which may have settled them.
+//
+// The index also holds the duplicate window: the first waiting message of
+// each MessageID (first, from the scan), and the IDs of messages that left
+// the queue (seen, read from dedup_log, which every process appends to when
+// a message is completed or dead-lettered). A duplicate is dropped when it
+// reaches the head of its session, so the send path never looks anything
+// up.
+//
+// All fields are guarded by the queue's writeMu.
+type index struct {
+	lastSeq int64 // highest queue.seq scanned
+	lastLog int64 // highest dedup_log.id read
+
+	keyed   map[string]*session // sessions with a partition key
+	keyless map[int64]*session  // messages without one, each a session of its own
+	ready   readyHeap           // sessions whose head may be deliverable
+	parked  parkedHeap          // sessions whose head is locked or delayed, by when that ends
+	held    map[int64]bool      // heads this process handed out and has not settled
+
+	first map[string]seenID // duplicate window: MessageID → its first waiting message
+	seen  map[string]int64  // duplicate window: MessageID that left → window end (unix ns)
+
+	outside, checked uint64 // commits signalled by other processes; the count last acted on
+	lastPrune        time.Time
+}
+
+type session struct {
+	key  string
+	seqs []int64 // pending messages, ascending; seqs[0] is the head
+	// Where the session is: in ready (at heapIdx), in parked (at heapIdx,
+	// until unix ns; other says the lock is another process's), or neither
+	// (being worked on).
+	where   int
+	heapIdx int
+	until   int64
+	other   bool
+}
+
+const (
+	nowhere = iota
+	inReady
+	inParked
+)
+
+type seenID struct {
+	seq     int64
+	expires int64 // unix ns: enqueued time + window
+}
+
+func newIndex() *index {
+	return &index{
+		keyed:   make(map[string]*session),
+		keyless: make(map[int64]*session),
+		held:    make(map[int64]bool),
+		first:   make(map[string]seenID),
+		seen:    make(map[string]int64),
+	}
+}
+
+// refreshRows bounds the rows one refresh scans, so that a receiver
+// starting on a long backlog hands out its first messages at once. A
+// partial scan is safe: it covers every message up to some sequence number,
+// so each session it knows has its true head, and the sessions it does not
+// know yet only have later messages.
+const refreshRows = 4096
+
+// refresh adds rows sent since the last refresh (up to refreshRows), and the
+// duplicate window's entries appended since. window is the duplicate window,
+// 0 when detection is off.
+func (x *index) refresh(ctx context.Context, c *conn, window int64) error {
+	rows, err := c.query(ctx, sqlScanQueue, x.lastSeq, refreshRows)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var seq, enq int64
+		var key, id string
+		if err := rows.Scan(&seq, &key, &id, &enq); err != nil {
+			rows.Close()
+			return err
+		}
+		x.add(seq, key)
+		if _, ok := x.first[id]; !ok && window > 0 {
+			x.first[id] = seenID{seq: seq, expires: enq + window}
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	if window <= 0 {
+		return nil
+	}
+	rows, err = c.query(ctx, `SELECT id, message_id, expires_at FROM dedup_log WHERE id > ? ORDER BY id`, x.lastLog)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id string
+		var expires int64
+		if err := rows.Scan(&x.lastLog, &id, &expires); err != nil {
+			rows.Close()
+			return err
+		}
+		x.seen[id] = max(x.seen[id], expires)
+	}
+	return rows.Close()
+}
+
+func (x *index) add(seq int64, key string) {
+	x.lastSeq = max(x.lastSeq, seq)
+	if key == "" {
+		s := &session{seqs: []int64{seq}}
+		x.keyless[seq] = s
+		heap.Push(&x.ready, s)
+		return
+	}
+	s := x.keyed[key]
+	if s == nil {
+		s = &session{key: key}
+		x.keyed[key] = s
+	}
+	s.seqs = append(s.seqs, seq)
+	if len(s.seqs) == 1 && s.where == nowhere {
+		heap.Push(&x.ready, s)
+	}
+}
+
+// wake makes parked sessions ready again: those whose time has come, and,
+// when other processes committed since the last call, those parked on
+// another process's lock.
+func (x *index) wake(now int64) {
+	recheckOthers := x.outside != x.checked
+	x.checked = x.outside
+	if recheckOthers {
+		for i := 0; i < len(x.parked); {
+			if s := x.parked[i]; s.other {
+				heap.Remove(&x.parked, i)
+				heap.Push(&x.ready, s)
+				continue
+			}
+			i++
+		}
+	}
+	for len(x.parked) > 0 && x.parked[0].until <= now {
+		heap.Push(&x.ready, heap.Pop(&x.parked))
+	}
+}
+
+// next takes the ready session with the oldest head, or nil.
+func (x *index) next() *session {
+	if len(x.ready) == 0 {
+		return nil
+	}
+	return heap.Pop(&x.ready).(*session)
+}
+
+// park puts s aside until the given time (unix ns). other marks a lock held
+// by another process, which a commit signalled from outside may end sooner.
+func (x *index) park(s *session, until int64, other bool) {
+	s.until, s.other = until, other
+	heap.Push(&x.parked, s)
+}
+
+// pop drops s's head (it was delivered, dead-lettered or found gone) and
+// forgets s once it is empty. s must be in neither heap.
+func (x *index) pop(s *session) {
+	head := s.seqs[0]
+	delete(x.held, head)
+	s.seqs = s.seqs[1:]
+	if len(s.seqs) > 0 {
+		return
+	}
+	if s.key == "" {
+		delete(x.keyless, head)
+	} else if x.keyed[s.key] == s {
+		delete(x.keyed, s.key)
+	}
+}
+
+// done returns a session taken with next and neither parked nor emptied to
+// the ready heap.
+func (x *index) done(s *session) {
+	if len(s.seqs) == 0 {
+		return
+	}
+	if s.where == nowhere {
+		heap.Push(&x.ready, s)
+	}
+}
+
+// settled is called when this process settled the message seq of session
+// key (empty for a keyless message): removed says it left the queue
+// (completed or dead-lettered), so the session's next message is due;
+// otherwise (abandoned) the head itself may be due again.
+func (x *index) settled(key string, seq int64, removed bool) {
+	delete(x.held, seq)
+	var s *session
+	if key == "" {
+		s = x.keyless[seq]
+	} else {
+		s = x.keyed[key]
+	}
+	if s == nil || s.where != inParked {
+		return
+	}
+	heap.Remove(&x.parked, s.heapIdx)
+	if removed && s.seqs[0] == seq {
+		x.pop(s)
+	}
+	x.done(s)
+}
+
+// due is when the earliest parked session's lock or delay ends; zero if
+// none is parked.
+func (x *index) due() time.Time {
+	if len(x.parked) == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, x.parked[0].until)
+}
+
+// duplicate reports whether message seq, enqueued at enq with MessageID id,
+// repeats one sent within the window before it: one still waiting, or one
+// that already left the queue.
+func (x *index) duplicate(id string, seq, enq int64) bool {
+	if f, ok := x.first[id]; ok && f.seq < seq && enq < f.expires {
+		return true
+	}
+	return enq < x.seen[id]
+}
+
+// forgetFirst drops message seq from the waiting IDs once it left.
+func (x *index) forgetFirst(id string, seq int64) {
+	if f, ok := x.first[id]; ok && f.seq == seq {
+		delete(x.first, id)
+	}
+}
+
+// prune forgets window entries that no pending message can still repeat.
+func (x *index) prune(cutoff int64) {
+	for id, expires := range x.seen {
+		if expires <= cutoff {
+			delete(x.seen, id)
+		}
+	}
+	for id, f := range x.first {
+		if f.expires <= cutoff {
+			delete(x.first, id)
+		}
+	}
+}
+
+// readyHeap orders sessions by their head's sequence number: the oldest
+// waiting message goes first.
+type readyHeap []*session
+
+func (h readyHeap) Len() int           { return len(h) }
+func (h readyHeap) Less(i, j int) bool { return h[i].seqs[0] < h[j].seqs[0] }
+func (h readyHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *readyHeap) Push(v any) {
+	s := v.(*session)
+	s.where, s.heapIdx = inReady, len(*h)
+	*h = append(*h, s)
+}
+func (h *readyHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	s.where = nowhere
+	return s
+}
+
+// parkedHeap orders parked sessions by when they may be due.
+type parkedHeap []*session
+
+func (h parkedHeap) Len() int           { return len(h) }
+func (h parkedHeap) Less(i, j int) bool { return h[i].until < h[j].until }
+func (h parkedHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *parkedHeap) Push(v any) {
+	s := v.(*session)
+	s.where, s.heapIdx = inParked, len(*h)
+	*h = append(*h, s)
+}
+func (h *parkedHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	s.where = nowhere
+	return s
+}

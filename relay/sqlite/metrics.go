@@ -1,0 +1,65 @@
+package sqlite
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the embedded queue's instruments. A nil *Metrics records
+// nothing.
+type Metrics struct {
+	deadLettered *prometheus.CounterVec
+	duplicates   prometheus.Counter
+	walBytes     prometheus.Gauge
+	checkpoints  *prometheus.CounterVec
+}
+
+// NewMetrics creates the instruments and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookbridge_queue_dead_lettered_total",
+			Help: "Messages the embedded queue moved to its dead-letter queue itself, by reason: MaxDeliveryCountExceeded (a lock expired on the last delivery) or the reason a sender set (MalformedEvent).",
+		}, []string{"reason"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hookbridge_queue_duplicates_dropped_total",
+			Help: "Messages dropped because their MessageID was seen within the duplicate-detection window.",
+		}),
+		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hookbridge_queue_wal_bytes",
+			Help: "Size of the embedded queue's write-ahead log file.",
+		}),
+		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookbridge_queue_checkpoints_total",
+			Help: "Checkpoints of the write-ahead log into the database, by mode (passive, truncate) and result (ok, error).",
+		}, []string{"mode", "result"}),
+	}
+	reg.MustRegister(m.deadLettered, m.duplicates, m.walBytes, m.checkpoints)
+	return m
+}
+
+func (m *Metrics) deadLetter(reason string, n int) {
+	if m != nil && n > 0 {
+		m.deadLettered.WithLabelValues(reason).Add(float64(n))
+	}
+}
+
+func (m *Metrics) duplicate(n int) {
+	if m != nil && n > 0 {
+		m.duplicates.Add(float64(n))
+	}
+}
+
+func (m *Metrics) wal(size int64) {
+	if m != nil {
+		m.walBytes.Set(float64(size))
+	}
+}
+
+func (m *Metrics) checkpoint(mode string, err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.checkpoints.WithLabelValues(mode, result).Inc()
+}

@@ -1,0 +1,241 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hookbridge/hookbridge/relay"
+)
+
+// Receive waits until at least one message is available (or ctx ends, or
+// the queue closes) and returns up to n messages, each locked for the
+// queue's lock duration. Messages delivered the maximum number of times are
+// moved to the dead-letter queue instead, and duplicates within the window
+// are dropped.
+func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
+	if n <= 0 {
+		n = 1
+	}
+	q.receivingOnce.Do(func() { close(q.receiving) })
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		woken := q.wake.wait()
+		op := &op{kind: opClaim, n: n}
+		if err := q.ops.do(ctx, op); err != nil || len(op.out) > 0 {
+			return op.out, err
+		}
+		// Nothing ready: sleep until another send or settlement, the next
+		// lock expiry or delay, or a safety poll for missed wake-ups.
+		watching := q.watching.Load()
+		wait := time.Second
+		if !watching {
+			wait = 50 * time.Millisecond
+		}
+		if !op.due.IsZero() {
+			if d := time.Until(op.due); d < wait {
+				wait = max(d, time.Millisecond)
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-woken:
+		case <-t.C:
+			if !watching {
+				q.outside.Add(1) // other processes may have committed unseen
+			}
+		case <-q.closing:
+			t.Stop()
+			return nil, relay.ErrClosed
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+// pruneEvery is how often receivers forget duplicate-window entries that
+// can no longer match.
+const pruneEvery = 10 * time.Second
+
+// claim hands out up to op.n deliverable messages: the head of each session,
+// in order of their sequence numbers. With none deliverable it sets op.due
+// to when the earliest parked session may be due (zero if none). It runs in
+// the shared transaction; b collects what to report after the commit.
+func (q *Queue) claim(ctx context.Context, op *op, now time.Time, b *batch) error {
+	x, db := q.idx, q.settle
+	window := int64(0)
+	if q.cfg.DuplicateWindow > 0 {
+		window = q.cfg.DuplicateWindow.Nanoseconds()
+	}
+	if !b.refreshed {
+		b.refreshed = true
+		if err := x.refresh(ctx, db, window); err != nil {
+			return unavailable("receive", err)
+		}
+		if window > 0 && now.Sub(x.lastPrune) > pruneEvery {
+			x.lastPrune = now
+			x.prune(q.windowCutoff(ctx, db, now.UnixNano()))
+		}
+	}
+	nowNS := now.UnixNano()
+	x.outside = q.outside.Load()
+	x.wake(nowNS)
+	lockedUntil := now.Add(q.cfg.LockDuration)
+	for len(op.out) < op.n {
+		s := x.next()
+		if s == nil {
+			break
+		}
+		for len(s.seqs) > 0 {
+			seq := s.seqs[0]
+			token := newLockToken()
+			var h head
+			err := db.row(ctx, sqlClaim, []any{lockedUntil.UnixNano(), token, seq, nowNS, q.cfg.MaxDeliveryCount},
+				&h.id, &h.session, &h.enq, &h.data, &h.deliveries)
+			if errors.Is(err, sql.ErrNoRows) {
+				parked, err := q.unclaimable(ctx, x, s, seq, nowNS, b)
+				if err != nil {
+					return err
+				}
+				if parked {
+					break
+				}
+				continue
+			}
+			if err != nil {
+				return unavailable("receive", err)
+			}
+			b.mutated = true
+			if h.deliveries == 1 && window > 0 && x.duplicate(h.id, seq, h.enq) {
+				if _, err := db.exec(ctx, sqlRemove, seq); err != nil {
+					return unavailable("remove duplicate", err)
+				}
+				b.duplicates++
+				x.pop(s)
+				continue
+			}
+			r, err := h.received(seq)
+			if err != nil {
+				// Not a message this queue wrote: nothing can deliver it.
+				if err := moveToDeadLetter(ctx, db, seq, "InvalidMessage", err.Error(), nowNS); err != nil {
+					return err
+				}
+				b.invalid = append(b.invalid, h.id)
+				x.pop(s)
+				continue
+			}
+			r.DeliveryCount = h.deliveries
+			r.MaxDeliveryCount = q.cfg.MaxDeliveryCount
+			r.LockedUntil = lockedUntil
+			r.LockToken = token
+			x.held[seq] = true
+			x.park(s, lockedUntil.UnixNano(), false)
+			op.out = append(op.out, r)
+			break
+		}
+		x.done(s)
+	}
+	op.due = x.due()
+	return nil
+}
+
+// unclaimable handles a session head that could not be claimed: gone (the
+// session moves on), locked or delayed (the session is parked: parked is
+// true), or past the maximum delivery count, its last lock having expired
+// (dead-lettered; the session moves on).
+func (q *Queue) unclaimable(ctx context.Context, x *index, s *session, seq, now int64, b *batch) (parked bool, err error) {
+	var lockedUntil, visibleAt, enq int64
+	var deliveries int
+	var id string
+	err = q.settle.row(ctx, sqlState, []any{seq}, &lockedUntil, &visibleAt, &deliveries, &id, &enq)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		x.pop(s) // settled or dead-lettered by another process
+		return false, nil
+	case err != nil:
+		return false, unavailable("receive", err)
+	case lockedUntil > now:
+		x.park(s, lockedUntil, !x.held[seq])
+		return true, nil
+	case visibleAt > now:
+		x.park(s, visibleAt, false)
+		return true, nil
+	}
+	b.mutated = true
+	desc := fmt.Sprintf("the message was delivered %d times without being completed; its last lock expired (max_delivery=%d)", deliveries, q.cfg.MaxDeliveryCount)
+	if err := q.leave(ctx, seq, id, enq); err != nil {
+		return false, err
+	}
+	if err := moveToDeadLetter(ctx, q.settle, seq, relay.ReasonMaxDelivery, desc, now); err != nil {
+		return false, err
+	}
+	b.expired = append(b.expired, id)
+	x.pop(s)
+	return false, nil
+}
+
+// leave records in the duplicate window that message seq is leaving the
+// queue (completed or dead-lettered).
+func (q *Queue) leave(ctx context.Context, seq int64, id string, enq int64) error {
+	if q.cfg.DuplicateWindow <= 0 {
+		return nil
+	}
+	expires := enq + q.cfg.DuplicateWindow.Nanoseconds()
+	if _, err := q.settle.exec(ctx, sqlDedupAppend, id, expires); err != nil {
+		return unavailable("record duplicate window", err)
+	}
+	q.idx.forgetFirst(id, seq)
+	q.idx.seen[id] = max(q.idx.seen[id], expires)
+	return nil
+}
+
+// newLockToken returns a token unique enough to tell one delivery of a
+// message from the next.
+func newLockToken() string {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], rand.Uint64())
+	return hex.EncodeToString(b[:])
+}
+
+// head is a session's first message as the claim read it.
+type head struct {
+	id, session string
+	enq         int64
+	data        []byte
+	deliveries  int
+}
+
+func (h *head) received(seq int64) (*relay.Received, error) {
+	subject, ct, props, body, err := decodeData(h.data)
+	if err != nil {
+		return nil, err
+	}
+	return &relay.Received{
+		Message: relay.Message{
+			ID: h.id, SessionID: h.session, Subject: subject, ContentType: ct, Body: body, Properties: props,
+		},
+		SequenceNumber: seq,
+		EnqueuedTime:   time.Unix(0, h.enq),
+	}, nil
+}
+
+// windowCutoff is the time before which no duplicate-window entry can still
+// match: now, or the enqueue time of the oldest message waiting, whichever
+// is earlier (a duplicate sent within the window but delivered after it is
+// still a duplicate).
+func (q *Queue) windowCutoff(ctx context.Context, c *conn, now int64) int64 {
+	var oldest int64
+	if err := c.row(ctx, `SELECT enqueued_at FROM queue ORDER BY seq LIMIT 1`, nil, &oldest); err != nil {
+		return now
+	}
+	return min(now, oldest)
+}

@@ -1,0 +1,295 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hookbridge/hookbridge/relay"
+)
+
+// Background timing.
+const (
+	// checkpointEvery is how often Run folds the write-ahead log into the
+	// database. Commits never checkpoint themselves (wal_autocheckpoint is
+	// off), so no acknowledged send waits for one.
+	checkpointEvery = time.Second
+	// walSizeLimit bounds the write-ahead log. A passive checkpoint lets the
+	// next writer start the log over from its beginning, but under steady
+	// load that moment never comes (each checkpoint finds new frames behind
+	// it), and the log would grow without end; once it is larger than this,
+	// Run checkpoints in TRUNCATE mode, which holds writers off for the
+	// moment it takes to copy the last frames and empty the file.
+	walSizeLimit = 4 << 20
+	// walCheckEvery is how often Run looks at the log's size, besides
+	// when a commit finds it over the limit.
+	walCheckEvery = 100 * time.Millisecond
+	// probeAfter is how long readiness trusts the last write's outcome
+	// before it writes a probe of its own.
+	probeAfter = 5 * time.Second
+	// failingFor is how long a background step may keep failing before the
+	// queue reports itself unready.
+	failingFor = 30 * time.Second
+)
+
+// health is what readiness knows: the outcome of the latest writes, a
+// failure no retry mends (the log deleted), and background failures.
+type health struct {
+	mu           sync.Mutex
+	lastOK       time.Time
+	lastErr      error
+	lastErrAt    time.Time
+	fatalErr     error
+	loopErr      error
+	loopFailing  time.Time // since when a background step has been failing
+	fatalLogOnce sync.Once
+}
+
+func (h *health) succeeded() {
+	h.mu.Lock()
+	h.lastOK = time.Now()
+	h.mu.Unlock()
+}
+
+func (h *health) failed(err error) {
+	if errors.Is(err, relay.ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return // the caller gave up; says nothing of the queue
+	}
+	h.mu.Lock()
+	h.lastErr, h.lastErrAt = err, time.Now()
+	h.mu.Unlock()
+}
+
+func (h *health) fatal() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fatalErr
+}
+
+func (h *health) loop(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err == nil {
+		h.loopErr, h.loopFailing = nil, time.Time{}
+		return
+	}
+	if h.loopErr == nil {
+		h.loopFailing = time.Now()
+	}
+	h.loopErr = err
+}
+
+// Ready reports whether the queue can take a commit now: nil, or why not.
+// The write-ahead log deleted under the running processes, background
+// checkpoints failing for a while, or the latest write having failed (disk
+// full, permissions) make it unready. When no write succeeded recently it
+// writes a small durable probe, so an idle queue on a full or read-only disk
+// is reported too, and a recovered one becomes ready again.
+func (q *Queue) Ready(ctx context.Context) error {
+	if q.isClosed() {
+		return relay.ErrClosed
+	}
+	h := &q.health
+	h.mu.Lock()
+	fatal, loopErr, loopSince := h.fatalErr, h.loopErr, h.loopFailing
+	lastOK, lastErr, lastErrAt := h.lastOK, h.lastErr, h.lastErrAt
+	h.mu.Unlock()
+	switch {
+	case fatal != nil:
+		return fatal
+	case loopErr != nil && time.Since(loopSince) > failingFor:
+		return fmt.Errorf("background checkpoints have failed for %s: %w", time.Since(loopSince).Round(time.Second), loopErr)
+	case lastErrAt.After(lastOK) || time.Since(lastOK) > probeAfter:
+		if err := q.probe(ctx); err != nil {
+			if lastErr != nil && lastErrAt.After(lastOK) {
+				return fmt.Errorf("writes are failing: %w", lastErr)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// probe commits a durable write about the size of a group commit's, so
+// that the slack of a full volume's log does not pass for free space.
+func (q *Queue) probe(ctx context.Context) error {
+	gen, err := q.writeTx(ctx, q.ckpt, func() error {
+		_, err := q.ckpt.exec(ctx, `INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(16384))`)
+		return err
+	})
+	if err == nil {
+		err = q.wal.wait(gen)
+	}
+	if err != nil {
+		err = unavailable("write probe", err)
+		q.health.failed(err)
+		return err
+	}
+	q.health.succeeded()
+	return nil
+}
+
+// Run does the queue's background work until ctx ends: it folds the
+// write-ahead log into the database every second (bounding the log's size),
+// checks that the log is still the file the processes write to, prunes the
+// duplicate window, and, in a process that receives, watches for commits by
+// other processes so receivers wake at once. It returns nil when ctx ends;
+// failures are logged and reported by Ready.
+func (q *Queue) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		q.watchCommits(ctx)
+	}()
+	t := time.NewTicker(walCheckEvery)
+	defer t.Stop()
+	var lastCheckpoint, lastPrune time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-q.closing:
+			return nil
+		case <-t.C:
+		case <-q.walFull:
+		}
+		now := time.Now()
+		if now.Sub(lastCheckpoint) < checkpointEvery && q.wal.size() <= walSizeLimit {
+			continue
+		}
+		lastCheckpoint = now
+		if err := q.wal.gone(true); err != nil {
+			q.walGone(err)
+			continue
+		}
+		err := q.checkpoint(ctx)
+		if err == nil && now.Sub(lastPrune) > pruneEvery {
+			lastPrune = now
+			err = q.pruneWindow(ctx)
+		}
+		if err != nil && ctx.Err() == nil && !errors.Is(err, relay.ErrClosed) {
+			q.log.Warn("sqlite queue: background checkpoint failed; will retry", "error", err)
+		}
+		if ctx.Err() == nil {
+			q.health.loop(err)
+		}
+	}
+}
+
+// watchCommits, once this process receives, wakes its receivers whenever
+// another process commits (the notification file is written).
+func (q *Queue) watchCommits(ctx context.Context) {
+	select {
+	case <-q.receiving:
+	case <-ctx.Done():
+		return
+	}
+	w, err := watch(q.path+"-notify", func() {
+		q.outside.Add(1)
+		q.wake.broadcast()
+	})
+	if err != nil {
+		q.log.Warn("sqlite queue: cannot watch for commits by other processes; receivers poll every 50ms", "error", err)
+		return
+	}
+	q.watching.Store(true)
+	<-ctx.Done()
+	q.watching.Store(false)
+	w.close()
+}
+
+// checkpoint runs a passive checkpoint, which never blocks anyone, and a
+// truncating one when the log has grown past walSizeLimit.
+func (q *Queue) checkpoint(ctx context.Context) error {
+	var busy, logFrames, done int
+	err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(PASSIVE)", nil, &busy, &logFrames, &done)
+	q.metrics.checkpoint("passive", err)
+	if err != nil {
+		return unavailable("checkpoint", err)
+	}
+	size := q.wal.size()
+	if size > walSizeLimit {
+		err = q.truncate(ctx)
+		q.metrics.checkpoint("truncate", err)
+		if err != nil {
+			return fmt.Errorf("write-ahead log %d bytes, over the %d limit: %w", size, walSizeLimit, err)
+		}
+		size = q.wal.size()
+	}
+	q.metrics.wal(size)
+	return nil
+}
+
+// truncate checkpoints everything and empties the log, holding the write
+// lock so that no writer of these processes waits in SQLite's busy handler
+// meanwhile.
+func (q *Queue) truncate(ctx context.Context) error {
+	q.writeMu.Lock()
+	defer q.writeMu.Unlock()
+	if q.isClosed() {
+		return relay.ErrClosed
+	}
+	if err := q.lock.lock(ctx, q.cfg.BusyTimeout); err != nil {
+		return unavailable("lock", err)
+	}
+	defer q.lock.unlock()
+	var busy, logFrames, done int
+	if err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(TRUNCATE)", nil, &busy, &logFrames, &done); err != nil {
+		return unavailable("checkpoint", err)
+	}
+	if busy != 0 {
+		return unavailable("checkpoint", errors.New("readers kept the log in use"))
+	}
+	return nil
+}
+
+// pruneWindow drops duplicate-window entries no message can still repeat.
+// The log is in delivery order, so the expired entries are a prefix.
+func (q *Queue) pruneWindow(ctx context.Context) error {
+	_, err := q.writeTx(ctx, q.ckpt, func() error {
+		cutoff := q.windowCutoff(ctx, q.ckpt, time.Now().UnixNano())
+		var first sql.NullInt64
+		if err := q.ckpt.row(ctx, `SELECT min(id) FROM dedup_log WHERE expires_at > ?`, []any{cutoff}, &first); err != nil {
+			return unavailable("prune duplicate window", err)
+		}
+		query, args := `DELETE FROM dedup_log`, []any{}
+		if first.Valid {
+			query, args = `DELETE FROM dedup_log WHERE id < ?`, []any{first.Int64}
+		}
+		if _, err := q.ckpt.c.ExecContext(ctx, query, args...); err != nil {
+			return unavailable("prune duplicate window", err)
+		}
+		return nil
+	})
+	return err
+}
+
+// walGone handles the write-ahead log disappearing under the running
+// processes: SQLite keeps writing to the unlinked file, so nothing written
+// since can be trusted to survive the process. The queue stops
+// acknowledging sends and reports itself unready, and what the log holds is
+// checkpointed into the database at once, so acknowledged messages are in
+// the database file. Restarting every process that uses the file creates a
+// new log.
+func (q *Queue) walGone(cause error) {
+	q.health.mu.Lock()
+	if q.health.fatalErr == nil {
+		q.health.fatalErr = fmt.Errorf("%w; the queue stopped accepting messages: restart every hookbridge process using %s", cause, q.path)
+	}
+	q.health.mu.Unlock()
+	q.health.fatalLogOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var busy, logFrames, done int
+		err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(FULL)", nil, &busy, &logFrames, &done)
+		q.log.Error("sqlite queue: the write-ahead log was deleted or replaced while in use; no more messages are accepted (503) until every hookbridge process using the queue restarts",
+			"path", q.path+"-wal", "error", cause, "rescue_checkpoint_error", err, "frames_saved", done)
+	})
+}

@@ -1,0 +1,432 @@
+package sqlite_test
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "modernc.org/sqlite"
+
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func sendAll(t *testing.T, q *sqlite.Queue, msgs ...relay.Message) {
+	t.Helper()
+	if err := q.SendBatch(ctxT(t, 10*time.Second), msgs); err != nil {
+		t.Fatalf("SendBatch: %v", err)
+	}
+}
+
+// drain receives and completes until nothing arrives for quiet, and returns
+// the IDs in delivery order.
+func drain(t *testing.T, q *sqlite.Queue, quiet time.Duration) []string {
+	t.Helper()
+	var ids []string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), quiet)
+		msgs, err := q.Receive(ctx, 16)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			return ids
+		}
+		if err != nil {
+			t.Fatalf("Receive: %v", err)
+		}
+		for _, m := range msgs {
+			ids = append(ids, m.ID)
+			if err := q.Complete(ctxT(t, 10*time.Second), m); err != nil {
+				t.Fatalf("Complete: %v", err)
+			}
+		}
+	}
+}
+
+func TestDuplicatesDroppedAtDelivery(t *testing.T) {
+	t.Parallel()
+	t.Run("after the original was delivered", func(t *testing.T) {
+		t.Parallel()
+		q := sqlitetest.Open(t, sqlite.Config{DuplicateWindow: time.Minute})
+		sendAll(t, q, relaytest.Msg("a", "call-1"))
+		if got := drain(t, q, 300*time.Millisecond); len(got) != 1 {
+			t.Fatalf("first delivery: got %v", got)
+		}
+		sendAll(t, q, relaytest.Msg("a", "call-1"), relaytest.Msg("b", "call-1"))
+		if got := drain(t, q, 300*time.Millisecond); strings.Join(got, ",") != "b" {
+			t.Fatalf("after a redelivery of a: got %v, want only b", got)
+		}
+		if active, _, _ := q.Counts(ctxT(t, time.Second)); active != 0 {
+			t.Errorf("%d messages left; the duplicate should be gone", active)
+		}
+	})
+	t.Run("twice in one batch", func(t *testing.T) {
+		t.Parallel()
+		q := sqlitetest.Open(t, sqlite.Config{})
+		sendAll(t, q, relaytest.Msg("a", ""), relaytest.Msg("a", ""), relaytest.Msg("c", ""))
+		if got := drain(t, q, 300*time.Millisecond); len(got) != 2 {
+			t.Fatalf("got %v, want a and c once each", got)
+		}
+	})
+	t.Run("sent within the window, delivered after it", func(t *testing.T) {
+		t.Parallel()
+		q := sqlitetest.Open(t, sqlite.Config{DuplicateWindow: 300 * time.Millisecond})
+		sendAll(t, q, relaytest.Msg("a", "k"))
+		sendAll(t, q, relaytest.Msg("a", "k"))
+		time.Sleep(500 * time.Millisecond) // the window has passed, nothing was delivered yet
+		if got := drain(t, q, 300*time.Millisecond); len(got) != 1 {
+			t.Fatalf("got %v, want a once", got)
+		}
+	})
+	t.Run("after the window", func(t *testing.T) {
+		t.Parallel()
+		q := sqlitetest.Open(t, sqlite.Config{DuplicateWindow: 200 * time.Millisecond})
+		sendAll(t, q, relaytest.Msg("a", ""))
+		drain(t, q, 100*time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
+		sendAll(t, q, relaytest.Msg("a", ""))
+		if got := drain(t, q, 300*time.Millisecond); len(got) != 1 {
+			t.Fatalf("got %v, want a delivered again once the window passed", got)
+		}
+	})
+	t.Run("seen by another process", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(t.TempDir(), "q.db")
+		first := sqlitetest.Open(t, sqlite.Config{Path: path})
+		sendAll(t, first, relaytest.Msg("a", "k"))
+		drain(t, first, 200*time.Millisecond)
+		second := sqlitetest.Open(t, sqlite.Config{Path: path}) // opened after a was delivered
+		sendAll(t, second, relaytest.Msg("a", "k"), relaytest.Msg("b", "k"))
+		if got := drain(t, second, 300*time.Millisecond); strings.Join(got, ",") != "b" {
+			t.Fatalf("got %v, want only b", got)
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		t.Parallel()
+		q := sqlitetest.Open(t, sqlite.Config{DuplicateWindow: -1})
+		sendAll(t, q, relaytest.Msg("a", ""), relaytest.Msg("a", ""))
+		if got := drain(t, q, 300*time.Millisecond); len(got) != 2 {
+			t.Fatalf("got %v, want both", got)
+		}
+	})
+}
+
+// TestProcessesShareSessions has two queue instances on one file, as two
+// worker processes, receive concurrently: every message is delivered once,
+// and each session's messages in order, one at a time.
+func TestProcessesShareSessions(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "q.db")
+	a := sqlitetest.Open(t, sqlite.Config{Path: path})
+	b := sqlitetest.Open(t, sqlite.Config{Path: path})
+	const sessions, per = 12, 40
+	for i := range per {
+		var batch []relay.Message
+		for s := range sessions {
+			batch = append(batch, relaytest.Msg(fmt.Sprintf("s%d-%03d", s, i), fmt.Sprintf("s%d", s)))
+		}
+		sendAll(t, a, batch...)
+	}
+	var mu sync.Mutex
+	inFlight := map[string]bool{}
+	last := map[string]string{}
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for _, q := range []*sqlite.Queue{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				msgs, err := q.Receive(ctx, 3)
+				cancel()
+				if err != nil {
+					if !errors.Is(err, context.DeadlineExceeded) {
+						errs <- err
+					}
+					return
+				}
+				for _, m := range msgs {
+					mu.Lock()
+					if inFlight[m.SessionID] {
+						errs <- fmt.Errorf("session %s handed out twice at once (%s)", m.SessionID, m.ID)
+					}
+					if seen[m.ID] {
+						errs <- fmt.Errorf("%s delivered twice", m.ID)
+					}
+					if m.ID <= last[m.SessionID] {
+						errs <- fmt.Errorf("%s delivered after %s", m.ID, last[m.SessionID])
+					}
+					inFlight[m.SessionID], seen[m.ID], last[m.SessionID] = true, true, m.ID
+					mu.Unlock()
+					time.Sleep(time.Millisecond)
+					mu.Lock()
+					inFlight[m.SessionID] = false
+					mu.Unlock()
+					if err := q.Complete(context.Background(), m); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if len(seen) != sessions*per {
+		t.Errorf("delivered %d of %d messages", len(seen), sessions*per)
+	}
+}
+
+func TestDeadLetterOnSend(t *testing.T) {
+	t.Parallel()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	bad := relaytest.Msg("bad-1", "call-1")
+	bad.DeadLetterReason = relay.ReasonMalformedEvent
+	bad.DeadLetterDescription = `attribute "source" is required`
+	sendAll(t, q, bad, relaytest.Msg("good-1", "call-1"))
+	sendAll(t, q, bad) // a sender's retry
+	if got := drain(t, q, 300*time.Millisecond); strings.Join(got, ",") != "good-1" {
+		t.Fatalf("delivered %v, want only good-1", got)
+	}
+	dls, err := q.ListDeadLetters(ctxT(t, time.Second), 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 1 {
+		t.Fatalf("dead-letter queue holds %d messages, want 1", len(dls))
+	}
+	d := dls[0]
+	if d.ID != "bad-1" || d.Reason != relay.ReasonMalformedEvent || d.Description != bad.DeadLetterDescription ||
+		string(d.Body) != string(bad.Body) || d.SessionID != "call-1" || d.Properties[relay.PropID] != "bad-1" {
+		t.Errorf("dead letter = %+v", d)
+	}
+}
+
+// TestMigratesVersion1File opens a file written by the previous layout and
+// finds its messages, delivery counts, dead letters and duplicate window.
+func TestMigratesVersion1File(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UnixNano()
+	for _, stmt := range []string{
+		`PRAGMA journal_mode = WAL`,
+		`CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
+			subject TEXT NOT NULL, content_type TEXT NOT NULL, properties BLOB, body BLOB NOT NULL, enqueued_at INTEGER NOT NULL,
+			visible_at INTEGER NOT NULL, locked_until INTEGER NOT NULL DEFAULT 0, lock_token TEXT, delivery_count INTEGER NOT NULL DEFAULT 0)`,
+		`CREATE TABLE deadletters (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL, subject TEXT NOT NULL,
+			content_type TEXT NOT NULL, properties BLOB, body BLOB NOT NULL, enqueued_at INTEGER NOT NULL, delivery_count INTEGER NOT NULL,
+			reason TEXT NOT NULL, description TEXT NOT NULL, dead_lettered_at INTEGER NOT NULL, locked_until INTEGER NOT NULL DEFAULT 0, lock_token TEXT)`,
+		`CREATE TABLE dedup (message_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID`,
+		fmt.Sprintf(`INSERT INTO messages (message_id, session_id, subject, content_type, properties, body, enqueued_at, visible_at, locked_until, lock_token, delivery_count)
+			VALUES ('m1', 'call-1', 'T', 'application/json', '{"cloudEvents_id":"m1","hookbridge_replay_count":2}', '{"n":1}', %[1]d, %[1]d, %[2]d, 'tok', 2),
+			       ('m2', 'call-1', 'T', 'application/json', NULL, '{"n":2}', %[1]d, %[1]d, 0, NULL, 0)`, now, now+int64(time.Hour)),
+		fmt.Sprintf(`INSERT INTO deadletters (seq, message_id, session_id, subject, content_type, properties, body, enqueued_at, delivery_count, reason, description, dead_lettered_at)
+			VALUES (7, 'd1', '', 'T', 'application/json', '{"x":true}', '{"n":7}', %[1]d, 10, 'MaxDeliveryCountExceeded', 'too many', %[1]d)`, now),
+		fmt.Sprintf(`INSERT INTO dedup VALUES ('gone-before', %d)`, now+int64(time.Hour)),
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	db.Close()
+
+	q := sqlitetest.Open(t, sqlite.Config{Path: path})
+	r, err := q.Receive(ctxT(t, 5*time.Second), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r) != 1 || r[0].ID != "m1" || r[0].DeliveryCount != 3 || string(r[0].Body) != `{"n":1}` ||
+		r[0].Properties[relay.PropReplayCount] != int64(2) || r[0].SequenceNumber != 1 {
+		t.Fatalf("first receive = %+v; want m1 alone, its third delivery, its lock released by the upgrade", r)
+	}
+	if err := q.Complete(ctxT(t, time.Second), r[0]); err != nil {
+		t.Fatal(err)
+	}
+	sendAll(t, q, relaytest.Msg("gone-before", "call-1"), relaytest.Msg("new", "call-1"))
+	if got := drain(t, q, 300*time.Millisecond); strings.Join(got, ",") != "m2,new" {
+		t.Errorf("then delivered %v, want m2,new (gone-before is a duplicate)", got)
+	}
+	dls, err := q.ListDeadLetters(ctxT(t, time.Second), 0, 10)
+	if err != nil || len(dls) != 1 || dls[0].ID != "d1" || dls[0].SequenceNumber != 7 || dls[0].Properties["x"] != true {
+		t.Fatalf("dead letters = %+v, %v", dls, err)
+	}
+	sendAll(t, q, relaytest.Msg("after", ""))
+	r, err = q.Receive(ctxT(t, 5*time.Second), 1)
+	if err != nil || r[0].SequenceNumber <= 7 {
+		t.Fatalf("a new message got sequence number %v (%v); numbers must never be reused", r, err)
+	}
+}
+
+// TestOpenNewFileTogether opens one new file from many instances at once,
+// as an ingress and its workers started together do: none may fail on the
+// switch to write-ahead logging.
+func TestOpenNewFileTogether(t *testing.T) {
+	t.Parallel()
+	for round := range 5 {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("new-%d.db", round))
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				q, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				errs <- q.SendBatch(context.Background(), []relay.Message{relaytest.Msg(fmt.Sprintf("m-%p", q), "")})
+				q.Close()
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Errorf("round %d: %v", round, err)
+			}
+		}
+	}
+}
+
+func TestOpenExplainsBadPaths(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "plain-file")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notADB := filepath.Join(dir, "not-a-db")
+	if err := os.WriteFile(notADB, []byte(strings.Repeat("this is not a database ", 100)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		path, want string
+	}{
+		{filepath.Join(dir, "missing", "q.db"), "does not exist; create it"},
+		{filepath.Join(file, "q.db"), "is not a directory"},
+		{notADB, "not a hookbridge queue"},
+	} {
+		_, err := sqlite.Open(context.Background(), sqlite.Config{Path: tt.path}, nil)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Open(%s) = %v, want an error saying %q", tt.path, err, tt.want)
+		}
+	}
+}
+
+// TestWALDeletedStopsAcknowledging deletes the write-ahead log under a
+// running queue, as an operator cleaning up files might: the queue must stop
+// acknowledging (sends fail, readiness fails) rather than write to an
+// unlinked file, and what it had acknowledged must survive the process
+// being killed.
+func TestWALDeletedStopsAcknowledging(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "q.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), walChildEnv+"="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var acked []string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "ack "):
+			acked = append(acked, strings.TrimPrefix(line, "ack "))
+		case strings.HasPrefix(line, "refused "):
+			if !strings.Contains(line, "write-ahead log") {
+				t.Errorf("send after the deletion: %s", line)
+			}
+		case strings.HasPrefix(line, "unready "):
+			if !strings.Contains(line, "restart") {
+				t.Errorf("readiness after the deletion: %s", line)
+			}
+			cmd.Process.Signal(syscall.SIGKILL)
+		default:
+			t.Errorf("child: %s", line)
+		}
+	}
+	cmd.Wait()
+	if len(acked) == 0 {
+		t.Fatalf("child acknowledged nothing: %s", stderr.String())
+	}
+	q := sqlitetest.Open(t, sqlite.Config{Path: path})
+	got := map[string]bool{}
+	for _, id := range drain(t, q, 300*time.Millisecond) {
+		got[id] = true
+	}
+	for _, id := range acked {
+		if !got[id] {
+			t.Errorf("acknowledged %s lost", id)
+		}
+	}
+}
+
+const walChildEnv = "HOOKBRIDGE_TEST_WAL_CHILD_DB"
+
+// walChild sends and acknowledges messages, deletes its own write-ahead
+// log, reports what the next send and readiness say, and waits to be killed.
+func walChild(path string) {
+	ctx := context.Background()
+	q, err := sqlite.Open(ctx, sqlite.Config{Path: path}, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	for i := range 50 {
+		id := fmt.Sprintf("before-%d", i)
+		if err := q.SendBatch(ctx, []relay.Message{relaytest.Msg(id, "call-1")}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Printf("ack %s\n", id)
+	}
+	if err := os.Remove(path + "-wal"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	for i := range 3 {
+		id := fmt.Sprintf("after-%d", i)
+		if err := q.SendBatch(ctx, []relay.Message{relaytest.Msg(id, "call-1")}); err != nil {
+			fmt.Printf("refused %s: %v\n", id, err)
+		} else {
+			fmt.Printf("ack %s\n", id)
+		}
+	}
+	fmt.Printf("unready %v\n", q.Ready(ctx))
+	select {}
+}
