@@ -591,7 +591,11 @@ func (s *Server) linkGone(l *link) {
 		return
 	}
 	if st, held := l.q.sessions[l.sessionID]; held && st.holder == l {
-		s.releaseSession(l.q, st, false, s.now())
+		// A session whose lock ran out before the holder let go expired,
+		// whether or not the expiry timer has come round yet: its
+		// deliveries count.
+		now := s.now()
+		s.releaseSession(l.q, st, !now.Before(st.lockedUntil), now)
 	}
 }
 
