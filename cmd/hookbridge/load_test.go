@@ -1,42 +1,130 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/labstack/echo/v4"
+
+	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
 )
 
-// TestLoadLoopback drives `hookbridge ingress` (a real process) over
-// loopback with signed callbacks from 64 keep-alive clients for a while, with
-// `hookbridge worker` delivering to a local backend, and reports throughput,
-// request latency, end-to-end latency and the ingress's peak resident
-// memory. It takes about a minute, so it runs only when asked:
+// TestLoadLoopback measures the ingress and the whole host over loopback,
+// every server its own process, the load generator in this one, all on the
+// same cores:
+//
+//  1. A verify-only server (Echo and the Call Automation verifier, nothing
+//     else) and `hookbridge ingress` (durable commit to the embedded queue),
+//     each at its peak (64 keep-alive senders) and at half of it: throughput,
+//     CPU per request of the server process, and request latency.
+//  2. The host: `hookbridge ingress`, `hookbridge worker` and a stub HTTP
+//     backend process together. Its capacity is the highest offered rate the
+//     worker keeps up with (the backlog does not grow); at half of that rate,
+//     the end-to-end latency from request sent to event at the backend.
+//
+// It takes a few minutes, so it runs only when asked:
 //
 //	HOOKBRIDGE_LOAD_TEST=1 go test ./cmd/hookbridge -run TestLoadLoopback -v
+//
+// HOOKBRIDGE_LOAD_DURATION sets each measurement's length (default 10s).
 func TestLoadLoopback(t *testing.T) {
 	if os.Getenv("HOOKBRIDGE_LOAD_TEST") == "" {
 		t.Skip("load test skipped; set HOOKBRIDGE_LOAD_TEST=1 to run it")
 	}
-	duration := 20 * time.Second
+	duration := 10 * time.Second
 	if v, err := time.ParseDuration(os.Getenv("HOOKBRIDGE_LOAD_DURATION")); err == nil {
 		duration = v
 	}
-	dir := t.TempDir()
-	queue := "sqlite:" + filepath.Join(dir, "load.db")
+	lt := newLoadTarget(t)
 
+	// 1. Verify-only against durable, each at peak and at half of it.
+	verify := lt.verifyOnly(t)
+	vPeak := lt.run(t, verify, 0, duration)
+	vHalf := lt.run(t, verify, vPeak.rate/2, duration)
+	verify.stop(t)
+
+	ing := lt.ingress(t, "")
+	dPeak := lt.run(t, ing, 0, duration)
+	dHalf := lt.run(t, ing, dPeak.rate/2, duration)
+	rss := vmHWM(ing.proc.cmd.Process.Pid)
+	ing.stop(t)
+
+	t.Logf("verify-only: peak %.0f req/s, %.1f CPU-µs/req; at half: p50 %v p99 %v", vPeak.rate, vPeak.cpuPerReq, vHalf.p50, vHalf.p99)
+	t.Logf("durable:     peak %.0f req/s, %.1f CPU-µs/req; at half: p50 %v p99 %v", dPeak.rate, dPeak.cpuPerReq, dHalf.p50, dHalf.p99)
+	t.Logf("ratios: throughput %.2f, CPU per request %.2f (targets ≥ 0.7); p99 at half load +%v (target ≤ +2ms)",
+		dPeak.rate/vPeak.rate, vPeak.cpuPerReq/dPeak.cpuPerReq, dHalf.p99-vHalf.p99)
+	t.Logf("ingress peak resident memory %.1f MiB (target ≤ 50 MiB)", float64(rss)/1024)
+
+	// 2. The host: ingress, worker and backend.
+	backend := lt.backend(t)
+	queue := "sqlite:" + filepath.Join(t.TempDir(), "host.db")
+	host := lt.ingress(t, queue)
+	worker := start(t, "worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", "127.0.0.1:0", "--log-level", "warn")
+	capacity := 0.0
+	lo, hi := 0.1*dPeak.rate, dPeak.rate
+	for range 5 { // binary search on the offered rate
+		rate := (lo + hi) / 2
+		before := backend.delivered()
+		r := lt.run(t, host, rate, duration/2)
+		settle := time.Now().Add(time.Second)
+		for time.Now().Before(settle) && backend.delivered()-before < int64(r.accepted) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		kept := float64(backend.delivered()-before) >= 0.99*float64(r.accepted) && r.failed == 0 && r.rate >= 0.95*rate
+		t.Logf("host at %.0f req/s offered: accepted %.0f/s, delivered %d of %d within a second of the end: kept up %v",
+			rate, r.rate, backend.delivered()-before, r.accepted, kept)
+		if kept {
+			capacity, lo = rate, rate
+		} else {
+			hi = rate
+		}
+		backend.waitIdle(10 * time.Second)
+	}
+	backend.reset()
+	half := lt.run(t, host, capacity/2, duration)
+	backend.waitFor(int64(half.accepted), 30*time.Second)
+	e2e := backend.latencies()
+	worker.stop(t)
+	host.stop(t)
+	t.Logf("host capacity %.0f req/s = %.2f × the ingress alone (target ≥ 0.5)", capacity, capacity/dPeak.rate)
+	t.Logf("end to end at half capacity (%.0f req/s): p50 %v p99 %v (target p99 ≤ 5ms), over %d events",
+		capacity/2, pct(e2e, 0.5), pct(e2e, 0.99), len(e2e))
+	if half.failed > 0 {
+		t.Errorf("%d requests failed at half capacity", half.failed)
+	}
+	if backend.delivered() < int64(half.accepted) {
+		t.Errorf("%d accepted, %d delivered", half.accepted, backend.delivered())
+	}
+}
+
+// loadTarget holds what every load run shares: the token issuer and a pool
+// of pre-signed tokens (signing is far dearer than verifying).
+type loadTarget struct {
+	iss    *devissuer.Issuer
+	toks   []string
+	client *http.Client
+}
+
+func newLoadTarget(t *testing.T) *loadTarget {
 	issSrv := httptest.NewUnstartedServer(nil)
 	iss, err := devissuer.New("http://"+issSrv.Listener.Addr().String(), "acs-resource")
 	if err != nil {
@@ -44,122 +132,170 @@ func TestLoadLoopback(t *testing.T) {
 	}
 	issSrv.Config.Handler = iss.Handler()
 	issSrv.Start()
-	defer issSrv.Close()
-
-	var delivered atomic.Int64
-	var e2eMu sync.Mutex
-	var e2e []time.Duration
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var e struct {
-			Received time.Time `json:"hookbridgereceived"`
-		}
-		body, _ := io.ReadAll(r.Body)
-		if err := json.Unmarshal(body, &e); err == nil {
-			e2eMu.Lock()
-			e2e = append(e2e, time.Since(e.Received))
-			e2eMu.Unlock()
-		}
-		delivered.Add(1)
-	}))
-	defer backend.Close()
-
-	listenAddr, adminAddr := freePort(t), freePort(t)
-	ing := start(t, "ingress", "--queue", queue, "--listen", listenAddr, "--admin-listen", adminAddr,
-		"--acs-audience", "acs-resource", "--acs-oidc-url", iss.DiscoveryURL(), "--log-level", "warn",
-		// The pool of pre-signed tokens below is reused with new bodies,
-		// which the replay defence would refuse.
-		"--replay-cache-size", "-1")
-	waitHTTP(t, "http://"+adminAddr+"/readyz")
-	wrk := start(t, "worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0", "--concurrency", "32", "--log-level", "warn")
-
-	// Signing is far dearer than verifying: sign a pool up front.
-	toks := make([]string, 2048)
+	t.Cleanup(issSrv.Close)
+	lt := &loadTarget{iss: iss, toks: make([]string, 4096),
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	var wg sync.WaitGroup
 	for w := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(toks); i += 2 {
-				toks[i], _ = iss.ACSToken("")
+			for i := w; i < len(lt.toks); i += 2 {
+				lt.toks[i], _ = iss.ACSToken("")
 			}
 		}()
 	}
 	wg.Wait()
+	return lt
+}
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	var sent, failed atomic.Int64
-	var latMu sync.Mutex
-	var lat []time.Duration
-	var peakRSS atomic.Int64
-	stop := time.Now().Add(duration)
-	done := make(chan struct{})
-	go func() { // sample the ingress's resident memory
-		for {
-			select {
-			case <-done:
-				return
-			case <-time.After(200 * time.Millisecond):
-				if kb := vmHWM(ing.cmd.Process.Pid); kb > peakRSS.Load() {
-					peakRSS.Store(kb)
+// server is a process under load.
+type server struct {
+	proc *process
+	url  string
+}
+
+func (s *server) stop(t *testing.T) { s.proc.stop(t) }
+
+// ingress starts `hookbridge ingress` on queue (a fresh file when empty).
+func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
+	if queue == "" {
+		queue = "sqlite:" + filepath.Join(t.TempDir(), "load.db")
+	}
+	listen, admin := freePort(t), freePort(t)
+	p := start(t, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
+		"--acs-audience", "acs-resource", "--acs-oidc-url", lt.iss.DiscoveryURL(), "--log-level", "warn",
+		// The pool of pre-signed tokens is reused with new bodies, which the
+		// replay defence refuses.
+		"--replay-cache-size", "-1")
+	waitHTTP(t, "http://"+admin+"/readyz")
+	return &server{proc: p, url: "http://" + listen + ingress.PathACSCallbacks}
+}
+
+// verifyOnly starts this test binary as the verify-only server (see
+// loadRole).
+func (lt *loadTarget) verifyOnly(t *testing.T) *server {
+	addr := freePort(t)
+	p := startRole(t, "verify-only", addr, lt.iss.DiscoveryURL())
+	waitHTTP(t, "http://"+addr+"/ready")
+	return &server{proc: p, url: "http://" + addr + ingress.PathACSCallbacks}
+}
+
+// result is one load run's outcome.
+type result struct {
+	accepted, failed int
+	rate             float64 // accepted per second
+	cpuPerReq        float64 // the server process's CPU µs per accepted request
+	p50, p99         time.Duration
+}
+
+// run posts signed one-event callbacks to s for d: as fast as 64 senders
+// can (rate 0), or at rate requests per second, paced, latency measured from
+// when each request was due (so a stall is not hidden).
+func (lt *loadTarget) run(t *testing.T, s *server, rate float64, d time.Duration) result {
+	t.Helper()
+	run := time.Now().UnixNano() // event ids unique across runs: duplicates would be dropped
+	var seq atomic.Int64
+	var accepted, failed atomic.Int64
+	lats := make([][]time.Duration, 64)
+	due := make(chan time.Time, 4096)
+	stop := time.Now().Add(d)
+	if rate > 0 {
+		go func() {
+			defer close(due)
+			interval := time.Duration(float64(time.Second) / rate)
+			next := time.Now()
+			for next.Before(stop) {
+				if w := time.Until(next); w > 0 {
+					time.Sleep(w)
+				}
+				for ; !next.After(time.Now()) && next.Before(stop); next = next.Add(interval) {
+					due <- next
 				}
 			}
-		}
-	}()
+		}()
+	}
+	cpu0 := procCPU(s.proc.cmd.Process.Pid)
+	begin := time.Now()
+	var wg sync.WaitGroup
 	for c := range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := c; time.Now().Before(stop); i += 64 {
-				body := fmt.Sprintf(`[{"specversion":"1.0","id":"load-%d","source":"calling/callConnections/c%d","type":"Microsoft.Communication.PlayCompleted","datacontenttype":"application/json","data":{"callConnectionId":"c%d","correlationId":"call-%d","operationContext":"load","resultInformation":{"code":200,"subCode":0,"message":"ok"}}}]`, i, i%500, i%500, i%500)
-				req, _ := http.NewRequest(http.MethodPost, "http://"+listenAddr+"/acs/callbacks", strings.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+toks[i%len(toks)])
+			for {
+				var at time.Time
+				if rate > 0 {
+					var ok bool
+					if at, ok = <-due; !ok {
+						return
+					}
+				} else if at = time.Now(); !at.Before(stop) {
+					return
+				}
+				i := seq.Add(1)
+				// operationContext carries when the request was due, so the
+				// backend can tell the whole way from request to delivery.
+				body := fmt.Sprintf(`[{"specversion":"1.0","id":"load-%d-%d","source":"calling/callConnections/c%d","type":"Microsoft.Communication.PlayCompleted","time":"2024-05-14T17:30:00Z","datacontenttype":"application/json","data":{"callConnectionId":"c%d","serverCallId":"s%d","correlationId":"call-%d","operationContext":"%d","resultInformation":{"code":200,"subCode":0,"message":"Action completed successfully."}}}]`,
+					run, i, i%500, i%500, i%500, i%500, at.UnixNano())
+				req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+lt.toks[i%int64(len(lt.toks))])
 				req.Header.Set("Content-Type", "application/json")
-				begin := time.Now()
-				resp, err := client.Do(req)
+				resp, err := lt.client.Do(req)
 				if err != nil {
 					failed.Add(1)
 					continue
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				if resp.StatusCode != 200 {
+				if resp.StatusCode != http.StatusOK {
 					failed.Add(1)
 					continue
 				}
-				d := time.Since(begin)
-				sent.Add(1)
-				latMu.Lock()
-				lat = append(lat, d)
-				latMu.Unlock()
+				accepted.Add(1)
+				lats[c] = append(lats[c], time.Since(at))
 			}
 		}()
 	}
 	wg.Wait()
-	close(done)
-	accepted := sent.Load()
-	deadline := time.Now().Add(60 * time.Second)
-	for delivered.Load() < accepted && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
+	elapsed := time.Since(begin)
+	cpu := procCPU(s.proc.cmd.Process.Pid) - cpu0
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
 	}
-	wrk.stop(t)
-	ing.stop(t)
-	if delivered.Load() < accepted {
-		t.Errorf("%d accepted, %d delivered", accepted, delivered.Load())
+	r := result{accepted: int(accepted.Load()), failed: int(failed.Load()), p50: pct(all, 0.5), p99: pct(all, 0.99)}
+	r.rate = float64(r.accepted) / elapsed.Seconds()
+	if r.accepted > 0 {
+		r.cpuPerReq = float64(cpu.Microseconds()) / float64(r.accepted)
 	}
-	if failed.Load() > 0 {
-		t.Errorf("%d requests failed", failed.Load())
+	if r.failed > 0 {
+		t.Logf("%s: %d requests failed", s.url, r.failed)
 	}
-	pct := func(d []time.Duration, p float64) time.Duration {
-		slices.Sort(d)
-		return d[min(len(d)-1, int(p*float64(len(d))))]
+	return r
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
 	}
-	t.Logf("accepted %d signed callbacks in %v: %.0f req/s", accepted, duration, float64(accepted)/duration.Seconds())
-	t.Logf("request latency p50 %v p99 %v", pct(lat, 0.5), pct(lat, 0.99))
-	t.Logf("end to end (accepted → delivered) p50 %v p99 %v", pct(e2e, 0.5), pct(e2e, 0.99))
-	t.Logf("ingress peak resident memory %.1f MiB", float64(peakRSS.Load())/1024)
-	if peakRSS.Load() > 100*1024 {
-		t.Errorf("ingress peak RSS %.1f MiB exceeds 100 MiB", float64(peakRSS.Load())/1024)
+	slices.Sort(d)
+	return d[min(len(d)-1, int(p*float64(len(d))))]
+}
+
+// procCPU reads a process's user and system CPU time from /proc.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
 	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(fields) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
 
 // vmHWM reads a process's peak resident set size in KiB from /proc.
@@ -175,4 +311,184 @@ func vmHWM(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// loadBackend is the stub backend process, queried over its own HTTP API.
+type loadBackend struct {
+	proc *process
+	url  string
+	ctl  string
+}
+
+func (lt *loadTarget) backend(t *testing.T) *loadBackend {
+	addr := freePort(t)
+	p := startRole(t, "backend", addr, "")
+	waitHTTP(t, "http://"+addr+"/ready")
+	return &loadBackend{proc: p, url: "http://" + addr + "/events", ctl: "http://" + addr}
+}
+
+func (b *loadBackend) stats() (delivered int64, e2e []time.Duration) {
+	resp, err := http.Get(b.ctl + "/stats")
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	var s backendStats
+	json.NewDecoder(resp.Body).Decode(&s)
+	return s.Delivered, s.EndToEnd
+}
+
+func (b *loadBackend) delivered() int64 { n, _ := b.stats(); return n }
+
+func (b *loadBackend) latencies() []time.Duration { _, l := b.stats(); return l }
+
+func (b *loadBackend) reset() {
+	if resp, err := http.Post(b.ctl+"/reset", "", nil); err == nil {
+		resp.Body.Close()
+	}
+}
+
+// waitIdle waits until no delivery arrived for a moment.
+func (b *loadBackend) waitIdle(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	last := b.delivered()
+	for time.Now().Before(deadline) {
+		time.Sleep(300 * time.Millisecond)
+		n := b.delivered()
+		if n == last {
+			return
+		}
+		last = n
+	}
+}
+
+func (b *loadBackend) waitFor(n int64, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for b.delivered() < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type backendStats struct {
+	Delivered int64           `json:"delivered"`
+	EndToEnd  []time.Duration `json:"end_to_end"`
+}
+
+// Roles this test binary plays as a separate process in the load test.
+const (
+	roleEnv = "HOOKBRIDGE_TEST_LOAD_ROLE"
+)
+
+// startRole starts this test binary as the given role, listening on addr.
+func startRole(t *testing.T, role, addr, oidc string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &syncBuffer{}}
+	p.cmd.Env = append(os.Environ(), roleEnv+"="+role, "HOOKBRIDGE_TEST_LOAD_ADDR="+addr, "HOOKBRIDGE_TEST_LOAD_OIDC="+oidc)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	})
+	return p
+}
+
+// loadRole runs the role named by roleEnv, if any, and reports whether it
+// did (TestMain then exits).
+func loadRole() bool {
+	role := os.Getenv(roleEnv)
+	if role == "" {
+		return false
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	addr := os.Getenv("HOOKBRIDGE_TEST_LOAD_ADDR")
+	var h http.Handler
+	switch role {
+	case "verify-only":
+		h = verifyOnlyHandler(ctx, os.Getenv("HOOKBRIDGE_TEST_LOAD_OIDC"))
+	case "backend":
+		h = stubBackend()
+	default:
+		fmt.Fprintln(os.Stderr, "unknown role", role)
+		os.Exit(2)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	srv := &http.Server{Handler: h}
+	go func() { <-ctx.Done(); srv.Close() }()
+	srv.Serve(l)
+	return true
+}
+
+// verifyOnlyHandler is the baseline the ingress is measured against: Echo
+// with the Call Automation verifier (keyfunc, RS256) reading the body and
+// answering 200, and nothing else.
+func verifyOnlyHandler(ctx context.Context, oidc string) http.Handler {
+	v, err := ingress.NewACSVerifier(ingress.ACSConfig{Audiences: []string{"acs-resource"}, OIDCURL: oidc})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	go v.Run(ctx)
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.GET("/ready", func(c echo.Context) error {
+		if !v.Ready() {
+			return c.NoContent(http.StatusServiceUnavailable)
+		}
+		return c.NoContent(http.StatusOK)
+	})
+	e.POST(ingress.PathACSCallbacks, func(c echo.Context) error {
+		if _, err := v.Verify(c.Request()); err != nil {
+			return c.NoContent(http.StatusUnauthorized)
+		}
+		if _, err := io.Copy(io.Discard, http.MaxBytesReader(c.Response(), c.Request().Body, 1<<20)); err != nil {
+			return c.NoContent(http.StatusBadRequest)
+		}
+		return c.JSON(http.StatusOK, map[string]int{"accepted": 1})
+	})
+	return e
+}
+
+// stubBackend answers every event 200 and records how long after its
+// request was due (data.operationContext, see run) the event arrived.
+func stubBackend() http.Handler {
+	var mu sync.Mutex
+	var stats backendStats
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc("POST /events", func(w http.ResponseWriter, r *http.Request) {
+		var e struct {
+			Data struct {
+				Sent string `json:"operationContext"`
+			} `json:"data"`
+		}
+		body, _ := io.ReadAll(r.Body)
+		now := time.Now()
+		json.Unmarshal(body, &e)
+		sent, err := strconv.ParseInt(e.Data.Sent, 10, 64)
+		mu.Lock()
+		stats.Delivered++
+		if err == nil {
+			stats.EndToEnd = append(stats.EndToEnd, now.Sub(time.Unix(0, sent)))
+		}
+		mu.Unlock()
+	})
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		json.NewEncoder(w).Encode(stats)
+	})
+	mux.HandleFunc("POST /reset", func(http.ResponseWriter, *http.Request) {
+		mu.Lock()
+		stats = backendStats{}
+		mu.Unlock()
+	})
+	return mux
 }

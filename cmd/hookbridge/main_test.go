@@ -36,6 +36,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if loadRole() {
+		return
+	}
 	dir, err := os.MkdirTemp("", "hookbridge-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
