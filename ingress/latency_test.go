@@ -48,16 +48,16 @@ func (l *latencies) report(b *testing.B, name string) {
 	b.ReportMetric(q(0.999), name+"-p99.9-ms")
 }
 
-// timedPublisher measures the durable enqueue: PublishEvents, from handing
-// the events to group commit until the commit holding them is durable.
+// timedPublisher measures the durable enqueue: Publish, from handing the
+// messages to group commit until the commit holding them is durable.
 type timedPublisher struct {
 	next ingress.Publisher
 	lat  *latencies
 }
 
-func (p *timedPublisher) PublishEvents(ctx context.Context, events []schemas.Event) error {
+func (p *timedPublisher) Publish(ctx context.Context, msgs []relay.Message) error {
 	start := time.Now()
-	err := p.next.PublishEvents(ctx, events)
+	err := p.next.Publish(ctx, msgs)
 	if p.lat != nil {
 		p.lat.add(time.Since(start))
 	}

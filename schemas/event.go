@@ -71,6 +71,10 @@ type Event struct {
 	// parsedData is Data as a parser validated it; while Data is still
 	// that slice, MarshalJSON need not validate it again.
 	parsedData json.RawMessage
+	// index and raw are the event's position in the body it was parsed
+	// from and its text there, for Parsed.Reject.
+	index int
+	raw   []byte
 }
 
 // setParsedData sets Data to raw, which encoding/json has decoded.

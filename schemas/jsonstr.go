@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"bytes"
 	"encoding/json"
 	"unicode/utf8"
 )
@@ -60,12 +61,12 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// objectStrings calls fn with each top-level member of a JSON object whose
-// value is a string, stopping when fn returns false. data must be valid JSON
-// (the parsers only pass data that encoding/json decoded); anything else
-// yields no members. Keys are compared as written: an escaped key is not
-// decoded.
-func objectStrings(data []byte, fn func(key []byte, value string) bool) {
+// objectMembers calls fn with each member of the JSON object data, in
+// order, stopping when fn returns false. Names are unescaped as
+// encoding/json unescapes them, so "correlation\u0049d" is correlationId;
+// values are the raw JSON text. data must be valid JSON (the parsers check
+// it first); anything but an object yields no members.
+func objectMembers(data []byte, fn func(name, value []byte) bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return
@@ -80,7 +81,14 @@ func objectStrings(data []byte, fn func(key []byte, value string) bool) {
 		if kEnd < 0 {
 			return
 		}
-		key := data[i+1 : kEnd-1]
+		name := data[i+1 : kEnd-1]
+		if bytes.IndexByte(name, '\\') >= 0 {
+			s, ok := decodeString(data[i:kEnd])
+			if !ok {
+				return
+			}
+			name = []byte(s)
+		}
 		i = skipSpace(data, kEnd)
 		if i >= len(data) || data[i] != ':' {
 			return
@@ -93,14 +101,8 @@ func objectStrings(data []byte, fn func(key []byte, value string) bool) {
 		if vEnd < 0 {
 			return
 		}
-		if data[i] == '"' {
-			if v, ok := plainString(data[i:vEnd]); ok {
-				if !fn(key, v) {
-					return
-				}
-			} else if v, ok := decodeString(data[i:vEnd]); ok && !fn(key, v) {
-				return
-			}
+		if !fn(name, data[i:vEnd]) {
+			return
 		}
 		i = skipSpace(data, vEnd)
 		if i >= len(data) || data[i] != ',' {
