@@ -1,8 +1,11 @@
 package schemas
 
 import (
+	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func FuzzAppendStringMatchesEncodingJSON(f *testing.F) {
@@ -53,4 +56,60 @@ func hasEscapedKey(data []byte) bool {
 		}
 	}
 	return false
+}
+
+// FuzzObjectMembersMatchesEncodingJSON checks the fast member walker, which
+// the parsers and PartitionKey read objects with, against encoding/json on
+// any valid object: the same names (escapes decoded, invalid UTF-8 replaced
+// as encoding/json replaces it, the last of repeated names winning), the
+// same raw values, and the same string values.
+func FuzzObjectMembersMatchesEncodingJSON(f *testing.F) {
+	for _, s := range []string{`{"correlationId":"a"}`, `{"correlation\u0049d":"esc","x":1}`, `{"a":1,"a":"two"}`,
+		`{"\ud83d\ude00":"emoji","\u00e9":{"n":[1,{"m":"}"}]}}`, `{ "k" : "v" , "l" : null }`, "{\"\xff\":\"bad\",\"b\":\"\xfe\"}",
+		`{"s":"\"quoted\" \\ \/ \b\f\n\r\t"}`, `{}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want map[string]json.RawMessage
+		if !json.Valid(data) || json.Unmarshal(data, &want) != nil || want == nil {
+			return
+		}
+		got := map[string]json.RawMessage{}
+		objectMembers(data, func(name, value []byte) bool {
+			got[replaceInvalid(name)] = value
+			return true
+		})
+		if len(got) != len(want) {
+			t.Fatalf("%d members, encoding/json has %d", len(got), len(want))
+		}
+		for name, raw := range want {
+			g, ok := got[name]
+			if !ok {
+				t.Fatalf("member %q missing", name)
+			}
+			if !bytes.Equal(g, raw) {
+				t.Fatalf("member %q = %s, encoding/json %s", name, g, raw)
+			}
+			var s string
+			if json.Unmarshal(raw, &s) == nil && raw[0] == '"' && stringValue(g) != s {
+				t.Fatalf("member %q string %q, encoding/json %q", name, stringValue(g), s)
+			}
+		}
+	})
+}
+
+// replaceInvalid replaces each invalid UTF-8 byte with U+FFFD, as
+// encoding/json does when it decodes a string.
+func replaceInvalid(b []byte) string {
+	var sb strings.Builder
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		if r == utf8.RuneError && size == 1 {
+			sb.WriteString("\uFFFD")
+		} else {
+			sb.Write(b[:size])
+		}
+		b = b[size:]
+	}
+	return sb.String()
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -352,17 +353,26 @@ func readableString(raw []byte) string {
 
 // foldNames applies the lenient rule on attribute names: upper-case ASCII
 // letters are lower-cased unless that makes two attributes share a name.
+// Linear in the number of members, whatever their names.
 func foldNames(idx int, ms []member) error {
+	if !slices.ContainsFunc(ms, func(m member) bool { return hasUpper(m.name) }) {
+		return nil
+	}
+	names := make(map[string]bool, len(ms))
+	for _, m := range ms {
+		if !hasUpper(m.name) {
+			names[string(m.name)] = true
+		}
+	}
 	for i := range ms {
 		if !hasUpper(ms[i].name) {
 			continue
 		}
 		lower := bytes.ToLower(ms[i].name)
-		for j := range ms {
-			if j != i && bytes.Equal(ms[j].name, lower) {
-				return invalid(idx, string(ms[i].name), fmt.Sprintf("differs only in case from attribute %q", lower))
-			}
+		if names[string(lower)] {
+			return invalid(idx, string(ms[i].name), fmt.Sprintf("differs only in case from attribute %q", lower))
 		}
+		names[string(lower)] = true
 		ms[i].name = lower
 	}
 	return nil
