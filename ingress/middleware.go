@@ -32,6 +32,9 @@ func setOutcome(c echo.Context, outcome, cause string) { c.Set(outcomeKey, [2]st
 func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
+		if s.draining.Load() {
+			c.Response().Header().Set(echo.HeaderConnection, "close")
+		}
 		err := next(c)
 		var herr *Error
 		if err != nil {

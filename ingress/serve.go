@@ -13,9 +13,12 @@ import (
 // Serve serves on l until ctx ends, then drains so that a rolling restart
 // refuses nothing:
 //
-//  1. readiness fails at once (Ready), and responses ask clients to close
-//     their connections, while the listener keeps serving for DrainDelay:
-//     load balancers polling readiness stop sending meanwhile;
+//  1. readiness fails at once (Ready), and each response closes its
+//     connection (Connection: close) so clients reconnect through the load
+//     balancer, while the listener keeps serving for DrainDelay: load
+//     balancers polling readiness stop sending meanwhile. Idle keep-alive
+//     connections are left open until then: closing one under a client
+//     that is just sending on it would fail that request;
 //  2. the listener closes and Serve waits up to ShutdownTimeout for the
 //     requests in progress, each of which waits for its queue commit;
 //  3. Serve returns. The caller closes the admin listener only then, so
@@ -41,8 +44,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("ingress: serve %s: %w", l.Addr(), err)
 	case <-ctx.Done():
 	}
-	s.draining.Store(true)
-	hs.SetKeepAlivesEnabled(false) // clients reconnect, through the load balancer
+	s.draining.Store(true) // readiness fails; responses now close their connection
 	s.log.Info("ingress draining: readiness fails; the listener keeps serving until load balancers stop sending",
 		"cause", context.Cause(ctx).Error(), "drain_delay", s.cfg.DrainDelay, "addr", l.Addr().String())
 	if s.cfg.DrainDelay > 0 {
