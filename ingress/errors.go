@@ -188,8 +188,3 @@ func render(c echo.Context, e *Error) {
 	}
 	c.JSON(e.Status, map[string]string{"error": e.Message, "id": e.id()})
 }
-
-// handleError is Echo's error handler, for errors raised outside observe.
-func handleError(err error, c echo.Context) {
-	render(c, toError(err))
-}

@@ -95,8 +95,10 @@ func (s *Server) eventGridValidation(c echo.Context, r *route) error {
 		return err
 	}
 	defer s.bodies.Release(reserved)
-	sc := s.getScratch()
-	defer s.putScratch(sc)
+	sc, owned := s.scratchOf(c)
+	if owned {
+		defer s.putScratch(sc)
+	}
 	if err := readBody(c, &sc.body, s.cfg.MaxBodyBytes); err != nil {
 		return err
 	}

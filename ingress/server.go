@@ -86,25 +86,23 @@ func New(cfg Config) (*Server, error) {
 		}
 		e.IPExtractor = echo.ExtractIPFromXFFHeader(opts...)
 	}
-	e.HTTPErrorHandler = handleError
-	e.Use(s.observe, s.limitConcurrency)
+	e.HTTPErrorHandler = s.handleError
 	if cfg.RateLimit > 0 {
 		s.limiter = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
-		e.Use(s.limitRate)
 	}
-	e.GET(PathHealthz, func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET(PathHealthz, s.chain(func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") }))
 
 	if r := s.newRoute(PathACSCallbacks, schemas.RouteACSCallbacks, cfg.ACSVerifiers); r != nil {
 		if cfg.ReplayDefence != ReplayOff && slices.ContainsFunc(r.verifiers, isBearer) {
 			r.replay = newReplayGuard(cfg.ReplayCacheSize, cfg.ReplayDefence, s.metrics.replayEvictions, s.log)
 		}
-		e.POST(r.path, func(c echo.Context) error {
+		e.POST(r.path, s.chain(func(c echo.Context) error {
 			return s.ingest(c, r, acsMediaTypes, acsParse)
-		})
+		}))
 	}
 	if r := s.newRoute(PathEventGrid, schemas.RouteEventGrid, cfg.EventGridVerifiers); r != nil {
-		e.POST(r.path, func(c echo.Context) error { return s.eventGrid(c, r) })
-		e.OPTIONS(r.path, func(c echo.Context) error { return s.eventGridOptions(c, r) })
+		e.POST(r.path, s.chain(func(c echo.Context) error { return s.eventGrid(c, r) }))
+		e.OPTIONS(r.path, s.chain(func(c echo.Context) error { return s.eventGridOptions(c, r) }))
 	}
 	s.echo = e
 	return s, nil

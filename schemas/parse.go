@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -421,12 +422,13 @@ func fromEventGrid(idx int, ms []member, e *Event) error {
 		{"eventTime", eventTime, &e.Time, false},
 		{"dataVersion", dataVersion, &e.DataVersion, false},
 	}
-	var err error
+	var strs strArena
 	for _, f := range fields {
-		if *f.dst, err = stringAttr(idx, f.name, f.raw, f.required); err != nil {
+		if err := strs.attr(idx, f.name, f.raw, f.required, f.dst); err != nil {
 			return err
 		}
 	}
+	strs.flush()
 	if err := checkTime(idx, "eventTime", e.Time); err != nil {
 		return err
 	}
@@ -449,37 +451,41 @@ func fromCloudEvent(idx int, ms []member, e *Event, normalized bool) error {
 			specversion = m.raw
 		}
 	}
-	sv, err := stringAttr(idx, "specversion", specversion, true)
-	if err != nil {
-		return err
+	if string(specversion) != `"`+SpecVersion+`"` {
+		sv, err := stringAttr(idx, "specversion", specversion, true)
+		if err != nil {
+			return err
+		}
+		if sv != SpecVersion {
+			return invalid(idx, "specversion", fmt.Sprintf("is %q; only %q is supported", sv, SpecVersion))
+		}
 	}
-	if sv != SpecVersion {
-		return invalid(idx, "specversion", fmt.Sprintf("is %q; only %q is supported", sv, SpecVersion))
-	}
+	var strs strArena
 	for _, m := range ms {
 		var dst *string
+		var attr string // the attribute's name, a constant: no allocation
 		required := false
 		switch string(m.name) {
 		case "specversion":
 			continue
 		case "id":
-			dst, required, seenID = &e.ID, true, true
+			dst, attr, required, seenID = &e.ID, "id", true, true
 		case "source":
-			dst, required, seenSource = &e.Source, true, true
+			dst, attr, required, seenSource = &e.Source, "source", true, true
 		case "type":
-			dst, required, seenType = &e.Type, true, true
+			dst, attr, required, seenType = &e.Type, "type", true, true
 		case "subject":
-			dst = &e.Subject
+			dst, attr = &e.Subject, "subject"
 		case "time":
-			dst = &e.Time
+			dst, attr = &e.Time, "time"
 		case "datacontenttype":
-			dst = &e.DataContentType
+			dst, attr = &e.DataContentType, "datacontenttype"
 		case "dataschema":
-			dst = &e.DataSchema
+			dst, attr = &e.DataSchema, "dataschema"
 		case "data_base64":
-			dst = &e.DataBase64
+			dst, attr = &e.DataBase64, "data_base64"
 		case ExtDataVersion:
-			dst = &e.DataVersion
+			dst, attr = &e.DataVersion, ExtDataVersion
 		case "data":
 			e.Data, e.parsedData = nil, nil
 			if !isNull(m.raw) {
@@ -490,16 +496,17 @@ func fromCloudEvent(idx int, ms []member, e *Event, normalized bool) error {
 			if !normalized {
 				continue // derived from data, never taken from a sender
 			}
-			dst = &e.PartitionKey
-		case ExtRoute, ExtVerifier:
+			dst, attr = &e.PartitionKey, ExtPartitionKey
+		case ExtRoute:
 			if !normalized {
 				continue // provenance is the ingress's to set
 			}
-			if string(m.name) == ExtRoute {
-				dst = &e.Route
-			} else {
-				dst = &e.Verifier
+			dst, attr = &e.Route, ExtRoute
+		case ExtVerifier:
+			if !normalized {
+				continue
 			}
+			dst, attr = &e.Verifier, ExtVerifier
 		case ExtReceived:
 			if !normalized {
 				continue
@@ -530,10 +537,11 @@ func fromCloudEvent(idx int, ms []member, e *Event, normalized bool) error {
 			e.Extensions[name] = m.raw
 			continue
 		}
-		if *dst, err = stringAttr(idx, string(m.name), m.raw, required); err != nil {
+		if err := strs.attr(idx, attr, m.raw, required, dst); err != nil {
 			return err
 		}
 	}
+	strs.flush()
 	switch {
 	case !seenID:
 		return invalid(idx, "id", "is required")
@@ -546,6 +554,67 @@ func fromCloudEvent(idx int, ms []member, e *Event, normalized bool) error {
 		return invalid(idx, "data_base64", "cannot be combined with data")
 	}
 	return checkTime(idx, "time", e.Time)
+}
+
+// strArena gathers the plain (unescaped) string attributes of one event
+// and copies them out of the body into one allocation, which they share:
+// an event's strings live and die together.
+type strArena struct {
+	n    int
+	size int
+	p    [16]struct {
+		dst   *string
+		inner []byte
+	}
+}
+
+// attr reads a string attribute into *dst (see stringAttr): a plain string
+// is set by flush, anything else at once.
+func (a *strArena) attr(idx int, name string, raw []byte, required bool, dst *string) error {
+	if inner, ok := plainInner(raw); ok && a.n < len(a.p) {
+		if required && len(inner) == 0 {
+			return invalid(idx, name, "must not be empty")
+		}
+		a.p[a.n].dst, a.p[a.n].inner = dst, inner
+		a.n++
+		a.size += len(inner)
+		return nil
+	}
+	s, err := stringAttr(idx, name, raw, required)
+	if err != nil {
+		return err
+	}
+	// A later value of a repeated attribute wins over an earlier one still
+	// pending in the arena.
+	for i := range a.n {
+		if a.p[i].dst == dst {
+			a.p[i].dst = nil
+		}
+	}
+	*dst = s
+	return nil
+}
+
+// flush sets the gathered strings, in order, so the last of repeated
+// attributes wins.
+func (a *strArena) flush() {
+	if a.n == 0 {
+		return
+	}
+	var b strings.Builder
+	b.Grow(a.size)
+	for i := range a.n {
+		b.Write(a.p[i].inner)
+	}
+	all := b.String()
+	off := 0
+	for i := range a.n {
+		l := len(a.p[i].inner)
+		if a.p[i].dst != nil {
+			*a.p[i].dst = all[off : off+l]
+		}
+		off += l
+	}
 }
 
 // stringAttr reads a string attribute from its raw value (nil when absent).
@@ -576,14 +645,23 @@ func stringAttr(idx int, name string, raw []byte, required bool) (string, error)
 // plainString decodes a JSON string without escapes, the common case,
 // without reflection.
 func plainString(raw []byte) (string, bool) {
-	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
-		return "", false
-	}
-	inner := raw[1 : len(raw)-1]
-	if bytes.IndexByte(inner, '\\') >= 0 || bytes.IndexByte(inner, '"') >= 0 || !utf8.Valid(inner) {
+	inner, ok := plainInner(raw)
+	if !ok {
 		return "", false
 	}
 	return string(inner), true
+}
+
+// plainInner returns the text of a JSON string without escapes.
+func plainInner(raw []byte) ([]byte, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return nil, false
+	}
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') >= 0 || bytes.IndexByte(inner, '"') >= 0 || !utf8.Valid(inner) {
+		return nil, false
+	}
+	return inner, true
 }
 
 func checkTime(idx int, name, value string) error {
