@@ -98,6 +98,12 @@ func unauthorized(cause, msg string, err error) *Error {
 	}
 }
 
+// denied builds a 401 for a shared-secret route (API key, signed URL): no
+// bearer challenge.
+func denied(cause, msg string, err error) *Error {
+	return &Error{Status: http.StatusUnauthorized, Cause: cause, Message: msg, Err: err}
+}
+
 // unavailable builds a 503 with Retry-After.
 func unavailable(cause, msg string, retry time.Duration, err error) *Error {
 	return &Error{Status: http.StatusServiceUnavailable, Cause: cause, Message: msg, RetryAfter: retry, Err: err}

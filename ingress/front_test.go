@@ -374,7 +374,9 @@ func TestBodiesInFlightAreBounded(t *testing.T) {
 		MaxBodyBytes: 4096, MaxBodyBytesInFlight: 4096, EnqueueTimeout: 200 * time.Millisecond})
 	big := callConnected + strings.Repeat(" ", 3000)
 	first := make(chan int, 1)
-	go func() { first <- do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)).status }()
+	go func() {
+		first <- do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)).status
+	}()
 	time.Sleep(50 * time.Millisecond) // the first holds the budget, waiting for the queue
 	if r := do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("a body beyond the budget: %d, want 503 with Retry-After", r.status)

@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"net/http"
 	"sync"
 	"time"
 
@@ -48,7 +49,7 @@ func (l *clientLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
 func (s *Server) limitRate(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if ok, wait := s.limiter.allow(c.RealIP(), time.Now()); !ok {
-			return &Error{Status: 429, Cause: CauseRateLimited, Message: "too many requests from this client; retry later", RetryAfter: wait}
+			return &Error{Status: http.StatusTooManyRequests, Cause: CauseRateLimited, Message: "too many requests from this client; retry later", RetryAfter: wait}
 		}
 		return next(c)
 	}
