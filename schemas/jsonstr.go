@@ -8,6 +8,15 @@ import (
 
 const hexDigits = "0123456789abcdef"
 
+// safeASCII marks the ASCII bytes encoding/json writes in a string as they
+// are: printable, and not '"', '\\' or the HTML-sensitive '<', '>', '&'.
+var safeASCII = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
 // appendString appends s as a JSON string, escaped exactly as encoding/json
 // does (HTML-safe, invalid UTF-8 replaced), without reflection.
 func appendString(dst []byte, s string) []byte {
@@ -15,7 +24,7 @@ func appendString(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		if b := s[i]; b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if safeASCII[b] {
 				i++
 				continue
 			}
@@ -120,16 +129,25 @@ func skipSpace(b []byte, i int) int {
 }
 
 // stringEnd returns the index just past the string starting at b[i] ('"').
+// It jumps from quote to quote (bytes.IndexByte) and counts the
+// backslashes before each: an odd number escapes it.
 func stringEnd(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
+	j := i + 1
+	for {
+		k := bytes.IndexByte(b[j:], '"')
+		if k < 0 {
+			return -1
 		}
+		q := j + k
+		n := 0
+		for p := q - 1; p > i && b[p] == '\\'; p-- {
+			n++
+		}
+		if n%2 == 0 {
+			return q + 1
+		}
+		j = q + 1
 	}
-	return -1
 }
 
 // valueEnd returns the index just past the value starting at b[i].
@@ -172,4 +190,30 @@ func decodeString(raw []byte) (string, bool) {
 		return "", false
 	}
 	return s, true
+}
+
+// appendCompact appends src, valid JSON, without insignificant whitespace:
+// what json.Compact writes, without validating again.
+func appendCompact(dst, src []byte) []byte {
+	for i := 0; i < len(src); {
+		switch src[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		case '"':
+			end := stringEnd(src, i)
+			if end < 0 { // not valid after all: keep the rest as it is
+				return append(dst, src[i:]...)
+			}
+			dst = append(dst, src[i:end]...)
+			i = end
+		default:
+			j := i + 1
+			for j < len(src) && src[j] != ' ' && src[j] != '\t' && src[j] != '\n' && src[j] != '\r' && src[j] != '"' {
+				j++
+			}
+			dst = append(dst, src[i:j]...)
+			i = j
+		}
+	}
+	return dst
 }

@@ -113,3 +113,50 @@ func replaceInvalid(b []byte) string {
 	}
 	return sb.String()
 }
+
+// FuzzScanMatchesEncodingJSON holds the validating scanner the parsers use
+// to json.Valid, and its record of a top-level array's elements to
+// encoding/json's.
+func FuzzScanMatchesEncodingJSON(f *testing.F) {
+	for _, s := range []string{``, ` `, `{}`, `[]`, `[1,2]`, `[1,]`, `{"a":1,}`, `-0.5e+7`, `01`, `1.`, `-`, `1e`, `"\u00e9\ud83d"`, `"\x"`,
+		"\"\x01\"", "\"\xff\"", `tru`, `true false`, `[{"a":[{"b":null}]}, "s", 3]`, `{"a" 1}`, "\t[\n]\r ",
+		strings.Repeat("[", 10000) + strings.Repeat("]", 10000), strings.Repeat("[", 10001) + strings.Repeat("]", 10001)} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sc := scanner{b: data, max: 3}
+		got, want := sc.scan(), json.Valid(data)
+		if got != want {
+			t.Fatalf("scan(%q) = %v, json.Valid %v", data, got, want)
+		}
+		var elems []json.RawMessage
+		if !want || json.Unmarshal(data, &elems) != nil {
+			return
+		}
+		if sc.count != len(elems) || len(sc.spans) != min(len(elems), 3) {
+			t.Fatalf("%d elements (%d recorded), encoding/json %d", sc.count, len(sc.spans), len(elems))
+		}
+		for i, sp := range sc.spans {
+			if !bytes.Equal(data[sp.start:sp.end], elems[i]) {
+				t.Fatalf("element %d = %s, encoding/json %s", i, data[sp.start:sp.end], elems[i])
+			}
+		}
+	})
+}
+
+// FuzzAppendCompactMatchesEncodingJSON: compacting validated data writes
+// what json.Compact writes.
+func FuzzAppendCompactMatchesEncodingJSON(f *testing.F) {
+	for _, s := range []string{"{ \"a\" : [ 1 , 2 ] ,\n \"b\":\"x y\\\" \\\\\" }", "[\r\n\t]", `"  "`, `1`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want bytes.Buffer
+		if json.Compact(&want, data) != nil {
+			return
+		}
+		if got := appendCompact(nil, data); !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("appendCompact(%q) = %q, json.Compact %q", data, got, want.Bytes())
+		}
+	})
+}

@@ -11,8 +11,8 @@ import (
 )
 
 // MaxEvents is the most events one body may hold: Event Grid's largest
-// batch. A bigger body is refused whole, and counting stops at the first
-// element past the limit, before any event is decoded.
+// batch. A bigger body is refused whole, before any event is decoded: the
+// elements are counted while the body is validated.
 const MaxEvents = 5000
 
 // Format is the envelope a body is parsed as.
@@ -153,7 +153,7 @@ func Parse(body []byte, f Format, p Provenance, dst *Parsed) error {
 // the provenance extensions.
 func ParseNormalized(body []byte) (*Event, error) {
 	var out Parsed
-	if err := checkBody(body); err != nil {
+	if err := checkBody(body, nil); err != nil {
 		return nil, err
 	}
 	raw := bytes.TrimSpace(body)
@@ -183,11 +183,16 @@ type member struct {
 }
 
 // checkBody reports whether body is one JSON value, explaining why not.
-func checkBody(body []byte) error {
+// sc, when not nil, records the elements of a top-level array.
+func checkBody(body []byte, sc *scanner) error {
 	if len(bytes.TrimLeft(body, " \t\r\n")) == 0 {
 		return fmt.Errorf("%w: the body is empty; send a JSON object or array of events", ErrMalformed)
 	}
-	if json.Valid(body) {
+	if sc == nil {
+		sc = &scanner{}
+	}
+	sc.b = body
+	if sc.scan() {
 		return nil
 	}
 	switch c := bytes.TrimLeft(body, " \t\r\n")[0]; {
@@ -195,7 +200,7 @@ func checkBody(body []byte) error {
 		return fmt.Errorf("%w: expected a JSON object or array of events", ErrMalformed)
 	}
 	var v json.RawMessage
-	err := json.Unmarshal(body, &v)
+	err := json.Unmarshal(body, &v) // the slow path, for a precise message
 	if err == nil {
 		return fmt.Errorf("%w: invalid JSON", ErrMalformed)
 	}
@@ -204,31 +209,33 @@ func checkBody(body []byte) error {
 
 func parse(body []byte, f Format, p Provenance, dst *Parsed, strict bool) error {
 	dst.Reset()
-	if err := checkBody(body); err != nil {
+	sc := scanner{spans: dst.spans[:0], max: MaxEvents}
+	err := checkBody(body, &sc)
+	dst.spans = sc.spans
+	if err != nil {
 		return err
 	}
 	// body is valid JSON from here on: the walkers below rely on it.
 	i := skipSpace(body, 0)
+	end := len(bytes.TrimRight(body, " \t\r\n"))
 	switch body[i] {
 	case '[':
 		if strict && f == FormatCloudEvent {
 			return fmt.Errorf("%w: expected one JSON object (structured mode); send a batch as application/cloudevents-batch+json", ErrMalformed)
 		}
-		spans, err := elements(body, i, dst.spans[:0])
-		dst.spans = spans
-		if err != nil {
-			return err
+		if sc.count > MaxEvents {
+			return fmt.Errorf("%w: %d events; at most %d are allowed in one request", ErrTooManyEvents, sc.count, MaxEvents)
 		}
 	case '{':
 		if strict && f == FormatCloudEventBatch {
 			return fmt.Errorf("%w: expected a JSON array (batch mode)", ErrMalformed)
 		}
-		dst.spans = append(dst.spans[:0], span{i, valueEnd(body, i)})
+		dst.spans = append(dst.spans[:0], span{i, end})
 	default:
 		if strict {
 			return fmt.Errorf("%w: expected a JSON object or array of events", ErrMalformed)
 		}
-		dst.spans = append(dst.spans[:0], span{i, valueEnd(body, i)})
+		dst.spans = append(dst.spans[:0], span{i, end})
 	}
 	if cap(dst.Events) < len(dst.spans) {
 		dst.Events = make([]Event, 0, len(dst.spans))
@@ -254,27 +261,6 @@ func parse(body []byte, f Format, p Provenance, dst *Parsed, strict bool) error 
 		dst.Malformed = append(dst.Malformed, malformed(idx, raw, err, f))
 	}
 	return nil
-}
-
-// elements appends the boundaries of the elements of the array at body[i],
-// stopping with ErrTooManyEvents past MaxEvents.
-func elements(body []byte, i int, spans []span) ([]span, error) {
-	j := skipSpace(body, i+1)
-	if body[j] == ']' {
-		return spans, nil
-	}
-	for {
-		end := valueEnd(body, j)
-		if len(spans) == MaxEvents {
-			return spans, fmt.Errorf("%w: more than %d events; at most %d are allowed in one request", ErrTooManyEvents, MaxEvents, MaxEvents)
-		}
-		spans = append(spans, span{j, end})
-		j = skipSpace(body, end)
-		if body[j] == ']' {
-			return spans, nil
-		}
-		j = skipSpace(body, j+1) // ','
-	}
 }
 
 // element decodes one element into e.
