@@ -246,3 +246,19 @@ func FuzzParseLenient(f *testing.F) {
 		}
 	})
 }
+
+// TestParseDeepNesting: nesting as deep as encoding/json allows is one
+// malformed element; deeper is not JSON. Either way the scan is iterative:
+// nesting costs a byte a level, not a stack frame.
+func TestParseDeepNesting(t *testing.T) {
+	t.Parallel()
+	var out schemas.Parsed
+	deep := "[" + strings.Repeat("[", 9999) + strings.Repeat("]", 9999) + "]"
+	if err := schemas.Parse([]byte(deep), schemas.FormatCallAutomation, fixedProvenance, &out); err != nil || len(out.Malformed) != 1 {
+		t.Errorf("10,000 levels: err %v, %d malformed; want one malformed element", err, len(out.Malformed))
+	}
+	deeper := "[" + deep + "]"
+	if err := schemas.Parse([]byte(deeper), schemas.FormatCallAutomation, fixedProvenance, &out); !errors.Is(err, schemas.ErrMalformed) {
+		t.Errorf("10,001 levels: err %v, want ErrMalformed", err)
+	}
+}

@@ -77,6 +77,7 @@ type Parsed struct {
 	Malformed []Malformed
 
 	spans   []span   // scratch: element boundaries
+	nesting []byte   // scratch: the scanner's stack
 	members []member // scratch: one object's members
 }
 
@@ -209,9 +210,9 @@ func checkBody(body []byte, sc *scanner) error {
 
 func parse(body []byte, f Format, p Provenance, dst *Parsed, strict bool) error {
 	dst.Reset()
-	sc := scanner{spans: dst.spans[:0], max: MaxEvents}
+	sc := scanner{spans: dst.spans[:0], max: MaxEvents, stack: dst.nesting}
 	err := checkBody(body, &sc)
-	dst.spans = sc.spans
+	dst.spans, dst.nesting = sc.spans, sc.stack
 	if err != nil {
 		return err
 	}

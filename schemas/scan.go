@@ -6,132 +6,124 @@ const maxDepth = 10000
 
 // scanner validates a JSON text exactly as json.Valid does (RFC 8259;
 // bytes that are not UTF-8 are accepted inside strings, as encoding/json
-// accepts them) in one pass without allocating, and records the
-// boundaries of the elements of a top-level array on the way: the parsers
-// then need no second pass to find them. FuzzScanMatchesEncodingJSON holds
-// it to json.Valid.
+// accepts them) in one pass without allocating (but for its nesting stack,
+// one byte a level), and records the boundaries of the elements of a
+// top-level array on the way: the parsers then need no second pass to find
+// them. It is iterative, so hostile nesting costs a byte a level, not a
+// stack frame. FuzzScanMatchesEncodingJSON holds it to json.Valid.
 type scanner struct {
-	b     []byte
-	depth int
+	b []byte
 	// spans receives the top-level array's elements, up to max; count
 	// counts them all.
 	spans []span
 	max   int
 	count int
+	// stack holds the open containers, '{' or '['.
+	stack []byte
 }
+
+const (
+	wantValue = iota
+	afterValue
+	wantKey
+)
 
 // scan reports whether s.b is one valid JSON value.
 func (s *scanner) scan() bool {
-	i := skipSpace(s.b, 0)
-	if i >= len(s.b) {
+	b := s.b
+	stack := s.stack[:0]
+	defer func() { s.stack = stack[:0] }()
+	i := skipSpace(b, 0)
+	if i >= len(b) {
 		return false
 	}
-	var end int
-	if s.b[i] == '[' {
-		end = s.array(i, true)
-	} else {
-		end = s.value(i)
-	}
-	return end >= 0 && skipSpace(s.b, end) == len(s.b)
-}
-
-// value returns the index just past the value at i, or -1.
-func (s *scanner) value(i int) int {
-	if i >= len(s.b) {
-		return -1
-	}
-	switch c := s.b[i]; {
-	case c == '{':
-		return s.object(i)
-	case c == '[':
-		return s.array(i, false)
-	case c == '"':
-		return s.str(i)
-	case c == '-' || '0' <= c && c <= '9':
-		return s.number(i)
-	case c == 't':
-		return s.literal(i, "true")
-	case c == 'f':
-		return s.literal(i, "false")
-	case c == 'n':
-		return s.literal(i, "null")
-	}
-	return -1
-}
-
-func (s *scanner) object(i int) int {
-	if s.depth++; s.depth > maxDepth {
-		return -1
-	}
-	i = skipSpace(s.b, i+1)
-	if i < len(s.b) && s.b[i] == '}' {
-		s.depth--
-		return i + 1
-	}
+	top := b[i] == '[' // record the elements of a top-level array
+	elemStart := 0
+	mode := wantValue
 	for {
-		if i >= len(s.b) || s.b[i] != '"' {
-			return -1
-		}
-		if i = s.str(i); i < 0 {
-			return -1
-		}
-		i = skipSpace(s.b, i)
-		if i >= len(s.b) || s.b[i] != ':' {
-			return -1
-		}
-		if i = s.value(skipSpace(s.b, i+1)); i < 0 {
-			return -1
-		}
-		i = skipSpace(s.b, i)
-		if i >= len(s.b) {
-			return -1
-		}
-		switch s.b[i] {
-		case ',':
-			i = skipSpace(s.b, i+1)
-		case '}':
-			s.depth--
-			return i + 1
-		default:
-			return -1
-		}
-	}
-}
-
-// array scans the array at i; top says it is the body's top-level array,
-// whose elements are recorded.
-func (s *scanner) array(i int, top bool) int {
-	if s.depth++; s.depth > maxDepth {
-		return -1
-	}
-	i = skipSpace(s.b, i+1)
-	if i < len(s.b) && s.b[i] == ']' {
-		s.depth--
-		return i + 1
-	}
-	for {
-		start := i
-		if i = s.value(i); i < 0 {
-			return -1
-		}
-		if top {
-			if s.count < s.max {
-				s.spans = append(s.spans, span{start, i})
+		switch mode {
+		case wantValue:
+			if i >= len(b) {
+				return false
 			}
-			s.count++
-		}
-		i = skipSpace(s.b, i)
-		if i >= len(s.b) {
-			return -1
-		}
-		switch s.b[i] {
-		case ',':
-			i = skipSpace(s.b, i+1)
-		case ']':
-			s.depth--
-			return i + 1
-		default:
-			return -1
+			if top && len(stack) == 1 {
+				elemStart = i
+			}
+			switch c := b[i]; {
+			case c == '{' || c == '[':
+				if len(stack) == maxDepth {
+					return false
+				}
+				j := skipSpace(b, i+1)
+				if j < len(b) && (c == '{' && b[j] == '}' || c == '[' && b[j] == ']') {
+					i, mode = j+1, afterValue
+					continue
+				}
+				stack = append(stack, c)
+				i, mode = j, wantValue
+				if c == '{' {
+					mode = wantKey
+				}
+				continue
+			case c == '"':
+				i = s.str(i)
+			case c == '-' || '0' <= c && c <= '9':
+				i = s.number(i)
+			case c == 't':
+				i = s.literal(i, "true")
+			case c == 'f':
+				i = s.literal(i, "false")
+			case c == 'n':
+				i = s.literal(i, "null")
+			default:
+				return false
+			}
+			if i < 0 {
+				return false
+			}
+			mode = afterValue
+		case afterValue:
+			if top && len(stack) == 1 { // an element of the top-level array ended
+				if s.count < s.max {
+					s.spans = append(s.spans, span{elemStart, i})
+				}
+				s.count++
+			}
+			i = skipSpace(b, i)
+			if len(stack) == 0 {
+				return i == len(b)
+			}
+			if i >= len(b) {
+				return false
+			}
+			open := stack[len(stack)-1]
+			switch b[i] {
+			case ',':
+				i, mode = skipSpace(b, i+1), wantValue
+				if open == '{' {
+					mode = wantKey
+				}
+			case '}', ']':
+				if open == '{' && b[i] != '}' || open == '[' && b[i] != ']' {
+					return false
+				}
+				stack = stack[:len(stack)-1]
+				i++
+			default:
+				return false
+			}
+		case wantKey:
+			if i >= len(b) || b[i] != '"' {
+				return false
+			}
+			if i = s.str(i); i < 0 {
+				return false
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) || b[i] != ':' {
+				return false
+			}
+			i, mode = skipSpace(b, i+1), wantValue
 		}
 	}
 }
