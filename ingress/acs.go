@@ -113,7 +113,7 @@ func (v *ACSVerifier) Verify(r *http.Request) (Credential, error) {
 	if err != nil {
 		return Credential{}, err
 	}
-	return Credential{Token: raw, Expires: claims.ExpiresAt.Time}, nil
+	return Credential{Token: raw, Expires: claims.ExpiresAt.Add(v.cfg.Leeway), JTI: claims.ID}, nil
 }
 
 func (*ACSVerifier) bearer() {}

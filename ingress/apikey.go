@@ -70,8 +70,7 @@ func (v *APIKeyVerifier) Verify(r *http.Request) (Credential, error) {
 		r.URL.RawQuery = q.Encode()
 	}
 	if key == "" {
-		return Credential{}, &Error{Status: http.StatusUnauthorized, Cause: CauseMissingCredentials,
-			Message: "missing API key; send it in the key query parameter or the X-Api-Key header"}
+		return Credential{}, denied(CauseMissingCredentials, "missing API key; send it in the key query parameter or the X-Api-Key header", nil)
 	}
 	d := sha256.Sum256([]byte(key))
 	match := 0
@@ -79,7 +78,7 @@ func (v *APIKeyVerifier) Verify(r *http.Request) (Credential, error) {
 		match |= subtle.ConstantTimeCompare(d[:], v.digests[i][:])
 	}
 	if match != 1 {
-		return Credential{}, &Error{Status: http.StatusUnauthorized, Cause: CauseInvalidAPIKey, Message: "invalid API key"}
+		return Credential{}, denied(CauseInvalidAPIKey, "invalid API key", nil)
 	}
 	return Credential{}, nil
 }

@@ -2,26 +2,47 @@
 // verifies every request, parses and normalizes its events, and answers 200
 // only once the queue has them.
 //
-// Each event route runs the same pipeline: concurrency limit → verify (every
-// configured Verifier must pass) → content type → bounded body → parse and
-// normalize (package schemas) → Publisher.PublishEvents, which returns only
-// after the events are durably queued → 200. Failures are *Error values
-// rendered by one error handler as {"error": "...", "id": "..."} with the
-// status of the design's contract; the detail is logged under the same id.
+// Each event route runs the same pipeline (pipeline.go, ingest): concurrency
+// limit → verify (every configured Verifier must pass) → content type →
+// bounded body (its size, and its share of the bytes all requests may hold
+// at once) → replay check → parse and normalize (schemas.Parse) → map to
+// relay messages → Publisher.Publish, which returns only after the messages
+// are durably stored → 200.
 //
-// Verifiers:
+// Once every verifier passed and the body is JSON, nothing is refused: each
+// event is queued, and each element that breaks an envelope rule is stored
+// as received in the dead-letter queue (relay.NewMalformedMessage, reason
+// MalformedEvent). Failures are *Error values (errors.go) rendered as
+// {"error": "...", "id": "..."} with the status of the design's contract,
+// and logged once, with the same id, by the access-log middleware
+// (middleware.go).
+//
+// Verifiers (a Verifier returns a Credential: for JWTs the token, its
+// expiry and its jti):
 //   - ACSVerifier checks the JWT Call Automation sends with every callback:
 //     OpenID Connect discovery and a JWKS through keyfunc, refreshed in the
 //     background and, at a bounded rate, for tokens with an unknown kid. A
 //     token whose kid is unknown right after a fresh refresh gets 401; one
 //     that cannot be checked yet (keys never loaded, refresh budget spent,
 //     JWKS unreachable) gets 503 with Retry-After, so a real key rotation is
-//     retried by the sender instead of lost.
+//     retried by the sender instead of lost. The replay defence
+//     (ReplayDefence) binds each of its tokens to the body it delivered.
+//   - EntraVerifier checks the Microsoft Entra token of Event Grid's secured
+//     webhook delivery (tenant, audience, Event Grid as caller), caching a
+//     verified token until it expires since Event Grid reuses it.
+//   - APIKeyVerifier checks a shared key from the key query parameter or the
+//     X-Api-Key header, in constant time, and removes it from the request.
+//   - SignedURLVerifier checks a callback URL signed with SignCallbackURL.
+//
+// The three bounded caches (replay defence, Entra tokens, per-client rate
+// limits) are LRUs from hashicorp/golang-lru's simplelru under the owner's
+// lock.
+//
+// Serve drains on shutdown: readiness (Server.Ready) fails at once while
+// the listener keeps serving for DrainDelay, then requests in progress
+// finish their commits.
 //
 // The ingress knows nothing of Service Bus or SQLite: it declares Publisher
 // and the queue layer (package relay) implements it. AdminHandler serves the
 // private admin listener (/healthz, /readyz, /metrics).
-//
-// Package devissuer is a development OpenID Connect issuer for `hookbridge
-// dev` and tests.
 package ingress

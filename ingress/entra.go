@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Microsoft Entra defaults.
@@ -205,15 +206,16 @@ func tenantOf(issuer string) string {
 }
 
 // tokenCache remembers verified tokens by digest until they expire, for at
-// most max tokens.
+// most max tokens: an LRU (hashicorp/golang-lru's simplelru) forgets the
+// least recently used token when a new one arrives.
 type tokenCache struct {
-	max     int
-	mu      sync.Mutex
-	entries map[[32]byte]time.Time
+	mu  sync.Mutex
+	lru *simplelru.LRU[[32]byte, time.Time]
 }
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{max: max, entries: make(map[[32]byte]time.Time)}
+	lru, _ := simplelru.NewLRU[[32]byte, time.Time](max, nil) // max > 0: no error
+	return &tokenCache{lru: lru}
 }
 
 // get reports whether key was verified and has not expired at now. There is
@@ -222,12 +224,12 @@ func newTokenCache(max int) *tokenCache {
 func (c *tokenCache) get(key [32]byte, now time.Time) (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	exp, ok := c.entries[key]
+	exp, ok := c.lru.Get(key)
 	if !ok {
 		return time.Time{}, false
 	}
 	if !now.Before(exp) {
-		delete(c.entries, key)
+		c.lru.Remove(key)
 		return time.Time{}, false
 	}
 	return exp, true
@@ -236,19 +238,5 @@ func (c *tokenCache) get(key [32]byte, now time.Time) (time.Time, bool) {
 func (c *tokenCache) put(key [32]byte, exp time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.entries) >= c.max {
-		now := time.Now()
-		for k, e := range c.entries {
-			if !now.Before(e) {
-				delete(c.entries, k)
-			}
-		}
-		for k := range c.entries { // still full: drop arbitrary entries
-			if len(c.entries) < c.max {
-				break
-			}
-			delete(c.entries, k)
-		}
-	}
-	c.entries[key] = exp
+	c.lru.Add(key, exp)
 }

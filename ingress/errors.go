@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/labstack/echo/v4"
 )
 
 // Error is a request failure with everything the error handler needs: the
@@ -41,7 +43,8 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Causes used across the package (metric label values).
+// Causes used across the package (metric label values). Most name a
+// failure; token_reused and malformed_event label accepted requests.
 const (
 	CauseMissingCredentials = "missing_credentials"
 	CauseInvalidToken       = "invalid_token"
@@ -62,6 +65,9 @@ const (
 	CauseInvalidHandshake   = "invalid_handshake"
 	CauseOriginNotAllowed   = "origin_not_allowed"
 	CauseBodyTooLarge       = "body_too_large"
+	CauseTooManyEvents      = "too_many_events"
+	CauseBodyTimeout        = "body_timeout"
+	CauseBodyIncomplete     = "body_incomplete"
 	CauseUnsupportedMedia   = "unsupported_media_type"
 	CauseMalformedBody      = "malformed_body"
 	CauseInvalidEvent       = "invalid_event"
@@ -71,6 +77,14 @@ const (
 	CauseNotFound           = "not_found"
 	CauseMethodNotAllowed   = "method_not_allowed"
 	CauseInternal           = "internal_error"
+
+	// CauseTokenReused labels an accepted request whose Call Automation
+	// token, without a jti, had already delivered another body (replay
+	// defence auto).
+	CauseTokenReused = "token_reused"
+	// CauseMalformedEvent labels an accepted request of which at least one
+	// event went to the dead-letter queue as MalformedEvent.
+	CauseMalformedEvent = "malformed_event"
 )
 
 // unauthorized builds a 401 for a JWT route.
@@ -84,9 +98,36 @@ func unauthorized(cause, msg string, err error) *Error {
 	}
 }
 
+// denied builds a 401 for a shared-secret route (API key, signed URL): no
+// bearer challenge.
+func denied(cause, msg string, err error) *Error {
+	return &Error{Status: http.StatusUnauthorized, Cause: cause, Message: msg, Err: err}
+}
+
 // unavailable builds a 503 with Retry-After.
 func unavailable(cause, msg string, retry time.Duration, err error) *Error {
 	return &Error{Status: http.StatusServiceUnavailable, Cause: cause, Message: msg, RetryAfter: retry, Err: err}
+}
+
+// badRequest builds a 400: only for a request that can never succeed.
+func badRequest(cause, msg string, err error) *Error {
+	return &Error{Status: http.StatusBadRequest, Cause: cause, Message: msg, Err: err}
+}
+
+// tooLarge builds a 413.
+func tooLarge(cause, msg string, err error) *Error {
+	return &Error{Status: http.StatusRequestEntityTooLarge, Cause: cause, Message: msg, Err: err}
+}
+
+// unsupportedMedia builds a 415.
+func unsupportedMedia(msg string, err error) *Error {
+	return &Error{Status: http.StatusUnsupportedMediaType, Cause: CauseUnsupportedMedia, Message: msg, Err: err}
+}
+
+// requestTimeout builds a 408: the body did not arrive whole. Senders retry
+// it (Event Grid does), unlike a 400.
+func requestTimeout(cause, msg string, err error) *Error {
+	return &Error{Status: http.StatusRequestTimeout, Cause: cause, Message: msg, Err: err}
 }
 
 // retryAfterValue renders a duration as Retry-After seconds, at least 1.
@@ -102,6 +143,14 @@ func newErrorID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// id returns the error's ID, assigning one on first use.
+func (e *Error) id() string {
+	if e.errorID == "" {
+		e.errorID = newErrorID()
+	}
+	return e.errorID
+}
+
 // asError returns err as an *Error, mapping anything else to a 500.
 func asError(err error) *Error {
 	var e *Error
@@ -109,4 +158,39 @@ func asError(err error) *Error {
 		return e
 	}
 	return &Error{Status: http.StatusInternalServerError, Cause: CauseInternal, Message: "internal error; the request was not accepted, retry later", Err: err}
+}
+
+// toError maps any handler error, Echo's own included, to an *Error.
+func toError(err error) *Error {
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		switch he.Code {
+		case http.StatusNotFound:
+			return &Error{Status: he.Code, Cause: CauseNotFound, Message: "no such route; events go to POST /acs/callbacks or POST /eventgrid"}
+		case http.StatusMethodNotAllowed:
+			return &Error{Status: he.Code, Cause: CauseMethodNotAllowed, Message: "method not allowed on this route; use POST (and OPTIONS on /eventgrid)"}
+		default:
+			return &Error{Status: he.Code, Cause: "http_" + strconv.Itoa(he.Code), Message: http.StatusText(he.Code), Err: err}
+		}
+	}
+	return asError(err)
+}
+
+// render writes the small JSON error body and headers.
+func render(c echo.Context, e *Error) {
+	if c.Response().Committed {
+		return
+	}
+	h := c.Response().Header()
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", retryAfterValue(e.RetryAfter))
+	}
+	if e.Challenge != "" {
+		h.Set("WWW-Authenticate", e.Challenge)
+	}
+	if c.Request().Method == http.MethodHead {
+		c.NoContent(e.Status)
+		return
+	}
+	c.JSON(e.Status, map[string]string{"error": e.Message, "id": e.id()})
 }

@@ -23,17 +23,33 @@ const (
 	eventTypeDeletion   = "SubscriptionDeletion"
 )
 
-// Media types of /eventgrid and the parser each selects.
-var eventGridParsers = map[string]func([]byte, schemas.Provenance) ([]schemas.Event, error){
-	"application/json":                   schemas.ParseEventGrid,
-	"application/cloudevents+json":       schemas.ParseCloudEvent,
-	"application/cloudevents-batch+json": schemas.ParseCloudEventBatch,
+// Media types of /eventgrid and the format each selects.
+var eventGridFormats = map[string]schemas.Format{
+	"application/json":                   schemas.FormatEventGrid,
+	"application/cloudevents+json":       schemas.FormatCloudEvent,
+	"application/cloudevents-batch+json": schemas.FormatCloudEventBatch,
 }
 
 var eventGridMediaTypes = map[string]bool{
 	"application/json":                   true,
 	"application/cloudevents+json":       true,
 	"application/cloudevents-batch+json": true,
+}
+
+// eventGridParse parses a delivery. A subscription-validation event inside
+// a delivery is never queued (nor answered: that takes aeg-event-type
+// SubscriptionValidation and every verifier); it goes to the dead-letter
+// queue with the rule it broke.
+func eventGridParse(body []byte, mt string, p schemas.Provenance, dst *schemas.Parsed) error {
+	if err := schemas.Parse(body, eventGridFormats[mt], p, dst); err != nil {
+		return err
+	}
+	for i := len(dst.Events) - 1; i >= 0; i-- {
+		if dst.Events[i].Type == TypeSubscriptionValidation {
+			dst.Reject(i, "is a subscription validation event inside a delivery; send it alone with aeg-event-type: SubscriptionValidation")
+		}
+	}
+	return nil
 }
 
 // eventGrid handles POST /eventgrid: Event Grid schema or CloudEvents
@@ -53,7 +69,7 @@ func (s *Server) eventGrid(c echo.Context, r *route) error {
 	case eventTypeValidation:
 		return s.eventGridValidation(c, r)
 	case eventTypeDeletion:
-		if _, err := s.verify(c, r, true); err != nil {
+		if _, err := s.verify(c, r, true, nil); err != nil {
 			return err
 		}
 		s.log.Warn("Event Grid deleted its subscription to this endpoint; no more events will arrive through it",
@@ -61,50 +77,44 @@ func (s *Server) eventGrid(c echo.Context, r *route) error {
 		setOutcome(c, outcomeHandshake, "subscription_deletion")
 		return c.NoContent(http.StatusOK)
 	}
-	parse := func(body []byte, mt string, p schemas.Provenance) ([]schemas.Event, error) {
-		events, err := eventGridParsers[mt](body, p)
-		if err != nil {
-			return nil, err
-		}
-		for i := range events {
-			if events[i].Type == TypeSubscriptionValidation {
-				return nil, &schemas.ParseError{Index: i, Reason: "is a subscription validation event; send it alone with aeg-event-type: SubscriptionValidation", Err: schemas.ErrInvalidEvent}
-			}
-		}
-		return events, nil
-	}
-	return s.ingest(c, r, eventGridMediaTypes, parse)
+	return s.ingest(c, r, eventGridMediaTypes, eventGridParse)
 }
 
 // eventGridValidation answers the Event Grid-schema validation handshake
 // with {"validationResponse": code}, and logs the validation URL for manual
 // validation.
 func (s *Server) eventGridValidation(c echo.Context, r *route) error {
-	if _, err := s.verify(c, r, true); err != nil {
+	if _, err := s.verify(c, r, true, nil); err != nil {
 		return err
 	}
 	if _, err := mediaType(c.Request().Header.Get("Content-Type"), map[string]bool{"application/json": true}); err != nil {
 		return err
 	}
-	buf := s.getBuffer()
-	defer s.putBuffer(buf)
-	if err := readBody(c, buf, s.cfg.MaxBodyBytes); err != nil {
+	reserved, err := s.reserveBody(c.Request())
+	if err != nil {
 		return err
 	}
-	events, err := schemas.ParseEventGrid(buf.Bytes(), schemas.Provenance{Received: time.Now(), Route: r.name, Verifier: r.verifier})
+	defer s.bodies.Release(reserved)
+	sc, owned := s.scratchOf(c)
+	if owned {
+		defer s.putScratch(sc)
+	}
+	if err := readBody(c, &sc.body, s.cfg.MaxBodyBytes); err != nil {
+		return err
+	}
+	events, err := schemas.ParseEventGrid(sc.body.Bytes(), schemas.Provenance{Received: time.Now(), Route: r.name, Verifier: r.verifier})
 	if err != nil {
 		return parseError(err)
 	}
 	if len(events) != 1 || events[0].Type != TypeSubscriptionValidation {
-		return &Error{Status: http.StatusBadRequest, Cause: CauseInvalidEvent,
-			Message: fmt.Sprintf("aeg-event-type SubscriptionValidation needs exactly one %s event", TypeSubscriptionValidation)}
+		return badRequest(CauseInvalidEvent, fmt.Sprintf("aeg-event-type SubscriptionValidation needs exactly one %s event", TypeSubscriptionValidation), nil)
 	}
 	var data struct {
 		Code string `json:"validationCode"`
 		URL  string `json:"validationUrl"`
 	}
 	if err := json.Unmarshal(events[0].Data, &data); err != nil || data.Code == "" {
-		return &Error{Status: http.StatusBadRequest, Cause: CauseInvalidEvent, Message: "the validation event has no data.validationCode"}
+		return badRequest(CauseInvalidEvent, "the validation event has no data.validationCode", nil)
 	}
 	s.log.Info("Event Grid subscription validation answered",
 		"topic", events[0].Source, "subscription", c.Request().Header.Get("Aeg-Subscription-Name"),
@@ -116,14 +126,13 @@ func (s *Server) eventGridValidation(c echo.Context, r *route) error {
 // eventGridOptions answers the CloudEvents abuse-protection handshake
 // (OPTIONS with WebHook-Request-Origin) for an allowed origin.
 func (s *Server) eventGridOptions(c echo.Context, r *route) error {
-	if _, err := s.verify(c, r, true); err != nil {
+	if _, err := s.verify(c, r, true, nil); err != nil {
 		return err
 	}
 	req := c.Request()
 	origin := strings.TrimSpace(req.Header.Get("WebHook-Request-Origin"))
 	if origin == "" {
-		return &Error{Status: http.StatusBadRequest, Cause: CauseInvalidHandshake,
-			Message: "missing WebHook-Request-Origin; this is the CloudEvents abuse-protection handshake"}
+		return badRequest(CauseInvalidHandshake, "missing WebHook-Request-Origin; this is the CloudEvents abuse-protection handshake", nil)
 	}
 	if !s.originAllowed(origin) {
 		return &Error{Status: http.StatusForbidden, Cause: CauseOriginNotAllowed,

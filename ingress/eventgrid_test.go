@@ -80,9 +80,14 @@ func TestEventGridBatchIsAllOrNothing(t *testing.T) {
 	bad := strings.TrimSuffix(strings.TrimSpace(good), "]") + `,{"id":"x","topic":"/t"}]`
 	pub := &fakePublisher{}
 	h, _ := newServer(t, ingress.Config{Publisher: pub, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
-	if r := do(t, h, egRequest("application/json", "Notification", bad)); r.status != 400 || pub.count() != 0 {
-		t.Fatalf("one bad event: status %d, %d published; want 400 and none", r.status, pub.count())
+	// A verified delivery is never refused for one bad event: the good one
+	// is queued, the bad one dead-lettered, in one commit.
+	if r := do(t, h, egRequest("application/json", "Notification", bad)); r.status != 200 || pub.count() != 1 || len(pub.deadLettered()) != 1 {
+		t.Fatalf("one bad event: status %d, %d published, %d dead-lettered; want 200, 1 and 1", r.status, pub.count(), len(pub.deadLettered()))
 	}
+	pub.mu.Lock()
+	pub.events, pub.dead = nil, nil
+	pub.mu.Unlock()
 	pub.err = fmt.Errorf("%w: down", relay.ErrUnavailable)
 	batch := readTestdata(t, "eventgrid/batch-IncomingCall-and-SMSReceived.json")
 	if r := do(t, h, egRequest("application/json", "Notification", batch)); r.status != 503 || pub.count() != 0 {
@@ -160,23 +165,31 @@ func TestSubscriptionValidationHandshake(t *testing.T) {
 	if r := post("", "SubscriptionValidation", readTestdata(t, "eventgrid/IncomingCall.json")); r.status != 400 {
 		t.Errorf("IncomingCall sent as a handshake: %d, want 400", r.status)
 	}
-	// Nor can an event delivery skip the token by mixing in a validation event.
+	if pub.count() != 0 {
+		t.Errorf("handshakes enqueued %d events", pub.count())
+	}
+	// Nor can an event delivery skip the token by mixing in a validation
+	// event: it is neither answered nor queued, but dead-lettered, while the
+	// delivery's real event is queued.
 	mixed := strings.TrimSuffix(strings.TrimSpace(readTestdata(t, "eventgrid/IncomingCall.json")), "]") + "," + strings.Trim(validationBody, "[]") + "]"
-	if r := post(good, "Notification", mixed); r.status != 400 {
-		t.Errorf("validation event inside a delivery: %d, want 400", r.status)
+	if r := post(good, "Notification", mixed); r.status != 200 || r.body["validationResponse"] != nil || r.body["dead_lettered"] != float64(1) {
+		t.Errorf("validation event inside a delivery: %d %s, want 200 with it dead-lettered", r.status, r.raw)
+	}
+	if dead := pub.deadLettered(); len(dead) != 1 || dead[0].DeadLetterReason != relay.ReasonMalformedEvent || !strings.Contains(dead[0].DeadLetterDescription, "subscription validation") {
+		t.Errorf("validation event inside a delivery: dead-lettered %+v", dead)
 	}
 	if r := post("", "Notification", readTestdata(t, "eventgrid/IncomingCall.json")); r.status != 401 {
 		t.Errorf("delivery without a token: %d, want 401", r.status)
 	}
-	if pub.count() != 0 {
-		t.Errorf("handshakes enqueued %d events", pub.count())
+	if pub.count() != 1 {
+		t.Errorf("%d events queued, want the delivery's IncomingCall alone", pub.count())
 	}
 	// Deletion notices are acknowledged, not queued.
 	if r := post(good, "SubscriptionDeletion", `[]`); r.status != 200 {
 		t.Errorf("subscription deletion: %d", r.status)
 	}
-	if pub.count() != 0 {
-		t.Errorf("deletion notice enqueued %d events", pub.count())
+	if pub.count() != 1 {
+		t.Errorf("deletion notice enqueued %d events", pub.count()-1)
 	}
 }
 

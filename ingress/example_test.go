@@ -11,14 +11,18 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
-	"github.com/hookbridge/hookbridge/schemas"
+	"github.com/hookbridge/hookbridge/relay"
 )
 
 // printPublisher stands in for the queue.
 type printPublisher struct{}
 
-func (printPublisher) PublishEvents(_ context.Context, events []schemas.Event) error {
-	for _, e := range events {
+func (printPublisher) Publish(_ context.Context, msgs []relay.Message) error {
+	for _, m := range msgs {
+		e, err := m.Event()
+		if err != nil {
+			return err
+		}
 		fmt.Printf("queued %s (call %s, verified by %s)\n", e.Type, e.PartitionKey, e.Verifier)
 	}
 	return nil

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 
@@ -75,15 +78,17 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 	}
 }
 
-// fakePublisher records published events, or fails with err.
+// fakePublisher records published messages, events decoded, or fails with
+// err.
 type fakePublisher struct {
 	mu     sync.Mutex
 	events []schemas.Event
+	dead   []relay.Message // bound for the dead-letter queue
 	err    error
 	delay  time.Duration
 }
 
-func (p *fakePublisher) PublishEvents(ctx context.Context, events []schemas.Event) error {
+func (p *fakePublisher) Publish(ctx context.Context, msgs []relay.Message) error {
 	if p.delay > 0 {
 		select {
 		case <-time.After(p.delay):
@@ -96,8 +101,24 @@ func (p *fakePublisher) PublishEvents(ctx context.Context, events []schemas.Even
 	if p.err != nil {
 		return p.err
 	}
-	p.events = append(p.events, events...)
+	for _, m := range msgs {
+		if m.DeadLetterReason != "" {
+			p.dead = append(p.dead, m)
+			continue
+		}
+		e, err := m.Event()
+		if err != nil {
+			return fmt.Errorf("fake publisher: %w", err)
+		}
+		p.events = append(p.events, *e)
+	}
 	return nil
+}
+
+func (p *fakePublisher) deadLettered() []relay.Message {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.dead)
 }
 
 func (p *fakePublisher) count() int {

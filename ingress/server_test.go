@@ -67,8 +67,10 @@ func TestStatusCodes(t *testing.T) {
 		{"accepted without content type", testRequest(http.MethodPost, "/acs/callbacks", "", callConnected), 200, ""},
 		{"malformed JSON", testRequest(http.MethodPost, "/acs/callbacks", "application/json", `[{"id":`), 400, ingress.CauseMalformedBody},
 		{"empty body", testRequest(http.MethodPost, "/acs/callbacks", "application/json", ``), 400, ingress.CauseMalformedBody},
-		{"not an event", testRequest(http.MethodPost, "/acs/callbacks", "application/json", `[{"hello":"world"}]`), 400, ingress.CauseInvalidEvent},
-		{"empty array", testRequest(http.MethodPost, "/acs/callbacks", "application/json", `[]`), 400, ingress.CauseInvalidEvent},
+		// A verified sender's JSON is never refused: what is not an event is
+		// dead-lettered, an empty array accepted with nothing to queue.
+		{"not an event", testRequest(http.MethodPost, "/acs/callbacks", "application/json", `[{"hello":"world"}]`), 200, ingress.CauseMalformedEvent},
+		{"empty array", testRequest(http.MethodPost, "/acs/callbacks", "application/json", `[]`), 200, ""},
 		{"missing credentials", noAuth, 401, ingress.CauseMissingCredentials},
 		{"unknown route", testRequest(http.MethodPost, "/callbacks", "application/json", callConnected), 404, ingress.CauseNotFound},
 		{"unconfigured route", testRequest(http.MethodPost, "/eventgrid", "application/json", callConnected), 404, ingress.CauseNotFound},
@@ -87,8 +89,17 @@ func TestStatusCodes(t *testing.T) {
 				t.Fatalf("status %d, want %d: %s", r.status, tt.status, r.raw)
 			}
 			if tt.status == 200 {
-				if r.body["accepted"] != float64(1) {
-					t.Errorf("body %s", r.raw)
+				want := map[string]float64{"accepted": 1}
+				switch tt.name {
+				case "not an event":
+					want = map[string]float64{"accepted": 0, "dead_lettered": 1}
+				case "empty array":
+					want = map[string]float64{"accepted": 0}
+				}
+				for k, v := range want {
+					if r.body[k] != v {
+						t.Errorf("body %s, want %s %v", r.raw, k, v)
+					}
 				}
 				return
 			}

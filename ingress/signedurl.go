@@ -147,30 +147,27 @@ func (v *SignedURLVerifier) Verify(r *http.Request) (Credential, error) {
 func (v *SignedURLVerifier) check(rawQuery string, now time.Time) (time.Time, error) {
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return time.Time{}, &Error{Status: http.StatusUnauthorized, Cause: CauseInvalidSignature, Message: "malformed callback URL query", Err: err}
+		return time.Time{}, denied(CauseInvalidSignature, "malformed callback URL query", err)
 	}
 	sig, kid, expRaw := q.Get(ParamSignature), q.Get(ParamKeyID), q.Get(ParamExpires)
 	if sig == "" || kid == "" || expRaw == "" || len(q[ParamSignature]) != 1 || len(q[ParamKeyID]) != 1 || len(q[ParamExpires]) != 1 {
-		return time.Time{}, &Error{Status: http.StatusUnauthorized, Cause: CauseMissingCredentials,
-			Message: "callback URL is not signed; create it with hookbridge callback-url"}
+		return time.Time{}, denied(CauseMissingCredentials, "callback URL is not signed; create it with hookbridge callback-url", nil)
 	}
 	secret, ok := v.keys[kid]
 	if !ok {
-		return time.Time{}, &Error{Status: http.StatusUnauthorized, Cause: CauseInvalidSignature,
-			Message: "callback URL signed with an unknown key", Err: fmt.Errorf("key ID %q", kid)}
+		return time.Time{}, denied(CauseInvalidSignature, "callback URL signed with an unknown key", fmt.Errorf("key ID %q", kid))
 	}
 	want := signature(secret, q)
 	if !hmac.Equal([]byte(sig), []byte(want)) {
-		return time.Time{}, &Error{Status: http.StatusUnauthorized, Cause: CauseInvalidSignature, Message: "callback URL signature does not match"}
+		return time.Time{}, denied(CauseInvalidSignature, "callback URL signature does not match", nil)
 	}
 	secs, err := strconv.ParseInt(expRaw, 10, 64)
 	if err != nil {
-		return time.Time{}, &Error{Status: http.StatusUnauthorized, Cause: CauseInvalidSignature, Message: "malformed callback URL expiry"}
+		return time.Time{}, denied(CauseInvalidSignature, "malformed callback URL expiry", nil)
 	}
 	exp := time.Unix(secs, 0)
 	if !now.Before(exp) {
-		return time.Time{}, &Error{Status: http.StatusUnauthorized, Cause: CauseURLExpired,
-			Message: "callback URL expired; sign a new one for new calls", Err: fmt.Errorf("expired at %s", exp.UTC().Format(time.RFC3339))}
+		return time.Time{}, denied(CauseURLExpired, "callback URL expired; sign a new one for new calls", fmt.Errorf("expired at %s", exp.UTC().Format(time.RFC3339)))
 	}
 	return exp, nil
 }

@@ -26,9 +26,13 @@ type Credential struct {
 	// Token is the bearer token a JWT verifier checked; empty for other
 	// verifiers. The replay defence binds it to the body it delivered.
 	Token string
-	// Expires is when the credential stops being acceptable; zero if it
-	// does not expire.
+	// Expires is when the credential stops being acceptable (a JWT's exp
+	// plus the verifier's leeway); zero if it does not expire.
 	Expires time.Time
+	// JTI is the token's unique identifier claim (jti), empty when it has
+	// none. The replay defence refuses a token with a jti that comes back
+	// with another body: such a token is never issued twice.
+	JTI string
 }
 
 // Verifier names, as recorded in the hookbridgeverifier extension.

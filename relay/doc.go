@@ -2,11 +2,14 @@
 // message model every backend shares, the mapping from normalized events to
 // messages, and group commit.
 //
-// A Message carries one normalized CloudEvent: MessageID = event id (so
-// duplicate detection drops a sender's redeliveries), SessionID = partition
-// key (so a call's events are handed out one at a time, in order), Subject =
-// type, and the CloudEvents AMQP binding's cloudEvents_* application
-// properties. NewMessage builds one from a schemas.Event.
+// A Message carries one normalized CloudEvent: MessageID = the event's
+// identity, source and id (see MessageID; duplicate detection drops a
+// sender's redeliveries and never another event sharing an id), SessionID =
+// partition key (so a call's events are handed out one at a time, in order),
+// Subject = type, and the CloudEvents AMQP binding's cloudEvents_*
+// application properties. NewMessage builds one from a schemas.Event;
+// NewMalformedMessage one bound for the dead-letter queue from an element a
+// verified sender posted that is not a valid event.
 //
 // Batcher is group commit: concurrent Publish calls are coalesced into one
 // BatchSender.SendBatch call (bounded by count, bytes and an optional linger),

@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"time"
@@ -11,8 +13,8 @@ import (
 
 // Message is one queue message, the same on every backend.
 type Message struct {
-	// ID is the MessageID: the CloudEvent id, or a fresh one for a replayed
-	// copy. Backends drop a second message with the same ID within their
+	// ID is the MessageID: the CloudEvent's identity (see MessageID), or a
+	// fresh one for a replayed copy. Backends drop a second message with the same ID within their
 	// duplicate-detection window.
 	ID string
 	// SessionID is the event's partition key, "" when it has none. Backends
@@ -69,8 +71,8 @@ const (
 )
 
 // MaxIDLength is the longest MessageID and SessionID Service Bus accepts.
-// Longer identifiers are replaced by a digest (see boundedID), on every
-// backend alike, so duplicate detection and sessions behave the same.
+// Longer identifiers are replaced by a digest, on every backend alike, so
+// duplicate detection and sessions behave the same.
 const MaxIDLength = 128
 
 // boundedID returns id, or a stable digest of it when it is longer than
@@ -83,15 +85,70 @@ func boundedID(id string) string {
 	return "sha256-" + hex.EncodeToString(sum[:])
 }
 
-// NewMessage maps a normalized event to its queue message: MessageID = event
-// id, SessionID = partition key, Subject = type, the body the structured
-// CloudEvent, and the cloudEvents_* application properties.
+// MessageID returns the MessageID of an event: its CloudEvents identity,
+// source and id, which a sender keeps across redeliveries of one event and
+// never gives two different events.
+//
+// It is the id itself where the id alone stays unique, and otherwise
+// "sha256-" and the hex SHA-256 digest of the source's length, the source
+// and the id (71 characters). The id alone stays unique, and is kept, when
+// it is at most MaxIDLength characters and
+//   - it is a UUID (8-4-4-4-12 hex digits, the form of every id Call
+//     Automation and Event Grid assign): random, so unique whatever the
+//     source; or
+//   - the event did not come through the Event Grid route: /acs/callbacks
+//     has one sender, Call Automation, whose ids are unique across its calls
+//     (its source names the call connection, not the sender), and an event
+//     built by a program without a route is that program's to name.
+//
+// On the Event Grid route any number of topics share one endpoint, each
+// numbering its own events, so an id that is not a UUID is combined with its
+// source: two topics' events "1" are two messages, and a redelivery of
+// either is still dropped as a duplicate.
+func MessageID(route, source, id string) string {
+	if len(id) <= MaxIDLength && (isUUID(id) || route != schemas.RouteEventGrid) {
+		return id
+	}
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	h.Write(n[:binary.PutUvarint(n[:], uint64(len(source)))])
+	h.Write([]byte(source))
+	h.Write([]byte(id))
+	return "sha256-" + hex.EncodeToString(h.Sum(nil))
+}
+
+// isUUID reports whether s has the form of a UUID: 8-4-4-4-12 hex digits.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// NewMessage maps a normalized event to its queue message: MessageID = the
+// event's identity (see MessageID), SessionID = partition key, Subject =
+// type, the body the structured CloudEvent, and the cloudEvents_*
+// application properties.
 func NewMessage(e *schemas.Event) (Message, error) {
 	body, err := e.MarshalJSON()
 	if err != nil {
 		return Message{}, fmt.Errorf("map event to message: %w", err)
 	}
-	props := map[string]any{PropType: e.Type, PropSource: e.Source, PropID: e.ID}
+	props := make(map[string]any, 5)
+	props[PropType], props[PropSource], props[PropID] = e.Type, e.Source, e.ID
 	if e.Subject != "" {
 		props[PropSubject] = e.Subject
 	}
@@ -99,13 +156,53 @@ func NewMessage(e *schemas.Event) (Message, error) {
 		props[PropTime] = e.Time
 	}
 	return Message{
-		ID:          boundedID(e.ID),
+		ID:          MessageID(e.Route, e.Source, e.ID),
 		SessionID:   boundedID(e.PartitionKey),
 		Subject:     e.Type,
 		ContentType: schemas.ContentType,
 		Body:        body,
 		Properties:  props,
 	}, nil
+}
+
+// MalformedContentType is the content type of a malformed event's message:
+// its body is the element exactly as the sender posted it.
+const MalformedContentType = "application/json"
+
+// NewMalformedMessage maps an element of a verified sender's body that is
+// not a valid event to a message bound straight for the dead-letter queue
+// (DeadLetterReason ReasonMalformedEvent, the rule it broke as description).
+// Its body is the element as received (copied), its MessageID "malformed-"
+// and the hex SHA-256 of those bytes, so a sender's redelivery is a
+// duplicate; its session is the partition key where one could be derived,
+// and cloudEvents_id, _source and _type are set where they could be read, so
+// the dead-letter tooling finds it by event id.
+func NewMalformedMessage(m *schemas.Malformed) Message {
+	sum := sha256.Sum256(m.Raw)
+	props := make(map[string]any, 3)
+	if m.ID != "" {
+		props[PropID] = m.ID
+	}
+	if m.Source != "" {
+		props[PropSource] = m.Source
+	}
+	if m.Type != "" {
+		props[PropType] = m.Type
+	}
+	desc := "the event breaks an envelope rule"
+	if m.Err != nil {
+		desc = m.Err.Error()
+	}
+	return Message{
+		ID:                    "malformed-" + hex.EncodeToString(sum[:]),
+		SessionID:             boundedID(m.PartitionKey),
+		Subject:               m.Type,
+		ContentType:           MalformedContentType,
+		Body:                  bytes.Clone(m.Raw),
+		Properties:            props,
+		DeadLetterReason:      ReasonMalformedEvent,
+		DeadLetterDescription: desc,
+	}
 }
 
 // Event decodes the message body back into the normalized event.

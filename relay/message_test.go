@@ -111,3 +111,81 @@ func TestNewMessageLongIdentifiers(t *testing.T) {
 		t.Errorf("an id of exactly %d characters was rewritten", MaxIDLength)
 	}
 }
+
+// TestMessageIDIsSourceAndID: the MessageID tells apart two events that
+// share an id but not a source, stays the same for a sender's redelivery,
+// and keeps the id itself where the id alone is unique.
+func TestMessageIDIsSourceAndID(t *testing.T) {
+	t.Parallel()
+	const uuid = "6D1C6F2E-0B7A-4E63-9F1A-3C4D5E6F7A8B"
+	tests := []struct {
+		name              string
+		route, source, id string
+		keep              bool
+		otherSourceSameID bool // a different source yields another MessageID
+	}{
+		{"event grid, sequence id", schemas.RouteEventGrid, "/subscriptions/s/topics/a", "1", false, true},
+		{"event grid, uuid", schemas.RouteEventGrid, "/subscriptions/s/topics/a", uuid, true, false},
+		{"call automation", schemas.RouteACSCallbacks, "calling/callConnections/c1", "evt-1", true, false},
+		{"no route", "", "s", "evt-1", true, false},
+		{"event grid, id too long", schemas.RouteEventGrid, "/t", strings.Repeat("x", MaxIDLength+1), false, true},
+		{"call automation, id too long", schemas.RouteACSCallbacks, "calling/callConnections/c1", strings.Repeat("x", MaxIDLength+1), false, true},
+	}
+	for _, tt := range tests {
+		id := MessageID(tt.route, tt.source, tt.id)
+		if (id == tt.id) != tt.keep {
+			t.Errorf("%s: MessageID %q, keep the id %v", tt.name, id, tt.keep)
+		}
+		if len(id) > MaxIDLength {
+			t.Errorf("%s: MessageID of %d characters", tt.name, len(id))
+		}
+		if again := MessageID(tt.route, tt.source, tt.id); again != id {
+			t.Errorf("%s: not stable: %q then %q", tt.name, id, again)
+		}
+		if other := MessageID(tt.route, tt.source+"x", tt.id); (other != id) != tt.otherSourceSameID {
+			t.Errorf("%s: another source gives %q, first %q", tt.name, other, id)
+		}
+	}
+	// Source and id are framed, not concatenated: ("ab","c") ≠ ("a","bc").
+	if MessageID(schemas.RouteEventGrid, "ab", "c") == MessageID(schemas.RouteEventGrid, "a", "bc") {
+		t.Error("source and id run together")
+	}
+	// Through NewMessage: two topics' events "1" on the Event Grid route
+	// are two messages, each keeping its cloudEvents_id.
+	a, b := testEvent(), testEvent()
+	a.Route, b.Route = schemas.RouteEventGrid, schemas.RouteEventGrid
+	a.ID, b.ID = "1", "1"
+	b.Source = "/subscriptions/s/topics/other"
+	ma, _ := NewMessage(&a)
+	mb, _ := NewMessage(&b)
+	if ma.ID == mb.ID || ma.Properties[PropID] != "1" || mb.Properties[PropID] != "1" {
+		t.Errorf("same id from two sources: MessageIDs %q and %q", ma.ID, mb.ID)
+	}
+}
+
+func TestNewMalformedMessage(t *testing.T) {
+	t.Parallel()
+	raw := []byte(`{"specversion":"0.3","id":"e1","source":"s","type":"T","data":{"correlationId":"call-1"}}`)
+	var parsed schemas.Parsed
+	if err := schemas.Parse(append([]byte("["), append(raw, ']')...), schemas.FormatCallAutomation, schemas.Provenance{}, &parsed); err != nil || len(parsed.Malformed) != 1 {
+		t.Fatalf("parse: %v %+v", err, parsed)
+	}
+	m := NewMalformedMessage(&parsed.Malformed[0])
+	if m.DeadLetterReason != ReasonMalformedEvent || !strings.Contains(m.DeadLetterDescription, "specversion") {
+		t.Errorf("reason %q description %q", m.DeadLetterReason, m.DeadLetterDescription)
+	}
+	if string(m.Body) != string(raw) || m.ContentType != MalformedContentType {
+		t.Errorf("body %s (%s), want the element as received", m.Body, m.ContentType)
+	}
+	if m.SessionID != "call-1" || m.Properties[PropID] != "e1" || m.Properties[PropType] != "T" || m.Properties[PropSource] != "s" {
+		t.Errorf("identity: session %q properties %v", m.SessionID, m.Properties)
+	}
+	if !strings.HasPrefix(m.ID, "malformed-") || len(m.ID) > MaxIDLength {
+		t.Errorf("MessageID %q", m.ID)
+	}
+	again := NewMalformedMessage(&parsed.Malformed[0])
+	parsed.Malformed[0].Raw[5] = 'X' // the message owns its body
+	if again.ID != m.ID || string(m.Body) != string(raw) {
+		t.Error("MessageID not stable, or the body aliases the request")
+	}
+}

@@ -71,6 +71,10 @@ type Event struct {
 	// parsedData is Data as a parser validated it; while Data is still
 	// that slice, MarshalJSON need not validate it again.
 	parsedData json.RawMessage
+	// index and raw are the event's position in the body it was parsed
+	// from and its text there, for Parsed.Reject.
+	index int
+	raw   []byte
 }
 
 // setParsedData sets Data to raw, which encoding/json has decoded.
@@ -151,8 +155,12 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 	}
 	if len(e.Data) > 0 {
 		b = append(b, `,"data":`...)
-		if e.dataTrusted() && bytes.IndexByte(e.Data, '\n') < 0 && bytes.IndexByte(e.Data, '\r') < 0 {
-			b = append(b, e.Data...) // valid, and already one line
+		if e.dataTrusted() {
+			if bytes.IndexByte(e.Data, '\n') < 0 && bytes.IndexByte(e.Data, '\r') < 0 {
+				b = append(b, e.Data...) // valid, and already one line
+			} else {
+				b = appendCompact(b, e.Data) // valid: only whitespace to drop
+			}
 			return e.finish(b), nil
 		}
 		// Compacting validates too, and keeps one event on one line.

@@ -1,11 +1,21 @@
 package schemas
 
 import (
+	"bytes"
 	"encoding/json"
 	"unicode/utf8"
 )
 
 const hexDigits = "0123456789abcdef"
+
+// safeASCII marks the ASCII bytes encoding/json writes in a string as they
+// are: printable, and not '"', '\\' or the HTML-sensitive '<', '>', '&'.
+var safeASCII = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
 
 // appendString appends s as a JSON string, escaped exactly as encoding/json
 // does (HTML-safe, invalid UTF-8 replaced), without reflection.
@@ -14,7 +24,7 @@ func appendString(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		if b := s[i]; b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if safeASCII[b] {
 				i++
 				continue
 			}
@@ -60,12 +70,12 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// objectStrings calls fn with each top-level member of a JSON object whose
-// value is a string, stopping when fn returns false. data must be valid JSON
-// (the parsers only pass data that encoding/json decoded); anything else
-// yields no members. Keys are compared as written: an escaped key is not
-// decoded.
-func objectStrings(data []byte, fn func(key []byte, value string) bool) {
+// objectMembers calls fn with each member of the JSON object data, in
+// order, stopping when fn returns false. Names are unescaped as
+// encoding/json unescapes them, so "correlation\u0049d" is correlationId;
+// values are the raw JSON text. data must be valid JSON (the parsers check
+// it first); anything but an object yields no members.
+func objectMembers(data []byte, fn func(name, value []byte) bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return
@@ -80,7 +90,14 @@ func objectStrings(data []byte, fn func(key []byte, value string) bool) {
 		if kEnd < 0 {
 			return
 		}
-		key := data[i+1 : kEnd-1]
+		name := data[i+1 : kEnd-1]
+		if bytes.IndexByte(name, '\\') >= 0 {
+			s, ok := decodeString(data[i:kEnd])
+			if !ok {
+				return
+			}
+			name = []byte(s)
+		}
 		i = skipSpace(data, kEnd)
 		if i >= len(data) || data[i] != ':' {
 			return
@@ -93,14 +110,8 @@ func objectStrings(data []byte, fn func(key []byte, value string) bool) {
 		if vEnd < 0 {
 			return
 		}
-		if data[i] == '"' {
-			if v, ok := plainString(data[i:vEnd]); ok {
-				if !fn(key, v) {
-					return
-				}
-			} else if v, ok := decodeString(data[i:vEnd]); ok && !fn(key, v) {
-				return
-			}
+		if !fn(name, data[i:vEnd]) {
+			return
 		}
 		i = skipSpace(data, vEnd)
 		if i >= len(data) || data[i] != ',' {
@@ -118,16 +129,25 @@ func skipSpace(b []byte, i int) int {
 }
 
 // stringEnd returns the index just past the string starting at b[i] ('"').
+// It jumps from quote to quote (bytes.IndexByte) and counts the
+// backslashes before each: an odd number escapes it.
 func stringEnd(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
+	j := i + 1
+	for {
+		k := bytes.IndexByte(b[j:], '"')
+		if k < 0 {
+			return -1
 		}
+		q := j + k
+		n := 0
+		for p := q - 1; p > i && b[p] == '\\'; p-- {
+			n++
+		}
+		if n%2 == 0 {
+			return q + 1
+		}
+		j = q + 1
 	}
-	return -1
 }
 
 // valueEnd returns the index just past the value starting at b[i].
@@ -170,4 +190,30 @@ func decodeString(raw []byte) (string, bool) {
 		return "", false
 	}
 	return s, true
+}
+
+// appendCompact appends src, valid JSON, without insignificant whitespace:
+// what json.Compact writes, without validating again.
+func appendCompact(dst, src []byte) []byte {
+	for i := 0; i < len(src); {
+		switch src[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		case '"':
+			end := stringEnd(src, i)
+			if end < 0 { // not valid after all: keep the rest as it is
+				return append(dst, src[i:]...)
+			}
+			dst = append(dst, src[i:end]...)
+			i = end
+		default:
+			j := i + 1
+			for j < len(src) && src[j] != ' ' && src[j] != '\t' && src[j] != '\n' && src[j] != '\r' && src[j] != '"' {
+				j++
+			}
+			dst = append(dst, src[i:j]...)
+			i = j
+		}
+	}
+	return dst
 }

@@ -122,10 +122,10 @@ delivered in order (non-zero otherwise).`,
 			for _, r := range vs.runners {
 				g.Go(func() error { return r(gctx) })
 			}
-			st.run(gctx, g)
+			adminCtx := st.run(gctx, g)
 			startQueue(gctx, g, q)
 			g.Go(func() error { return worker.Run(gctx) })
-			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, st.srv.Ready), log) })
+			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, q, st.srv.Ready), log) })
 
 			base := "http://" + st.addr()
 			out := cmd.ErrOrStderr()
@@ -146,7 +146,7 @@ delivered in order (non-zero otherwise).`,
 			return err
 		},
 	}
-	f.register(cmd.Flags(), "127.0.0.1:8080")
+	f.register(cmd.Flags(), "127.0.0.1:8080", 0) // loopback: no load balancer to drain
 	w.register(cmd.Flags())
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)

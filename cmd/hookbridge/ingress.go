@@ -43,9 +43,20 @@ type ingressFlags struct {
 	rateBurst       int
 	trustedProxies  []string
 	replayCacheSize int
+	replayDefence   string
+	drainDelay      time.Duration
+	bodiesInFlight  int64
 }
 
-func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string) {
+// defaultDrainDelay is how long a stopping ingress keeps serving with
+// readiness failing: load balancers notice a failing readiness probe within
+// a probe period or two, and Kubernetes takes a few seconds to take a
+// terminating pod out of its endpoints. 5s covers both for probe periods of
+// a few seconds and, with --shutdown-timeout, fits a 30s grace period only
+// if the last commits finish within 25s (they take milliseconds).
+const defaultDrainDelay = 5 * time.Second
+
+func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string, defaultDrain time.Duration) {
 	fs.StringVar(&f.listen, "listen", defaultListen, "public listener address (the only port to expose)")
 	fs.Int64Var(&f.maxBody, "max-body-bytes", ingress.DefaultMaxBodyBytes, "largest request body accepted; larger get 413")
 	fs.IntVar(&f.maxConcurrent, "max-concurrent-requests", ingress.DefaultMaxConcurrentRequests, "requests in progress at once; more get 503")
@@ -59,6 +70,9 @@ func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string) {
 	fs.IntVar(&f.rateBurst, "rate-burst", 0, "burst allowed above --rate-limit (default: one second's worth)")
 	fs.StringSliceVar(&f.trustedProxies, "trusted-proxies", nil, "CIDRs of reverse proxies whose X-Forwarded-For names the client (for --rate-limit and logs)")
 	fs.IntVar(&f.replayCacheSize, "replay-cache-size", ingress.DefaultReplayCacheSize, "Call Automation tokens remembered with the body they delivered, until they expire (negative: replay defence off)")
+	fs.StringVar(&f.replayDefence, "acs-replay-defence", string(ingress.ReplayAuto), "a Call Automation token reused with another body: auto refuses it only if the token has a jti (else accepts and logs it), strict always refuses, off does not check")
+	fs.DurationVar(&f.drainDelay, "drain-delay", defaultDrain, "on SIGTERM, how long the listener keeps serving with readiness failing, before it stops accepting")
+	fs.Int64Var(&f.bodiesInFlight, "max-body-bytes-in-flight", ingress.DefaultMaxBodyBytesInFlight, "request bodies being parsed and committed at once, in bytes (at least --max-body-bytes); more wait, then get 503")
 }
 
 // verifierFlags are the settings of the JWT verifiers.
@@ -198,14 +212,14 @@ same variables with _FILE appended.`,
 			for _, r := range vs.runners {
 				g.Go(func() error { return r(gctx) })
 			}
-			st.run(gctx, g)
-			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, st.srv.Ready), log) })
+			adminCtx := st.run(gctx, g)
+			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, q, st.srv.Ready), log) })
 			err = g.Wait()
 			log.Info("hookbridge ingress stopped")
 			return err
 		},
 	}
-	f.register(cmd.Flags(), ":8080")
+	f.register(cmd.Flags(), ":8080", defaultDrainDelay)
 	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 	vf.register(cmd.Flags())
 	logs.register(cmd.Flags())
@@ -243,6 +257,10 @@ func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, re
 		}
 		proxies = append(proxies, prefix)
 	}
+	defence, err := ingress.ParseReplayDefence(f.replayDefence)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--acs-replay-defence: %w", err)}
+	}
 	b, err := relay.NewBatcher(q, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout,
 		MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(reg))
 	if err != nil {
@@ -253,6 +271,7 @@ func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, re
 		ACSVerifiers:                 vs.acs,
 		EventGridVerifiers:           vs.eventGrid,
 		ReplayCacheSize:              f.replayCacheSize,
+		ReplayDefence:                defence,
 		EventGridAllowedOrigins:      f.allowedOrigins,
 		EventGridAllowedRate:         f.allowedRate,
 		RateLimit:                    f.rateLimit,
@@ -260,8 +279,10 @@ func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, re
 		TrustedProxies:               proxies,
 		InsecureAllowUnauthenticated: f.insecure,
 		MaxBodyBytes:                 f.maxBody,
+		MaxBodyBytesInFlight:         max(f.bodiesInFlight, f.maxBody),
 		MaxConcurrentRequests:        f.maxConcurrent,
 		EnqueueTimeout:               f.enqueueTimeout,
+		DrainDelay:                   f.drainDelay,
 		ShutdownTimeout:              f.shutdownTimeout,
 		Logger:                       log,
 		Registerer:                   reg,
@@ -280,9 +301,18 @@ func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, re
 
 func (r *runningIngress) addr() string { return r.l.Addr().String() }
 
-// run serves in g until ctx ends.
-func (r *runningIngress) run(ctx context.Context, g *errgroup.Group) {
-	g.Go(func() error { return r.srv.Serve(ctx, r.l) })
+// run serves in g until ctx ends and the listener has drained. The context
+// it returns ends only then: the admin listener serves on it, so it closes
+// last and readiness stays observable, failing, while the public listener
+// drains.
+func (r *runningIngress) run(ctx context.Context, g *errgroup.Group) context.Context {
+	adminCtx, stopAdmin := context.WithCancelCause(context.WithoutCancel(ctx))
+	g.Go(func() error {
+		err := r.srv.Serve(ctx, r.l)
+		stopAdmin(context.Cause(ctx))
+		return err
+	})
+	return adminCtx
 }
 
 // close commits what the batcher still holds; call it after Serve returned.
