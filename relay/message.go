@@ -89,24 +89,15 @@ func boundedID(id string) string {
 // source and id, which a sender keeps across redeliveries of one event and
 // never gives two different events.
 //
-// It is the id itself where the id alone stays unique, and otherwise
-// "sha256-" and the hex SHA-256 digest of the source's length, the source
-// and the id (71 characters). The id alone stays unique, and is kept, when
-// it is at most MaxIDLength characters and
-//   - it is a UUID (8-4-4-4-12 hex digits, the form of every id Call
-//     Automation and Event Grid assign): random, so unique whatever the
-//     source; or
-//   - the event did not come through the Event Grid route: /acs/callbacks
-//     has one sender, Call Automation, whose ids are unique across its calls
-//     (its source names the call connection, not the sender), and an event
-//     built by a program without a route is that program's to name.
-//
-// On the Event Grid route any number of topics share one endpoint, each
-// numbering its own events, so an id that is not a UUID is combined with its
-// source: two topics' events "1" are two messages, and a redelivery of
-// either is still dropped as a duplicate.
-func MessageID(route, source, id string) string {
-	if len(id) <= MaxIDLength && (isUUID(id) || route != schemas.RouteEventGrid) {
+// It is the id itself where the id alone stays unique: a UUID (8-4-4-4-12
+// hex digits, the form of every id Call Automation and Event Grid assign) of
+// at most MaxIDLength characters, random and so unique whatever its source.
+// Any other id is combined with its source: "sha256-" and the hex SHA-256
+// digest of the source's length, the source and the id (71 characters), so
+// two sources' events "1" are two messages, and a redelivery of either is
+// still dropped as a duplicate.
+func MessageID(source, id string) string {
+	if isUUID(id) {
 		return id
 	}
 	h := sha256.New()
@@ -156,7 +147,7 @@ func NewMessage(e *schemas.Event) (Message, error) {
 		props[PropTime] = e.Time
 	}
 	return Message{
-		ID:          MessageID(e.Route, e.Source, e.ID),
+		ID:          MessageID(e.Source, e.ID),
 		SessionID:   boundedID(e.PartitionKey),
 		Subject:     e.Type,
 		ContentType: schemas.ContentType,

@@ -39,6 +39,7 @@ func event(t testing.TB, id, key string) relay.Message {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.ID = id // tests name messages by their event's id
 	return m
 }
 
