@@ -136,6 +136,11 @@ type ReplayResult struct {
 	// (the send failed) or purged (the removal failed); they were given
 	// back to the dead-letter queue, unchanged.
 	Failed int
+	// Unreplayable counts selected messages Replay leaves where they are:
+	// those dead-lettered as relay.ReasonMalformedEvent, whose body is the
+	// element its sender posted, not a normalized event, so a worker could
+	// only dead-letter the copy again.
+	Unreplayable int
 }
 
 // Incomplete reports whether a run did less than it selected: some
@@ -188,15 +193,29 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 	}); err != nil {
 		return res, err
 	}
-	if opts.DryRun || len(res.Selected) == 0 {
+	work := res.Selected
+	if replay {
+		work = slices.DeleteFunc(slices.Clone(work), func(d relay.DeadLetter) bool { return d.Reason == relay.ReasonMalformedEvent })
+		res.Unreplayable = len(res.Selected) - len(work)
+	}
+	var unreplayable error
+	if res.Unreplayable > 0 {
+		unreplayable = fmt.Errorf("%d selected messages were dead-lettered as %s and are left in the dead-letter queue: their body is the element its sender posted, not an event a worker can deliver; correct the sender (or post the corrected event to the ingress) and purge them: %w",
+			res.Unreplayable, relay.ReasonMalformedEvent, errUnreplayable)
+	}
+	if opts.DryRun {
 		return res, nil
+	}
+	if len(work) == 0 {
+		return res, unreplayable
 	}
 	chunk := opts.ChunkSize
 	if chunk <= 0 {
 		chunk = 50
 	}
 	var errs errorList
-	total := len(res.Selected)
+	errs.add(unreplayable)
+	total := len(work)
 	progress := func() {
 		if opts.Progress != nil {
 			opts.Progress(res.Done+res.Duplicated+res.Failed, total)
@@ -207,7 +226,7 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 			errs.add(fmt.Errorf("interrupted after %d of %d messages: %w", start, total, err))
 			break
 		}
-		part := res.Selected[start:min(start+chunk, total)]
+		part := work[start:min(start+chunk, total)]
 		seqs := make([]int64, len(part))
 		for i, d := range part {
 			seqs[i] = d.SequenceNumber
@@ -273,7 +292,10 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 	return res, err
 }
 
-var errDuplicated = errors.New("duplicates left in the dead-letter queue")
+var (
+	errDuplicated   = errors.New("duplicates left in the dead-letter queue")
+	errUnreplayable = errors.New("malformed events cannot be replayed")
+)
 
 // release gives taken messages back to the dead-letter queue, even when ctx
 // has ended, and joins the errors of those it could not give back (their

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,5 +227,36 @@ func TestDeadLetterFilter(t *testing.T) {
 		if got := tt.f.Match(d); got != tt.want {
 			t.Errorf("%d: %+v matched %v, want %v", i, tt.f, got, tt.want)
 		}
+	}
+}
+
+// TestReplayLeavesMalformedEvents: a MalformedEvent's body is what its
+// sender posted, which a worker could only dead-letter again, so Replay
+// leaves it in the dead-letter queue and says so, and replays the rest.
+func TestReplayLeavesMalformedEvents(t *testing.T) {
+	t.Parallel()
+	q := openQueue(t, sqlite.Config{})
+	bad := relay.Message{ID: "malformed-1", Subject: "x", ContentType: "application/json", Body: []byte(`{"id":1}`),
+		DeadLetterReason: relay.ReasonMalformedEvent, DeadLetterDescription: `attribute "id" must be a string`}
+	good := event(t, "good-1", "call-1")
+	good.DeadLetterReason, good.DeadLetterDescription = consumer.ReasonBackendRejected, "no"
+	if err := q.SendBatch(context.Background(), []relay.Message{bad, good}); err != nil {
+		t.Fatal(err)
+	}
+	waitDeadLetters(t, q, 2)
+	dry, err := consumer.Replay(context.Background(), q, consumer.DeadLetterFilter{}, consumer.ReplayOptions{DryRun: true})
+	if err != nil || dry.Unreplayable != 1 || len(dry.Selected) != 2 {
+		t.Fatalf("dry run: %+v, %v; want 2 selected, 1 unreplayable, no error", dry, err)
+	}
+	res, err := consumer.Replay(context.Background(), q, consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
+	if err == nil || !strings.Contains(err.Error(), relay.ReasonMalformedEvent) {
+		t.Errorf("replay: %v, want an error naming %s", err, relay.ReasonMalformedEvent)
+	}
+	if res.Done != 1 || res.Unreplayable != 1 || !res.Incomplete() {
+		t.Errorf("replay result %+v: want the good one done, the malformed one left", res)
+	}
+	left, err := q.ListDeadLetters(context.Background(), 0, 10)
+	if err != nil || len(left) != 1 || left[0].ID != "malformed-1" {
+		t.Errorf("left in the dead-letter queue: %+v, %v", left, err)
 	}
 }

@@ -339,7 +339,11 @@ func summarize(cmd *cobra.Command, res consumer.ReplayResult, err error, dryRun 
 			r := record(d)
 			fmt.Fprintf(out, "%d\t%s\t%s\t%s\n", r.SequenceNumber, r.MessageID, r.Type, r.Reason)
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "dry run: %s %d messages\n", would, len(res.Selected))
+		fmt.Fprintf(cmd.ErrOrStderr(), "dry run: %s %d messages\n", would, len(res.Selected)-res.Unreplayable)
+		if res.Unreplayable > 0 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "%d of them are %s and would be left in the dead-letter queue: their body is what the sender posted, not an event a worker can deliver\n",
+				res.Unreplayable, relay.ReasonMalformedEvent)
+		}
 		return err
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "%s %d of %d selected messages", done, res.Done, len(res.Selected))
@@ -351,6 +355,9 @@ func summarize(cmd *cobra.Command, res consumer.ReplayResult, err error, dryRun 
 	}
 	if res.Duplicated > 0 {
 		fmt.Fprintf(cmd.ErrOrStderr(), "; %d are in the queue and still in the dead-letter queue (remove them with purge --id)", res.Duplicated)
+	}
+	if res.Unreplayable > 0 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "; %d are %s and were left in the dead-letter queue", res.Unreplayable, relay.ReasonMalformedEvent)
 	}
 	fmt.Fprintln(cmd.ErrOrStderr())
 	if err == nil && res.Incomplete() {
