@@ -102,7 +102,7 @@ func TestIngressDrainsOnSIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process test skipped in -short mode")
 	}
-	p, base, admin := startIngressProcess(t, "--drain-delay", "1500ms")
+	p, base, admin := startIngressProcess(t, "--drain-delay", "3s")
 	client := &http.Client{Timeout: 10 * time.Second}
 	send := func(i int) (int, error) {
 		body := strings.NewReader(fmt.Sprintf(`[{"specversion":"1.0","id":"drain-%d","source":"s","type":"t","data":{}}]`, i))
@@ -146,7 +146,7 @@ func TestIngressDrainsOnSIGTERM(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no exit after SIGTERM")
 	}
-	if time.Since(signalled) < 1500*time.Millisecond {
+	if time.Since(signalled) < 3*time.Second {
 		t.Errorf("exited %v after SIGTERM, before the drain delay", time.Since(signalled))
 	}
 	logs := p.stderr.String()

@@ -95,6 +95,7 @@ func callEvent(t *testing.T, typ string, c, seq int) relay.Message {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.ID = e.ID // tests name messages by their event's id
 	return m
 }
 
