@@ -22,8 +22,10 @@
 // FIFO within a session, session state).
 //
 // Fault injection for tests: RejectSends, DropConnectionOnNextSend,
-// WithholdCredit, SetCBS, FailAttach, DetachLinks, CloseConnections and
-// ExpireLocks; Events, OpenConnections, OpenLinks and Stats observe it.
+// WithholdCredit, SetCBS, FailAttach, DetachLinks, CloseConnections,
+// ExpireLocks, and the lasting RefuseConnections and ThrottleSends (ended
+// one by one or with ClearFaults); Events, OpenConnections, OpenLinks and
+// Stats observe it.
 //
 // Limits: messages live in memory; no TLS, topics, subscriptions,
 // partitioned entities, transactions or HTTP management API. It is a test
