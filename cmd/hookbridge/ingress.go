@@ -147,6 +147,7 @@ func ingressCommand(getenv env) *cobra.Command {
 	var (
 		f           ingressFlags
 		vf          verifierFlags
+		sf          spoolFlags
 		logs        logFlags
 		queueURL    string
 		adminListen string
@@ -183,7 +184,12 @@ same variables with _FILE appended.`,
 			}
 			defer q.Close()
 			reg := newRegistry()
-			st, err := startIngress(ctx, &f, q, vs, reg, log)
+			sp, err := sf.open(ctx, q, reg, log)
+			if err != nil {
+				return err
+			}
+			defer sp.close()
+			st, err := startIngress(ctx, &f, sp.q, vs, reg, log)
 			if err != nil {
 				return err
 			}
@@ -199,7 +205,8 @@ same variables with _FILE appended.`,
 				g.Go(func() error { return r(gctx) })
 			}
 			st.run(gctx, g)
-			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, q, st.srv.Ready), log) })
+			sp.run(gctx, g)
+			g.Go(func() error { return serveAdmin(gctx, adm, adminHandler(reg, sp.q, st.srv.Ready), log) })
 			err = g.Wait()
 			log.Info("hookbridge ingress stopped")
 			return err
@@ -208,6 +215,7 @@ same variables with _FILE appended.`,
 	f.register(cmd.Flags(), ":8080")
 	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 	vf.register(cmd.Flags())
+	sf.register(cmd.Flags())
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics); never expose it")
@@ -292,16 +300,11 @@ func (r *runningIngress) close() {
 	r.l.Close()
 }
 
-// adminHandler serves health, readiness (keys loaded and queue reachable)
-// and metrics.
+// adminHandler serves health, readiness (keys loaded and queue reachable,
+// or the spool able to take events) and metrics.
 func adminHandler(reg *prometheus.Registry, q queue, ready func() error) http.Handler {
 	return ingress.AdminHandler(reg,
 		ingress.Check{Name: "ingress", Check: func(context.Context) error { return ready() }},
-		ingress.Check{Name: "queue", Check: func(ctx context.Context) error {
-			if err := q.Ping(ctx); err != nil {
-				return fmt.Errorf("queue unreachable: %w", err)
-			}
-			return nil
-		}},
+		queueCheck(q),
 	)
 }

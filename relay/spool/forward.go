@@ -41,9 +41,11 @@ func (s *Spool) Run(ctx context.Context) error {
 		return err
 	}
 	delay := s.cfg.RetryMin
+	size := sizer{max: s.cfg.ForwardBatch, n: s.cfg.ForwardBatch}
 	for ctx.Err() == nil {
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.Poll)
-		msgs, err := s.store.Receive(rctx, s.cfg.ForwardBatch)
+		asked := time.Now()
+		msgs, err := s.store.Receive(rctx, size.n)
 		received := time.Now()
 		cancel()
 		switch {
@@ -52,6 +54,7 @@ func (s *Spool) Run(ctx context.Context) error {
 			return nil
 		case err == nil:
 			delay = s.cfg.RetryMin
+			size.observe(len(msgs), received.Sub(asked), received)
 			if err := s.forward(ctx, msgs, received); err != nil {
 				return err
 			}
@@ -68,6 +71,37 @@ func (s *Spool) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// sizer picks how many messages the forwarder asks the store for. A store
+// that hands out one message per session may look through every message it
+// holds to find the n-th session ready (the SQLite queue does): asking for
+// more sessions than are ready, or for sessions far back, costs a scan of
+// the whole spool each round, and draining a large spool of few calls
+// becomes quadratic. So the forwarder asks for as many as the last round
+// found, halves when finding them was slow, and asks for more only once
+// 20 times the last costly round has passed (at most a second), keeping
+// such scans to a small share of its time.
+type sizer struct {
+	max, n  int
+	probeAt time.Time
+}
+
+// slowReceive is a Receive that found what it was asked for, slowly: the
+// store had to look far back.
+const slowReceive = 50 * time.Millisecond
+
+// observe adjusts n after a Receive of n messages returned got after took.
+func (z *sizer) observe(got int, took time.Duration, now time.Time) {
+	backoff := now.Add(min(20*took, time.Second))
+	switch {
+	case got < z.n: // it looked at everything (or waited for the first)
+		z.n, z.probeAt = max(got, 1), backoff
+	case took > slowReceive && z.n > 1:
+		z.n, z.probeAt = max(z.n/2, 1), backoff
+	case !now.Before(z.probeAt):
+		z.n = min(2*z.n, z.max)
+	}
 }
 
 // load reads how many messages the store holds, retrying until it answers,
