@@ -132,7 +132,7 @@ func (s *Spool) State() State {
 	switch {
 	case !s.isKnown():
 		st.Mode = ModeStarting
-	case s.down:
+	case s.down && (s.spooling || now.Before(s.downUntil)):
 		st.Mode = ModeSpooling
 		since := s.downSince
 		st.FailingSince = &since
@@ -148,9 +148,11 @@ func (s *Spool) State() State {
 // Ready reports whether the ingress can take events through the spool: nil
 // while Service Bus takes sends or the spool has room, so readiness holds
 // while spooling. It fails before Run has read the store, once Run has
-// stopped, and while Service Bus is failing and the spool is full or
-// cannot commit.
+// stopped, and while Service Bus is failing and the spool is full or its
+// last commit failed (for Config.Cooldown after that failure, so that
+// readiness comes back for the next request to try again).
 func (s *Spool) Ready(context.Context) error {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -162,7 +164,7 @@ func (s *Spool) Ready(context.Context) error {
 		return nil
 	case s.depth+s.inflight >= s.cfg.MaxMessages:
 		return fmt.Errorf("spool: Service Bus is failing (%v) and the spool is full (%d events)", s.lastErr, s.depth+s.inflight)
-	case s.storeErr != nil:
+	case s.storeErr != nil && now.Before(s.storeErrAt.Add(s.cfg.Cooldown)):
 		return fmt.Errorf("spool: Service Bus is failing (%v) and the spool cannot commit either: %w", s.lastErr, s.storeErr)
 	}
 	return nil

@@ -77,7 +77,10 @@ type Spool struct {
 	downSince time.Time
 	downUntil time.Time
 	lastErr   error // the primary's latest failure
-	storeErr  error // the latest failed commit to the store, nil once one succeeds
+	// storeErr is the latest failed commit to the store, at storeErrAt;
+	// nil once one succeeds.
+	storeErr   error
+	storeErrAt time.Time
 	// spooling: the store has (or may have) messages; set by the first
 	// commit to it, cleared when the forwarder has drained it.
 	spooling      bool
@@ -332,7 +335,7 @@ func (s *Spool) commit(ctx context.Context, msgs []relay.Message, counts [numRea
 	s.inflight -= n
 	s.depth += n // even on failure: the messages may be stored, and depth never undercounts
 	s.gen++
-	s.storeErr = err
+	s.storeErr, s.storeErrAt = err, time.Now()
 	s.mu.Unlock()
 	if err != nil {
 		s.metrics.refused("error", n)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -848,5 +849,56 @@ func TestRunAndReadiness(t *testing.T) {
 	}
 	if err := sp.Ready(context.Background()); err == nil {
 		t.Error("ready after Run returned")
+	}
+}
+
+// brokenStore is a store whose commits fail while broken is set.
+type brokenStore struct {
+	*sqlite.Queue
+	broken atomic.Bool
+}
+
+func (s *brokenStore) SendBatch(ctx context.Context, msgs []relay.Message) error {
+	if s.broken.Load() {
+		return fmt.Errorf("%w: sqlite commit: disk full; free space on the queue's volume", relay.ErrUnavailable)
+	}
+	return s.Queue.SendBatch(ctx, msgs)
+}
+
+// TestStoreFailure: with Service Bus down and the spool unable to commit,
+// the request gets a retryable error naming both, readiness fails for a
+// while, then comes back so that the next request tries again.
+func TestStoreFailure(t *testing.T) {
+	t.Parallel()
+	store := &brokenStore{Queue: openStore(t, filepath.Join(t.TempDir(), "s.db"), 0)}
+	defer store.Close()
+	p := &primary{}
+	p.set(failAll)
+	sp, err := spool.New(p, store, fast(spool.Config{Cooldown: 300 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "ready", func() bool { return sp.Ready(context.Background()) == nil })
+	store.broken.Store(true)
+	err = sp.SendBatch(context.Background(), []relay.Message{msg("m", "k")})
+	if !errors.Is(err, relay.ErrUnavailable) || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("err = %v, want ErrUnavailable naming both failures", err)
+	}
+	if err := sp.Ready(context.Background()); err == nil {
+		t.Error("ready right after the spool failed to commit while Service Bus is down")
+	}
+	eventually(t, "ready again after the cooldown", func() bool { return sp.Ready(context.Background()) == nil })
+	store.broken.Store(false)
+	if err := sp.SendBatch(context.Background(), []relay.Message{msg("m2", "k")}); err != nil {
+		t.Fatalf("after the store recovered: %v", err)
+	}
+	p.set(nil)
+	eventually(t, "drained", func() bool { return sp.State().Mode == spool.ModeDirect })
+	if got := p.order("k"); !slices.Equal(got, []string{"m2"}) {
+		t.Errorf("forwarded %v", got)
 	}
 }
