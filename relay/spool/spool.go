@@ -325,8 +325,11 @@ func (s *Spool) commit(ctx context.Context, msgs []relay.Message, counts [numRea
 	}
 	s.mu.Unlock()
 	if started {
-		s.log.Warn("spooling: events go to the local spool and are forwarded to Service Bus in each call's order once it takes them",
-			"reason", reasonNames[mainReason(counts)], "error", cause)
+		attrs := []any{"reason", reasonNames[mainReason(counts)]}
+		if cause != nil {
+			attrs = append(attrs, "error", cause)
+		}
+		s.log.Warn("spooling: events go to the local spool and are forwarded to Service Bus in each call's order once it takes them", attrs...)
 	}
 
 	err := s.store.SendBatch(ctx, toStore(msgs))
