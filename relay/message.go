@@ -132,7 +132,7 @@ type Received struct {
 	// MaxDeliveryCount is the last one before the queue dead-letters the
 	// message, so a consumer dead-letters it itself, saying why.
 	MaxDeliveryCount int
-	EnqueuedTime  time.Time
+	EnqueuedTime     time.Time
 	// LockedUntil is when the lock expires unless renewed.
 	LockedUntil time.Time
 	// LockToken identifies this delivery's lock.
