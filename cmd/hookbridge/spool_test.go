@@ -262,6 +262,15 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 		t.Fatalf("%d requests were refused", refused)
 	}
 	checkCalls(t, emu, accepted)
+	busy := 0
+	for _, e := range emu.Events() {
+		if e.Kind == sbemu.EventFault && strings.Contains(e.Detail, "server-busy") {
+			busy++
+		}
+	}
+	if busy == 0 {
+		t.Error("no send was rejected with server-busy: the throttling did not bite")
+	}
 	out := logs.String()
 	if !strings.Contains(out, `msg="spooling:`) || !strings.Contains(out, `msg="spool drained`) {
 		t.Errorf("no spooling or drained log line:\n%s", out)
