@@ -276,7 +276,7 @@ func (h *harness) spooled(reason string) float64 {
 
 // metric reads a counter or gauge of reg by name and (optional) reason
 // label.
-func metric(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
+func metric(t testing.TB, reg *prometheus.Registry, name, reason string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
