@@ -560,7 +560,7 @@ func TestCallWithSpooledEventsStaysInSpool(t *testing.T) {
 	t.Parallel()
 	p := &primary{}
 	p.set(failAll)
-	h := start(t, p, spool.Config{}, "", 0)
+	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, "", 0) // the held-up forward must not time out
 	h.mustSend(msg("a1", "k"))
 	release := make(chan struct{})
 	p.set(func(ctx context.Context, msgs []relay.Message) error {
@@ -652,7 +652,7 @@ func TestRestartWithLeftovers(t *testing.T) {
 		}
 		return nil
 	})
-	h := start(t, p, spool.Config{}, first.path, time.Minute)
+	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
 	h.mustSend(msg("a2", "k1"), msg("n1", "")) // k1 is in the spool, though nobody told us
 	h.mustSend(msg("c1", "k3"))                // k3 is not, but we cannot know yet
 	if h.p.attempted("a2") || h.p.attempted("c1") {
@@ -697,19 +697,30 @@ func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
 	first.mustSend(msg("old1", "k1"), msg("old2", "k2"))
 	first.stop()
 
-	release := make(chan struct{})
+	oldHeld, newHeld := make(chan struct{}), make(chan struct{})
+	hold := func(ctx context.Context, c chan struct{}) error {
+		select {
+		case <-c:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	p.set(func(ctx context.Context, msgs []relay.Message) error {
-		if contains(msgs, "new-k1") { // k1's new event sticks in the spool
-			select {
-			case <-release:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		switch {
+		case contains(msgs, "old1"): // the leftovers wait until new-k1 is spooled
+			return hold(ctx, oldHeld)
+		case contains(msgs, "new-k1"): // then k1's new event sticks in the spool
+			return hold(ctx, newHeld)
 		}
 		return nil
 	})
-	h := start(t, p, spool.Config{}, first.path, time.Minute)
+	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
 	h.mustSend(msg("new-k1", "k1"))
+	if n := h.spooled("restart"); n != 1 {
+		t.Fatalf("spooled{restart} = %v, want 1", n)
+	}
+	close(oldHeld)
 	eventually(t, "the leftovers were forwarded", func() bool { return h.p.has("old1") && h.p.has("old2") })
 	eventually(t, "recovery ended", func() bool { return !h.sp.State().Recovering })
 	h.mustSend(msg("new-k5", "k5"))
@@ -719,7 +730,7 @@ func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
 	if a, _ := h.counts(); a != 1 {
 		t.Errorf("store holds %d, want new-k1 only", a)
 	}
-	close(release)
+	close(newHeld)
 	h.drained()
 }
 
