@@ -40,13 +40,13 @@ func spoolEmulator(t *testing.T) *sbemu.Server {
 	return emu
 }
 
-// callEvent is the body of one Call Automation callback of call c.
-func callEvent(id string, c int) string {
+// spoolCallEvent is the body of one Call Automation callback of call c.
+func spoolCallEvent(id string, c int) string {
 	return fmt.Sprintf(`[{"specversion":"1.0","id":%q,"source":"calling/callConnections/c%d","type":"Microsoft.Communication.PlayCompleted","data":{"correlationId":"call-%d"}}]`, id, c, c)
 }
 
-// post sends one callback and returns the status and Retry-After.
-func post(t *testing.T, listen, body string) (int, string) {
+// spoolPost sends one callback and returns the status and Retry-After.
+func spoolPost(t *testing.T, listen, body string) (int, string) {
 	t.Helper()
 	resp, err := http.Post("http://"+listen+"/acs/callbacks?key="+spoolTestKey, "application/json", strings.NewReader(body))
 	if err != nil {
@@ -58,8 +58,8 @@ func post(t *testing.T, listen, body string) (int, string) {
 	return resp.StatusCode, resp.Header.Get("Retry-After")
 }
 
-// readiness is what /readyz answers, with the spool's state.
-type readiness struct {
+// spoolReadiness is what /readyz answers, with the spool's state.
+type spoolReadiness struct {
 	status int
 	Ready  bool              `json:"ready"`
 	Failed map[string]string `json:"failed"`
@@ -74,9 +74,9 @@ type readiness struct {
 	} `json:"state"`
 }
 
-func readyz(t *testing.T, admin string) readiness {
+func spoolReadyz(t *testing.T, admin string) spoolReadiness {
 	t.Helper()
-	var r readiness
+	var r spoolReadiness
 	resp, err := http.Get("http://" + admin + "/readyz")
 	if err != nil {
 		return r
@@ -87,12 +87,12 @@ func readyz(t *testing.T, admin string) readiness {
 	return r
 }
 
-// waitDrained waits until /readyz reports an empty spool sending direct.
-func waitDrained(t *testing.T, admin string, timeout time.Duration, logs fmt.Stringer) {
+// waitSpoolDrained waits until /readyz reports an empty spool sending direct.
+func waitSpoolDrained(t *testing.T, admin string, timeout time.Duration, logs fmt.Stringer) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		r := readyz(t, admin)
+		r := spoolReadyz(t, admin)
 		if r.status == 200 && r.State.Queue.Spool.Mode == "direct" && r.State.Queue.Spool.Messages == 0 {
 			return
 		}
@@ -103,9 +103,9 @@ func waitDrained(t *testing.T, admin string, timeout time.Duration, logs fmt.Str
 	}
 }
 
-// sessionIDs receives (and deletes) every message of session key from the
+// spoolSessionIDs receives (and deletes) every message of session key from the
 // emulator's queue and returns their IDs in order.
-func sessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
+func spoolSessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
 	t.Helper()
 	c, err := azservicebus.NewClientFromConnectionString(emu.ConnectionString(), nil)
 	if err != nil {
@@ -133,17 +133,17 @@ func sessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
 	}
 }
 
-// checkCalls compares what each call's session holds with what was
+// checkSpooledCalls compares what each call's session holds with what was
 // accepted, in order, each once.
-func checkCalls(t *testing.T, emu *sbemu.Server, accepted map[int][]string) {
+func checkSpooledCalls(t *testing.T, emu *sbemu.Server, accepted map[int][]string) {
 	t.Helper()
 	total := 0
 	for c, want := range accepted {
-		got := sessionIDs(t, emu, fmt.Sprintf("call-%d", c))
+		got := spoolSessionIDs(t, emu, fmt.Sprintf("call-%d", c))
 		total += len(got)
 		if !slices.Equal(got, want) {
 			t.Errorf("call-%d: Service Bus holds %d events, %d were accepted; first difference at %d\n got %v\nwant %v",
-				c, len(got), len(want), firstDiff(got, want), head(got), head(want))
+				c, len(got), len(want), spoolFirstDiff(got, want), spoolHead(got), spoolHead(want))
 		}
 	}
 	st, err := emu.Stats("hookbridge-events")
@@ -156,7 +156,7 @@ func checkCalls(t *testing.T, emu *sbemu.Server, accepted map[int][]string) {
 	t.Logf("%d events in Service Bus, each call's in order", total)
 }
 
-func firstDiff(a, b []string) int {
+func spoolFirstDiff(a, b []string) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
 			return i
@@ -165,7 +165,7 @@ func firstDiff(a, b []string) int {
 	return min(len(a), len(b))
 }
 
-func head(s []string) []string {
+func spoolHead(s []string) []string {
 	if len(s) > 12 {
 		return append(slices.Clone(s[:12]), "…")
 	}
@@ -218,7 +218,7 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 				default:
 				}
 				id := fmt.Sprintf("c%d-%05d", c, i)
-				status, _ := post(t, listen, callEvent(id, c))
+				status, _ := spoolPost(t, listen, spoolCallEvent(id, c))
 				mu.Lock()
 				if status == 200 {
 					accepted[c] = append(accepted[c], id)
@@ -241,12 +241,12 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 			n += len(ids)
 		}
 		mu.Unlock()
-		t.Logf("%s after %d accepted events; /readyz %+v", what, n, readyz(t, admin).State.Queue.Spool)
+		t.Logf("%s after %d accepted events; /readyz %+v", what, n, spoolReadyz(t, admin).State.Queue.Spool)
 	}
 	phase(time.Second, "refusing connections")
 	emu.RefuseConnections(true)
 	phase(5*time.Second, "mid-outage")
-	if r := readyz(t, admin); r.status != 200 || r.State.Queue.Spool.Mode != "spooling" || r.State.Queue.Spool.Messages == 0 {
+	if r := spoolReadyz(t, admin); r.status != 200 || r.State.Queue.Spool.Mode != "spooling" || r.State.Queue.Spool.Messages == 0 {
 		t.Errorf("/readyz during the outage: %+v, want ready and spooling", r)
 	}
 	phase(5*time.Second, "throttling")
@@ -257,11 +257,11 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 	phase(2*time.Second, "stopping the senders")
 	close(stop)
 	wg.Wait()
-	waitDrained(t, admin, 60*time.Second, logs)
+	waitSpoolDrained(t, admin, 60*time.Second, logs)
 	if refused > 0 {
 		t.Fatalf("%d requests were refused", refused)
 	}
-	checkCalls(t, emu, accepted)
+	checkSpooledCalls(t, emu, accepted)
 	busy := 0
 	for _, e := range emu.Events() {
 		if e.Kind == sbemu.EventFault && strings.Contains(e.Detail, "server-busy") {
@@ -275,7 +275,7 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 	if !strings.Contains(out, `msg="spooling:`) || !strings.Contains(out, `msg="spool drained`) {
 		t.Errorf("no spooling or drained log line:\n%s", out)
 	}
-	metrics := httpGet(t, "http://"+admin+"/metrics")
+	metrics := spoolGet(t, "http://"+admin+"/metrics")
 	for _, want := range []string{"hookbridge_spool_spooled_total", "hookbridge_spool_forwarded_total", "hookbridge_spool_messages 0", "hookbridge_spool_oldest_message_age_seconds 0"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -283,7 +283,7 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 	}
 }
 
-func httpGet(t *testing.T, url string) string {
+func spoolGet(t *testing.T, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -294,8 +294,8 @@ func httpGet(t *testing.T, url string) string {
 	return string(b)
 }
 
-// ingressProcess runs `hookbridge ingress` on the emulator with a spool.
-func ingressProcess(t *testing.T, emu *sbemu.Server, spoolURL string, extra ...string) (p *process, listen, admin string) {
+// spooledIngress runs `hookbridge ingress` on the emulator with a spool.
+func spooledIngress(t *testing.T, emu *sbemu.Server, spoolURL string, extra ...string) (p *process, listen, admin string) {
 	t.Helper()
 	listen, admin = freePort(t), freePort(t)
 	args := append([]string{"ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listen, "--admin-listen", admin,
@@ -324,7 +324,7 @@ func TestSpoolSurvivesSIGKILL(t *testing.T) {
 	}
 	emu := spoolEmulator(t)
 	spoolURL := "sqlite:" + filepath.Join(t.TempDir(), "spool.db")
-	first, listen, admin := ingressProcess(t, emu, spoolURL)
+	first, listen, admin := spooledIngress(t, emu, spoolURL)
 	emu.RefuseConnections(true)
 	const calls = 3
 	accepted := map[int][]string{}
@@ -332,7 +332,7 @@ func TestSpoolSurvivesSIGKILL(t *testing.T) {
 		for i := from; i < to; i++ {
 			for c := range calls {
 				id := fmt.Sprintf("c%d-%03d", c, i)
-				if status, _ := post(t, listen, callEvent(id, c)); status != 200 {
+				if status, _ := spoolPost(t, listen, spoolCallEvent(id, c)); status != 200 {
 					t.Fatalf("%s: status %d\n%s", id, status, first.stderr.String())
 				}
 				accepted[c] = append(accepted[c], id)
@@ -340,21 +340,21 @@ func TestSpoolSurvivesSIGKILL(t *testing.T) {
 		}
 	}
 	send(listen, 0, 20)
-	if r := readyz(t, admin); r.State.Queue.Spool.Messages != 3*20 {
+	if r := spoolReadyz(t, admin); r.State.Queue.Spool.Messages != 3*20 {
 		t.Fatalf("/readyz before the kill: %+v, want 60 events spooled", r)
 	}
 	first.cmd.Process.Signal(syscall.SIGKILL)
 	first.cmd.Wait()
 
-	second, listen, admin := ingressProcess(t, emu, spoolURL)
-	if r := readyz(t, admin); !r.State.Queue.Spool.Recovering {
+	second, listen, admin := spooledIngress(t, emu, spoolURL)
+	if r := spoolReadyz(t, admin); !r.State.Queue.Spool.Recovering {
 		t.Errorf("/readyz after the restart: %+v, want recovering", r)
 	}
 	send(listen, 20, 30) // while Service Bus is still down
 	emu.RefuseConnections(false)
 	send(listen, 30, 40) // once it is back: behind the spooled events
-	waitDrained(t, admin, 90*time.Second, second.stderr)
-	checkCalls(t, emu, accepted)
+	waitSpoolDrained(t, admin, 90*time.Second, second.stderr)
+	checkSpooledCalls(t, emu, accepted)
 	if !strings.Contains(second.stderr.String(), "left by an earlier run") {
 		t.Errorf("the restarted ingress did not log the leftovers:\n%s", second.stderr.String())
 	}
@@ -370,33 +370,33 @@ func TestSpoolFull(t *testing.T) {
 		t.Skip("process test skipped in -short mode")
 	}
 	emu := spoolEmulator(t)
-	p, listen, admin := ingressProcess(t, emu, "sqlite:"+filepath.Join(t.TempDir(), "spool.db"), "--spool-max-messages", "5")
+	p, listen, admin := spooledIngress(t, emu, "sqlite:"+filepath.Join(t.TempDir(), "spool.db"), "--spool-max-messages", "5")
 	emu.RefuseConnections(true)
 	accepted := map[int][]string{}
 	for i := range 5 {
 		id := fmt.Sprintf("c0-%d", i)
-		if status, _ := post(t, listen, callEvent(id, 0)); status != 200 {
+		if status, _ := spoolPost(t, listen, spoolCallEvent(id, 0)); status != 200 {
 			t.Fatalf("%s: status %d", id, status)
 		}
 		accepted[0] = append(accepted[0], id)
 	}
-	status, retryAfter := post(t, listen, callEvent("c1-0", 1))
+	status, retryAfter := spoolPost(t, listen, spoolCallEvent("c1-0", 1))
 	if status != 503 || retryAfter == "" {
 		t.Fatalf("with the spool full: status %d, Retry-After %q; want 503 with Retry-After", status, retryAfter)
 	}
-	if r := readyz(t, admin); r.status != 503 || !strings.Contains(r.Failed["queue"], "full") {
+	if r := spoolReadyz(t, admin); r.status != 503 || !strings.Contains(r.Failed["queue"], "full") {
 		t.Errorf("/readyz with the spool full: %+v", r)
 	}
 	if !strings.Contains(p.stderr.String(), "spool full") {
 		t.Errorf("the log does not say the spool is full:\n%s", p.stderr.String())
 	}
 	emu.RefuseConnections(false)
-	waitDrained(t, admin, 60*time.Second, p.stderr)
-	if status, _ := post(t, listen, callEvent("c1-0", 1)); status != 200 {
+	waitSpoolDrained(t, admin, 60*time.Second, p.stderr)
+	if status, _ := spoolPost(t, listen, spoolCallEvent("c1-0", 1)); status != 200 {
 		t.Fatalf("after draining: status %d", status)
 	}
 	accepted[1] = []string{"c1-0"}
-	checkCalls(t, emu, accepted)
+	checkSpooledCalls(t, emu, accepted)
 	p.stop(t)
 }
 

@@ -10,6 +10,37 @@ import (
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 )
 
+// outageServer starts a server with queue q for one test.
+func outageServer(t *testing.T) *sbemu.Server {
+	t.Helper()
+	s, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// outageSender opens a sender to q with the given SDK retries.
+func outageSender(t *testing.T, s *sbemu.Server, retries int32, delay time.Duration) *azservicebus.Sender {
+	t.Helper()
+	c, err := azservicebus.NewClientFromConnectionString(s.ConnectionString(), &azservicebus.ClientOptions{
+		RetryOptions: azservicebus.RetryOptions{MaxRetries: retries, RetryDelay: delay, MaxRetryDelay: 2 * delay},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	snd, err := c.NewSender("q", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snd
+}
+
 // TestOutageFaults drives RefuseConnections, ThrottleSends and ClearFaults
 // through the SDK: a send fails while each fault lasts, succeeds once it
 // ends, and nothing a failed send carried is stored.
@@ -27,12 +58,8 @@ func TestOutageFaults(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			s := startServer(t, sbemu.QueueConfig{Name: "q"})
-			c := newClient(t, s)
-			snd, err := c.NewSender("q", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := outageServer(t)
+			snd := outageSender(t, s, 2, 50*time.Millisecond)
 			send := func(id string) error {
 				c, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 				defer cancel()
@@ -77,22 +104,14 @@ func TestOutageFaults(t *testing.T) {
 // throttling succeeds.
 func TestThrottledSendIsServerBusy(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, sbemu.QueueConfig{Name: "q"})
-	c, err := azservicebus.NewClientFromConnectionString(s.ConnectionString(), &azservicebus.ClientOptions{
-		RetryOptions: azservicebus.RetryOptions{MaxRetries: 20, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: 100 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	snd, err := c.NewSender("q", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := outageServer(t)
+	snd := outageSender(t, s, 20, 50*time.Millisecond)
 	s.ThrottleSends(true)
 	time.AfterFunc(300*time.Millisecond, func() { s.ThrottleSends(false) })
 	id := "m"
-	if err := snd.SendMessage(ctx(t), &azservicebus.Message{MessageID: &id, Body: []byte("x")}, nil); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := snd.SendMessage(ctx, &azservicebus.Message{MessageID: &id, Body: []byte("x")}, nil); err != nil {
 		t.Fatalf("send while throttled for 300ms was not retried to success: %v", err)
 	}
 }
