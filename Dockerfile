@@ -11,8 +11,12 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/hookbridge /hookbridge
-# The embedded queue's default home, writable by the nonroot user (65532).
+# The home of the embedded queue and of the ingress's spool
+# (--spool sqlite:/var/lib/hookbridge/spool.db), writable by the nonroot user
+# (65532). Mount a persistent volume here: without one, Docker gives each
+# container an anonymous volume, which outlives restarts but not removal.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/hookbridge
+VOLUME ["/var/lib/hookbridge"]
 WORKDIR /var/lib/hookbridge
 USER 65532:65532
 # 8080: the public listener; 9090: the private admin listener (keep it private).

@@ -14,6 +14,9 @@ import (
 type Check struct {
 	Name  string
 	Check func(ctx context.Context) error
+	// State, when set, describes the component for /readyz's "state"
+	// object, ready or not (e.g. the spool's depth while Service Bus fails).
+	State func() any
 }
 
 // AdminHandler serves the private admin listener: /healthz (the process is
@@ -28,18 +31,27 @@ func AdminHandler(g prometheus.Gatherer, checks ...Check) http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
 		failed := map[string]string{}
+		state := map[string]any{}
 		for _, c := range checks {
 			if err := c.Check(ctx); err != nil {
 				failed[c.Name] = err.Error()
 			}
+			if c.State != nil {
+				state[c.Name] = c.State()
+			}
+		}
+		body := map[string]any{"ready": len(failed) == 0}
+		if len(failed) > 0 {
+			body["failed"] = failed
+		}
+		if len(state) > 0 {
+			body["state"] = state
 		}
 		w.Header().Set("Content-Type", "application/json")
 		if len(failed) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			json.NewEncoder(w).Encode(map[string]any{"ready": false, "failed": failed})
-			return
 		}
-		json.NewEncoder(w).Encode(map[string]any{"ready": true})
+		json.NewEncoder(w).Encode(body)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux

@@ -30,6 +30,7 @@ func devCommand(getenv env) *cobra.Command {
 	var (
 		f           ingressFlags
 		w           workerFlags
+		sf          spoolFlags
 		logs        logFlags
 		queueURL    string
 		adminListen string
@@ -85,7 +86,12 @@ delivered in order (non-zero otherwise).`,
 			}
 			defer q.Close()
 			reg := newRegistry()
-			st, err := startIngress(ctx, &f, q, vs, reg, log)
+			sp, err := sf.open(ctx, q, reg, log)
+			if err != nil {
+				return err
+			}
+			defer sp.close()
+			st, err := startIngress(ctx, &f, sp.q, vs, reg, log)
 			if err != nil {
 				return err
 			}
@@ -123,9 +129,10 @@ delivered in order (non-zero otherwise).`,
 				g.Go(func() error { return r(gctx) })
 			}
 			adminCtx := st.run(gctx, g)
+			sp.run(gctx, g)
 			startQueue(gctx, g, q)
 			g.Go(func() error { return worker.Run(gctx) })
-			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, q, st.srv.Ready), log) })
+			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, sp.q, st.srv.Ready), log) })
 
 			base := "http://" + st.addr()
 			out := cmd.ErrOrStderr()
@@ -148,6 +155,7 @@ delivered in order (non-zero otherwise).`,
 	}
 	f.register(cmd.Flags(), "127.0.0.1:8080", 0) // loopback: no load balancer to drain
 	w.register(cmd.Flags())
+	sf.register(cmd.Flags())
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics)")

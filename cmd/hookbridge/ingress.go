@@ -161,6 +161,7 @@ func ingressCommand(getenv env) *cobra.Command {
 	var (
 		f           ingressFlags
 		vf          verifierFlags
+		sf          spoolFlags
 		logs        logFlags
 		queueURL    string
 		adminListen string
@@ -197,7 +198,12 @@ same variables with _FILE appended.`,
 			}
 			defer q.Close()
 			reg := newRegistry()
-			st, err := startIngress(ctx, &f, q, vs, reg, log)
+			sp, err := sf.open(ctx, q, reg, log)
+			if err != nil {
+				return err
+			}
+			defer sp.close()
+			st, err := startIngress(ctx, &f, sp.q, vs, reg, log)
 			if err != nil {
 				return err
 			}
@@ -213,7 +219,8 @@ same variables with _FILE appended.`,
 				g.Go(func() error { return r(gctx) })
 			}
 			adminCtx := st.run(gctx, g)
-			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, q, st.srv.Ready), log) })
+			sp.run(gctx, g)
+			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, sp.q, st.srv.Ready), log) })
 			err = g.Wait()
 			log.Info("hookbridge ingress stopped")
 			return err
@@ -222,6 +229,7 @@ same variables with _FILE appended.`,
 	f.register(cmd.Flags(), ":8080", defaultDrainDelay)
 	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 	vf.register(cmd.Flags())
+	sf.register(cmd.Flags())
 	logs.register(cmd.Flags())
 	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics); never expose it")
@@ -322,16 +330,11 @@ func (r *runningIngress) close() {
 	r.l.Close()
 }
 
-// adminHandler serves health, readiness (keys loaded and queue reachable)
-// and metrics.
+// adminHandler serves health, readiness (keys loaded and queue reachable,
+// or the spool able to take events) and metrics.
 func adminHandler(reg *prometheus.Registry, q queue, ready func() error) http.Handler {
 	return ingress.AdminHandler(reg,
 		ingress.Check{Name: "ingress", Check: func(context.Context) error { return ready() }},
-		ingress.Check{Name: "queue", Check: func(ctx context.Context) error {
-			if err := q.Ping(ctx); err != nil {
-				return fmt.Errorf("queue unreachable: %w", err)
-			}
-			return nil
-		}},
+		queueCheck(q),
 	)
 }

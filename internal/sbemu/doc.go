@@ -40,9 +40,10 @@
 // the latter; message.go renders messages as clients receive them.
 //
 // Fault injection for tests: RejectSends, DropConnectionOnNextSend,
-// WithholdCredit, SetCBS, FailAttach, DetachLinks, CloseConnections and
-// ExpireLocks; Events, OpenConnections, OpenLinks and Stats observe it.
-// Package sbemutest starts a server for one test.
+// WithholdCredit, SetCBS, FailAttach, DetachLinks, CloseConnections,
+// ExpireLocks, and the lasting RefuseConnections and ThrottleSends (ended
+// one by one or with ClearFaults); Events, OpenConnections, OpenLinks and
+// Stats observe it. Package sbemutest starts a server for one test.
 //
 // Limits: messages live in memory; no TLS, topics, subscriptions,
 // forwarding, partitioned entities, transactions or HTTP management API. It

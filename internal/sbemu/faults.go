@@ -14,6 +14,7 @@ type faults struct {
 	cbsDelay       time.Duration
 	cbsSet         bool
 	linkErrors     map[string]string // entity (lower case) → condition
+	outage         outage
 }
 
 type sendFault struct {
@@ -34,6 +35,9 @@ func (f sendFault) describe() string {
 }
 
 func (f *faults) takeSendFault() (sendFault, bool) {
+	if sf, ok := f.throttled(); ok {
+		return sf, true
+	}
 	if len(f.sends) == 0 {
 		return sendFault{}, false
 	}

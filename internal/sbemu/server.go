@@ -120,6 +120,9 @@ func (s *Server) serve(ln net.Listener) {
 			}
 			return
 		}
+		if s.refused(nc) {
+			continue
+		}
 		s.mu.Lock()
 		s.nextID++
 		c := &conn{s: s, id: s.nextID, nc: nc, out: make(chan []byte, 16384), done: make(chan struct{}), sessions: map[uint16]*session{}}

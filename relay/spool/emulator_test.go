@@ -1,0 +1,325 @@
+package spool_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/servicebus"
+	"github.com/hookbridge/hookbridge/relay/spool"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+)
+
+// emulated is a session-enabled queue with duplicate detection on an
+// in-process emulator, opened through the real SDK.
+type emulated struct {
+	emu  *sbemu.Server
+	q    *servicebus.Queue
+	name string
+}
+
+func openEmulator(tb testing.TB) *emulated {
+	tb.Helper()
+	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "events", RequiresSession: true,
+		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := emu.Start("127.0.0.1:0"); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { emu.Close() })
+	q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: "events", ConnectionString: emu.ConnectionString(),
+		MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { q.Close() })
+	return &emulated{emu: emu, q: q, name: "events"}
+}
+
+// session drains session key from the emulator's queue and returns its
+// message IDs in order.
+func (e *emulated) session(tb testing.TB, key string) []string {
+	tb.Helper()
+	c, err := azservicebus.NewClientFromConnectionString(e.emu.ConnectionString(), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, err := c.AcceptSessionForQueue(ctx, e.name, key, &azservicebus.SessionReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	var out []string
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		msgs, err := r.ReceiveMessages(rctx, 1000, nil)
+		cancel()
+		if len(msgs) == 0 || err != nil {
+			return out
+		}
+		for _, m := range msgs {
+			out = append(out, m.MessageID)
+		}
+	}
+}
+
+// TestForwardThroughEmulator runs the spool in front of the real
+// azservicebus SDK: while the emulator refuses connections and then
+// throttles, events are spooled; afterwards each call's events are in the
+// queue exactly once, in order.
+func TestForwardThroughEmulator(t *testing.T) {
+	t.Parallel()
+	e := openEmulator(t)
+	p := &primary{}
+	p.set(e.q.SendBatch)
+	h := start(t, p, spool.Config{After: 300 * time.Millisecond, SendTimeout: time.Second}, "", 0)
+	const calls, perCall = 3, 30
+	send := func(i int) {
+		var msgs []relay.Message
+		for c := range calls {
+			msgs = append(msgs, msg(fmt.Sprintf("c%d-%03d", c, i), fmt.Sprintf("call-%d", c)))
+		}
+		h.mustSend(msgs...)
+	}
+	for i := range perCall {
+		switch i {
+		case 5:
+			e.emu.RefuseConnections(true)
+		case 15:
+			e.emu.RefuseConnections(false)
+			e.emu.ThrottleSends(true)
+		case 25:
+			e.emu.ThrottleSends(false)
+		}
+		send(i)
+	}
+	h.drained()
+	if n := h.spooled("failed") + h.spooled("slow"); n == 0 {
+		t.Error("nothing was spooled; the faults did not bite")
+	}
+	for c := range calls {
+		got := e.session(t, fmt.Sprintf("call-%d", c))
+		want := make([]string, perCall)
+		for i := range want {
+			want[i] = fmt.Sprintf("c%d-%03d", c, i)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("call-%d in the queue: %v\nwant %v", c, got, want)
+		}
+	}
+}
+
+// BenchmarkGroupCommit measures the spool's cost on the normal path: group
+// commit of single-event requests to the emulator, straight to Service Bus
+// and through the spool (which sends them straight on), in one run. Each
+// run gets a fresh emulator. cpu-ns/op is the process's CPU time (user and
+// system, the in-process emulator's included) per request, steadier than
+// wall-clock time on a shared machine.
+//
+//	go test ./relay/spool -run XXX -bench GroupCommit -benchmem -count 6
+func BenchmarkGroupCommit(b *testing.B) {
+	// calls=0: every request is of its own call; calls=64: requests of 64
+	// busy calls, so concurrent commits often share a call and the spool
+	// serializes them.
+	for _, calls := range []int64{0, 64} {
+		for _, mode := range []string{"direct", "spool"} {
+			b.Run(fmt.Sprintf("calls=%d/%s", calls, mode), func(b *testing.B) {
+				e := openEmulator(b)
+				var sender relay.BatchSender = e.q
+				if mode == "spool" {
+					store, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "spool.db")}, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer store.Close()
+					reg := prometheus.NewRegistry()
+					sp, err := spool.New(e.q, store, spool.Config{Registerer: reg})
+					if err != nil {
+						b.Fatal(err)
+					}
+					ctx, cancel := context.WithCancel(context.Background())
+					done := make(chan error, 1)
+					go func() { done <- sp.Run(ctx) }()
+					defer func() { cancel(); <-done }()
+					// A send slower than --spool-after (a machine too busy)
+					// is spooled: say so, since it is not the direct path.
+					defer func() {
+						n := 0.0
+						for _, r := range []string{"failed", "slow", "down", "order"} {
+							n += metric(b, reg, "hookbridge_spool_spooled_total", r)
+						}
+						b.ReportMetric(n, "spooled")
+					}()
+					sender = sp
+				}
+				bt, err := relay.NewBatcher(sender, relay.BatchConfig{MaxInFlight: 4}, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer bt.Close()
+				// Connect before timing.
+				if err := bt.Publish(context.Background(), []relay.Message{msg("warm-up", "warm-up")}); err != nil {
+					b.Fatal(err)
+				}
+				var seq atomic.Int64
+				b.SetParallelism(16)
+				cpu := cpuTime()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						n := seq.Add(1)
+						key := n
+						if calls > 0 {
+							key = n % calls
+						}
+						m := msg(fmt.Sprintf("m-%d", n), fmt.Sprintf("call-%d", key))
+						if err := bt.Publish(context.Background(), []relay.Message{m}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+				b.StopTimer()
+				b.ReportMetric(float64((cpuTime()-cpu).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			})
+		}
+	}
+}
+
+// cpuTime is the process's CPU time so far, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// noop is a primary that takes everything at once.
+type noop struct{}
+
+func (noop) SendBatch(context.Context, []relay.Message) error { return nil }
+
+// BenchmarkWrapperOverhead isolates the spool's own work on the direct path
+// (per-call serialization, routing, the send budget) with a primary that
+// costs nothing, against calling that primary directly. Instructions per
+// commit, steady on a busy machine: run under callgrind at two -benchtime
+// values and divide the difference.
+//
+//	go test ./relay/spool -run XXX -bench WrapperOverhead -benchmem
+//	go test -c ./relay/spool && GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind \
+//	  ./spool.test -test.run XXX -test.bench 'WrapperOverhead/spool/batch=1$' -test.benchtime 100000x
+func BenchmarkWrapperOverhead(b *testing.B) {
+	store, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "spool.db")}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	sp, err := spool.New(noop{}, store, spool.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Let Run read the (empty) store, then stop it: the direct path needs
+	// nothing of it afterwards, and an idle forwarder's polling would be
+	// counted too.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx) }()
+	for sp.Ready(context.Background()) != nil {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	for _, size := range []int{1, 16} {
+		batch := make([]relay.Message, size)
+		for i := range batch {
+			batch[i] = msg(fmt.Sprintf("m-%d", i), fmt.Sprintf("call-%d", i))
+		}
+		for _, tt := range []struct {
+			name   string
+			sender relay.BatchSender
+		}{{"direct", noop{}}, {"spool", sp}} {
+			b.Run(fmt.Sprintf("%s/batch=%d", tt.name, size), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := tt.sender.SendBatch(context.Background(), batch); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkDrain measures how fast the forwarder drains a full spool to the
+// emulator: b.N events of the given number of calls are spooled while the
+// emulator refuses connections, then the timer runs from the moment it
+// accepts them again until the spool is empty.
+//
+//	go test ./relay/spool -run XXX -bench Drain -benchtime 100000x
+func BenchmarkDrain(b *testing.B) {
+	for _, calls := range []int{3, 100, 1000} {
+		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
+			e := openEmulator(b)
+			store, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "spool.db"),
+				LockDuration: 15 * time.Second, MaxDeliveryCount: 10000}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			sp, err := spool.New(e.q, store, spool.Config{MaxMessages: int64(b.N) + 1, Cooldown: time.Hour,
+				RetryMax: 100 * time.Millisecond}) // measure forwarding, not the wait for the next retry
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- sp.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			e.emu.RefuseConnections(true)
+			const chunk = 512
+			for start := 0; start < b.N; start += chunk {
+				batch := make([]relay.Message, 0, chunk)
+				for i := start; i < min(start+chunk, b.N); i++ {
+					batch = append(batch, msg(fmt.Sprintf("m-%d", i), fmt.Sprintf("call-%d", i%calls)))
+				}
+				if err := sp.SendBatch(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if st := sp.State(); st.Messages != int64(b.N) {
+				b.Fatalf("spooled %d of %d", st.Messages, b.N)
+			}
+			b.ResetTimer()
+			start := time.Now()
+			e.emu.RefuseConnections(false)
+			for sp.State().Mode != spool.ModeDirect {
+				time.Sleep(10 * time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+			st, err := e.emu.Stats(e.name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if st.Active != b.N {
+				b.Errorf("the queue holds %d of %d events", st.Active, b.N)
+			}
+		})
+	}
+}
