@@ -152,13 +152,13 @@ func TestDeploymentFilesAgree(t *testing.T) {
 	env := map[string]string{envServiceBusConnStr: s.ConnectionString()}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	qu, err := openQueue(ctx, c.Services["ingress"].Environment["HOOKBRIDGE_QUEUE"], func(k string) string { return env[k] }, nil, 0)
+	qu, err := openQueue(ctx, c.Services["ingress"].Environment["HOOKBRIDGE_QUEUE"], func(k string) string { return env[k] }, nil, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer qu.Close()
-	if r, ok := qu.(runner); ok { // the session pool Receive takes from
-		go r.Run(ctx)
+	if bg := qu.background(true); bg != nil { // the session pool Receive takes from
+		go bg(ctx)
 	}
 	if err := qu.SendBatch(ctx, []relay.Message{{ID: "m1", SessionID: "call-1", Body: []byte(`{}`)}}); err != nil {
 		t.Fatalf("send through %s: %v", queueName, err)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
@@ -28,13 +27,11 @@ const (
 
 func devCommand(getenv env) *cobra.Command {
 	var (
-		f           ingressFlags
-		w           workerFlags
-		sf          spoolFlags
-		logs        logFlags
-		queueURL    string
-		adminListen string
-		demo        bool
+		f      ingressFlags
+		w      workerFlags
+		sf     spoolFlags
+		common commonFlags
+		demo   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -49,7 +46,7 @@ path; each delivered event is printed, and the command exits 0 once all were
 delivered in order (non-zero otherwise).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := logs.logger(cmd.ErrOrStderr())
+			h, err := common.host(cmd)
 			if err != nil {
 				return err
 			}
@@ -57,96 +54,53 @@ delivered in order (non-zero otherwise).`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-
-			// The development issuer, on loopback.
-			il, err := listen("127.0.0.1:0", "the development issuer")
+			iss, issuerAddr, vs, err := addDevIssuer(h)
 			if err != nil {
+				h.close()
 				return err
 			}
-			defer il.Close()
-			iss, err := devissuer.New("http://"+il.Addr().String(), devAudience)
+			ctx, stop := context.WithCancel(cmd.Context())
+			defer stop()
+			q, err := common.openQueue(ctx, getenv, h, w.concurrency)
 			if err != nil {
+				h.close()
 				return err
 			}
-			acs, err := ingress.NewACSVerifier(ingress.ACSConfig{Audiences: []string{devAudience}, OIDCURL: iss.DiscoveryURL(), Logger: log})
+			h.addQueue(q, true, !sf.enabled())
+			// One shutdown timeout, registered with the ingress's flags,
+			// serves both.
+			w.shutdownTimeout = f.shutdownTimeout
+			st, err := buildIngress(ctx, h, &f, &sf, q, vs)
 			if err != nil {
+				h.close()
 				return err
 			}
-			entra, err := ingress.NewEntraVerifier(ingress.EntraConfig{Tenant: devTenant, Audiences: []string{devEntraApp},
-				Authority: iss.Issuer(), Logger: log})
-			if err != nil {
-				return err
-			}
-			vs := &verifiers{acs: []ingress.Verifier{acs}, eventGrid: []ingress.Verifier{entra}, runners: []func(context.Context) error{acs.Run, entra.Run}}
-
-			q, err := openQueue(ctx, queueURL, getenv, log, w.concurrency)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			reg := newRegistry()
-			sp, err := sf.open(ctx, q, reg, log)
-			if err != nil {
-				return err
-			}
-			defer sp.close()
-			st, err := startIngress(ctx, &f, sp.q, vs, reg, log)
-			if err != nil {
-				return err
-			}
-			defer st.close() // after Serve returned, before the queue closes
-			adm, err := listen(adminListen, "--admin-listen")
-			if err != nil {
-				return err
-			}
-			defer adm.Close()
 			var rec *recorder
 			if demo {
 				rec = newRecorder(target, cmd.ErrOrStderr())
 				target = rec
 			}
-			wcfg := w.config()
-			wcfg.ShutdownTimeout = f.shutdownTimeout
-			wcfg.Logger, wcfg.Metrics = log, consumer.NewMetrics(reg)
-			worker, err := consumer.New(q, target, wcfg)
-			if err != nil {
-				return usageError{err}
+			if _, err := buildWorker(h, &w, q, target); err != nil {
+				h.close()
+				return err
 			}
-
-			runCtx, stop := context.WithCancelCause(ctx)
-			defer stop(nil)
-			g, gctx := errgroup.WithContext(runCtx)
-			issuerSrv := &http.Server{Handler: iss.Handler(), ReadHeaderTimeout: 5 * time.Second}
-			g.Go(func() error {
-				go func() { <-gctx.Done(); issuerSrv.Close() }()
-				if err := issuerSrv.Serve(il); !errors.Is(err, http.ErrServerClosed) {
-					return fmt.Errorf("development issuer: %w", err)
-				}
-				return nil
-			})
-			for _, r := range vs.runners {
-				g.Go(func() error { return r(gctx) })
+			if _, err := h.listenAdmin(common.adminListen); err != nil {
+				h.close()
+				return err
 			}
-			adminCtx := st.run(gctx, g)
-			sp.run(gctx, g)
-			startQueue(gctx, g, q)
-			g.Go(func() error { return worker.Run(gctx) })
-			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, sp.q, st.srv.Ready), log) })
-
 			base := "http://" + st.addr()
 			out := cmd.ErrOrStderr()
 			var demoErr error
 			if demo {
-				g.Go(func() error {
-					demoErr = runDemo(gctx, base, iss, []ingress.Verifier{acs, entra}, rec, out)
-					stop(nil) // the demo is over: shut everything down
+				h.loop(func(ctx context.Context) error {
+					demoErr = runDemo(ctx, base, iss, append(vs.acs, vs.eventGrid...), rec, out)
+					stop() // the demo is over: shut everything down
 					return nil
 				})
 			} else {
-				printDevHelp(out, base, il.Addr().String(), queueURL, w.deliver)
+				printDevHelp(out, base, issuerAddr, common.queueURL, w.deliver)
 			}
-			err = g.Wait()
+			err = h.run(ctx)
 			if demoErr != nil {
 				return demoErr
 			}
@@ -156,11 +110,43 @@ delivered in order (non-zero otherwise).`,
 	f.register(cmd.Flags(), "127.0.0.1:8080", 0) // loopback: no load balancer to drain
 	w.register(cmd.Flags())
 	sf.register(cmd.Flags())
-	logs.register(cmd.Flags())
-	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
-	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics)")
+	common.register(cmd.Flags(), "127.0.0.1:9090")
 	cmd.Flags().BoolVar(&demo, "demo", false, "send a whole call's signed sample events through the HTTP path, print each delivered event, and exit once all were delivered")
 	return cmd
+}
+
+// addDevIssuer adds the development token issuer to h, on loopback, and
+// returns the verifiers of both routes that trust it instead of Microsoft.
+func addDevIssuer(h *host) (*devissuer.Issuer, string, *verifiers, error) {
+	il, err := listen("127.0.0.1:0", "the development issuer")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	h.closer(closeListener(il))
+	iss, err := devissuer.New("http://"+il.Addr().String(), devAudience)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	acs, err := ingress.NewACSVerifier(ingress.ACSConfig{Audiences: []string{devAudience}, OIDCURL: iss.DiscoveryURL(), Logger: h.log})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	entra, err := ingress.NewEntraVerifier(ingress.EntraConfig{Tenant: devTenant, Audiences: []string{devEntraApp},
+		Authority: iss.Issuer(), Logger: h.log})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	srv := &http.Server{Handler: iss.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	h.loop(func(ctx context.Context) error {
+		stop := context.AfterFunc(ctx, func() { srv.Close() })
+		defer stop()
+		if err := srv.Serve(il); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("development issuer: %w", err)
+		}
+		return nil
+	})
+	vs := &verifiers{acs: []ingress.Verifier{acs}, eventGrid: []ingress.Verifier{entra}, runners: []func(context.Context) error{acs.Run, entra.Run}}
+	return iss, il.Addr().String(), vs, nil
 }
 
 func printDevHelp(w io.Writer, base, issuer, queueURL, deliver string) {

@@ -95,7 +95,7 @@ or replayed but not removed); 2 on a usage error, and for purge without
 		if err != nil {
 			return nil, err
 		}
-		return openQueue(cmd.Context(), queueURL, getenv, log, 0)
+		return openQueue(cmd.Context(), queueURL, getenv, log, 0, nil)
 	}
 	cmd.AddCommand(dlqListCommand(open), dlqShowCommand(open), dlqReplayCommand(open), dlqPurgeCommand(open))
 	return cmd

@@ -5,15 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/relay"
@@ -159,12 +155,10 @@ func (f *verifierFlags) build(getenv env, log *slog.Logger) (*verifiers, error) 
 
 func ingressCommand(getenv env) *cobra.Command {
 	var (
-		f           ingressFlags
-		vf          verifierFlags
-		sf          spoolFlags
-		logs        logFlags
-		queueURL    string
-		adminListen string
+		f      ingressFlags
+		vf     verifierFlags
+		sf     spoolFlags
+		common commonFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "ingress",
@@ -183,46 +177,32 @@ Secrets come from those environment variables, or from files named by the
 same variables with _FILE appended.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := logs.logger(cmd.ErrOrStderr())
+			h, err := common.host(cmd)
 			if err != nil {
 				return err
 			}
-			vs, err := vf.build(getenv, log)
+			vs, err := vf.build(getenv, h.log)
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, getenv, log, 0)
+			q, err := common.openQueue(cmd.Context(), getenv, h, 0)
 			if err != nil {
 				return err
 			}
-			defer q.Close()
-			reg := newRegistry()
-			sp, err := sf.open(ctx, q, reg, log)
+			h.addQueue(q, false, !sf.enabled())
+			st, err := buildIngress(cmd.Context(), h, &f, &sf, q, vs)
 			if err != nil {
+				h.close()
 				return err
 			}
-			defer sp.close()
-			st, err := startIngress(ctx, &f, sp.q, vs, reg, log)
+			admin, err := h.listenAdmin(common.adminListen)
 			if err != nil {
+				h.close()
 				return err
 			}
-			defer st.close() // after Serve returned, before the queue closes
-			adm, err := listen(adminListen, "--admin-listen")
-			if err != nil {
-				return err
-			}
-			defer adm.Close()
-			log.Info("hookbridge ingress started", "listen", st.addr(), "admin", adm.Addr().String(), "queue", queueURL, "version", version)
-			g, gctx := errgroup.WithContext(ctx)
-			for _, r := range vs.runners {
-				g.Go(func() error { return r(gctx) })
-			}
-			adminCtx := st.run(gctx, g)
-			sp.run(gctx, g)
-			g.Go(func() error { return serveAdmin(adminCtx, adm, adminHandler(reg, sp.q, st.srv.Ready), log) })
-			err = g.Wait()
-			log.Info("hookbridge ingress stopped")
+			h.log.Info("hookbridge ingress started", "listen", st.addr(), "admin", admin, "queue", common.queueURL, "version", version)
+			err = h.run(cmd.Context())
+			h.log.Info("hookbridge ingress stopped")
 			return err
 		},
 	}
@@ -230,29 +210,25 @@ same variables with _FILE appended.`,
 	cmd.Flags().BoolVar(&f.insecure, "insecure-allow-unauthenticated", false, "DEVELOPMENT ONLY: serve routes that have no verifier, accepting anyone")
 	vf.register(cmd.Flags())
 	sf.register(cmd.Flags())
-	logs.register(cmd.Flags())
-	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
-	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9090", "private admin listener (/healthz, /readyz, /metrics); never expose it")
+	common.register(cmd.Flags(), "127.0.0.1:9090")
 	return cmd
 }
 
-// newRegistry returns a registry with the Go and process collectors.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
-}
-
-// runningIngress is a started public listener with its group commit.
+// runningIngress is the public listener and its group commit, as a host
+// part.
 type runningIngress struct {
 	srv     *ingress.Server
 	batcher *relay.Batcher
 	l       net.Listener
 }
 
-// startIngress builds the group commit and the server and binds the
-// listener.
-func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, reg *prometheus.Registry, log *slog.Logger) (*runningIngress, error) {
+func (r *runningIngress) addr() string { return r.l.Addr().String() }
+
+// buildIngress adds the public listener to h: the verifiers' key refresh,
+// the group commit into q (through a spool when --spool is set), the
+// server, and readiness. The listener is bound at once; it serves once h
+// runs, and drains before the admin listener closes.
+func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags, q queue, vs *verifiers) (*runningIngress, error) {
 	var proxies []netip.Prefix
 	for _, p := range f.trustedProxies {
 		prefix, err := netip.ParsePrefix(p)
@@ -269,11 +245,17 @@ func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, re
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--acs-replay-defence: %w", err)}
 	}
-	b, err := relay.NewBatcher(q, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout,
-		MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(reg))
+	sender, err := sf.add(ctx, h, q)
+	if err != nil {
+		return nil, err
+	}
+	b, err := relay.NewBatcher(sender, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout,
+		MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(h.reg))
 	if err != nil {
 		return nil, usageError{err}
 	}
+	// The group commit closes after the server stopped, before the queue.
+	h.closer(func() error { b.Close(); return nil })
 	srv, err := ingress.New(ingress.Config{
 		Publisher:                    b,
 		ACSVerifiers:                 vs.acs,
@@ -292,49 +274,31 @@ func startIngress(_ context.Context, f *ingressFlags, q queue, vs *verifiers, re
 		EnqueueTimeout:               f.enqueueTimeout,
 		DrainDelay:                   f.drainDelay,
 		ShutdownTimeout:              f.shutdownTimeout,
-		Logger:                       log,
-		Registerer:                   reg,
+		Logger:                       h.log,
+		Registerer:                   h.reg,
 	})
 	if err != nil {
-		b.Close()
 		return nil, usageError{err}
 	}
 	l, err := listen(f.listen, "--listen")
 	if err != nil {
-		b.Close()
 		return nil, err
 	}
+	h.closer(closeListener(l))
+	for _, r := range vs.runners {
+		h.loop(r)
+	}
+	drained := make(chan struct{})
+	h.drained = drained
+	h.loop(func(ctx context.Context) error {
+		defer close(drained)
+		return srv.Serve(ctx, l)
+	})
+	h.check(ingress.Check{Name: "ingress", Check: func(context.Context) error { return srv.Ready() }})
+	h.grace = max(h.grace, f.drainDelay+f.shutdownTimeout+shutdownMargin)
 	return &runningIngress{srv: srv, batcher: b, l: l}, nil
 }
 
-func (r *runningIngress) addr() string { return r.l.Addr().String() }
-
-// run serves in g until ctx ends and the listener has drained. The context
-// it returns ends only then: the admin listener serves on it, so it closes
-// last and readiness stays observable, failing, while the public listener
-// drains.
-func (r *runningIngress) run(ctx context.Context, g *errgroup.Group) context.Context {
-	adminCtx, stopAdmin := context.WithCancelCause(context.WithoutCancel(ctx))
-	g.Go(func() error {
-		err := r.srv.Serve(ctx, r.l)
-		stopAdmin(context.Cause(ctx))
-		return err
-	})
-	return adminCtx
-}
-
-// close commits what the batcher still holds; call it after Serve returned.
-// It is safe to call more than once.
-func (r *runningIngress) close() {
-	r.batcher.Close()
-	r.l.Close()
-}
-
-// adminHandler serves health, readiness (keys loaded and queue reachable,
-// or the spool able to take events) and metrics.
-func adminHandler(reg *prometheus.Registry, q queue, ready func() error) http.Handler {
-	return ingress.AdminHandler(reg,
-		ingress.Check{Name: "ingress", Check: func(context.Context) error { return ready() }},
-		queueCheck(q),
-	)
-}
+// shutdownMargin is what a shutdown may take beyond the timeouts it was
+// given: closing the queue and its files.
+const shutdownMargin = 5 * time.Second

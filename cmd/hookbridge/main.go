@@ -22,6 +22,13 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// The first SIGINT or SIGTERM starts a graceful shutdown; from then
+		// on the signals' default action applies, so a second one ends the
+		// process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
@@ -61,9 +68,6 @@ HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
-		return bindEnv(cmd, getenv)
-	}
 	root.AddCommand(
 		ingressCommand(getenv),
 		workerCommand(getenv),
@@ -75,7 +79,34 @@ HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
 	for _, c := range root.Commands() {
 		annotateEnv(c)
 	}
+	prepare(root, getenv)
 	return root.ExecuteContext(ctx)
+}
+
+// prepare makes every command of the tree fill its flags from the
+// environment before it runs (inside its own RunE, so no hook a command
+// sets can skip it) and report a wrong positional argument as a usage
+// error.
+func prepare(cmd *cobra.Command, getenv env) {
+	if run := cmd.RunE; run != nil {
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			if err := bindEnv(c, getenv); err != nil {
+				return err
+			}
+			return run(c, args)
+		}
+	}
+	if args := cmd.Args; args != nil {
+		cmd.Args = func(c *cobra.Command, a []string) error {
+			if err := args(c, a); err != nil {
+				return usageError{fmt.Errorf("%w; see %s -h", err, c.CommandPath())}
+			}
+			return nil
+		}
+	}
+	for _, c := range cmd.Commands() {
+		prepare(c, getenv)
+	}
 }
 
 // envName maps a flag name to its environment variable.
@@ -133,6 +164,35 @@ func secret(getenv env, name string) (string, error) {
 		return strings.TrimSpace(string(b)), nil
 	}
 	return v, nil
+}
+
+// commonFlags are the settings every long-running command has: the queue,
+// the private admin listener and logging.
+type commonFlags struct {
+	queueURL    string
+	adminListen string
+	logs        logFlags
+}
+
+func (c *commonFlags) register(fs *pflag.FlagSet, defaultAdmin string) {
+	c.logs.register(fs)
+	fs.StringVar(&c.queueURL, "queue", DefaultQueue, queueHelp)
+	fs.StringVar(&c.adminListen, "admin-listen", defaultAdmin, "private admin listener (/healthz, /readyz, /metrics); never expose it")
+}
+
+// host returns the command's host, logging where the command writes
+// errors.
+func (c *commonFlags) host(cmd *cobra.Command) (*host, error) {
+	log, err := c.logs.logger(cmd.ErrOrStderr())
+	if err != nil {
+		return nil, err
+	}
+	return newHost(log), nil
+}
+
+// openQueue opens --queue, its instruments registered with h.
+func (c *commonFlags) openQueue(ctx context.Context, getenv env, h *host, sessions int) (queue, error) {
+	return openQueue(ctx, c.queueURL, getenv, h.log, sessions, h.reg)
 }
 
 // logFlags are the logging settings shared by every long-running command.

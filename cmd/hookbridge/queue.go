@@ -7,8 +7,10 @@ import (
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -30,6 +32,11 @@ type queue interface {
 	Close() error
 	// commitsInFlight is how many group commits may run at once.
 	commitsInFlight() int
+	// background is the backend's background work for a process that
+	// receives or not (nil when there is none), and ready whether it can
+	// do that process's work now.
+	background(receiving bool) func(ctx context.Context) error
+	ready(receiving bool) func(ctx context.Context) error
 }
 
 // sqliteQueue is the embedded queue as the commands use it.
@@ -39,21 +46,77 @@ type sqliteQueue struct{ *sqlite.Queue }
 // completes (see relay/sqlite's walSyncer).
 func (sqliteQueue) commitsInFlight() int { return 2 }
 
+// background: every process using the file keeps its write-ahead log
+// checked and folded into the database; a receiving one also watches for
+// the others' commits.
+func (q sqliteQueue) background(bool) func(ctx context.Context) error { return q.Run }
+
+// ready: the queue can take a commit now.
+func (q sqliteQueue) ready(bool) func(ctx context.Context) error { return q.Ready }
+
 // serviceBusQueue is Service Bus as the commands use it.
 type serviceBusQueue struct{ *servicebus.Queue }
 
 // commitsInFlight: Service Bus takes concurrent sends on one link.
 func (serviceBusQueue) commitsInFlight() int { return 4 }
 
+// background: the session pool, in a process that receives only (an
+// ingress must not take sessions).
+func (q serviceBusQueue) background(receiving bool) func(ctx context.Context) error {
+	if !receiving {
+		return nil
+	}
+	return q.Run
+}
+
+// ready: the namespace answers, and a receiving process's session accepts
+// are not failing.
+func (q serviceBusQueue) ready(receiving bool) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		if err := q.Ping(ctx); err != nil {
+			return err
+		}
+		if receiving {
+			return q.Ready(ctx)
+		}
+		return nil
+	}
+}
+
+// addQueue adds q to h: its background work, its readiness check (unless
+// check is false: a spool stands in for it) and its close.
+func (h *host) addQueue(q queue, receiving, check bool) {
+	if bg := q.background(receiving); bg != nil {
+		h.loop(bg)
+	}
+	if check {
+		ready := q.ready(receiving)
+		h.check(ingress.Check{Name: "queue", Check: func(ctx context.Context) error {
+			if err := ready(ctx); err != nil {
+				return fmt.Errorf("the queue cannot take or hand out messages now: %w", err)
+			}
+			return nil
+		}})
+	}
+	if c, ok := q.(interface{ Collector() prometheus.Collector }); ok {
+		h.reg.MustRegister(c.Collector())
+	}
+	h.closer(q.Close)
+}
+
 // openQueue opens the queue named by a --queue URL. sessions, when
 // positive, is how many Service Bus sessions a receiver may hold (the
-// worker's concurrency) unless the URL sets max_sessions.
-func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger, sessions int) (queue, error) {
+// worker's concurrency) unless the URL sets max_sessions. reg, if not nil,
+// receives the backend's instruments.
+func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger, sessions int, reg prometheus.Registerer) (queue, error) {
 	switch {
 	case strings.HasPrefix(raw, "sqlite:"):
 		cfg, err := sqlite.ParseURL(raw)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--queue: %w", err)}
+		}
+		if reg != nil {
+			cfg.Metrics = sqlite.NewMetrics(reg)
 		}
 		q, err := sqlite.Open(ctx, cfg, log)
 		if err != nil {

@@ -19,6 +19,16 @@ func listen(addr, flag string) (net.Listener, error) {
 	return l, nil
 }
 
+// closeListener closes l unless its server closed it already.
+func closeListener(l net.Listener) func() error {
+	return func() error {
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
+}
+
 // serveAdmin serves the admin handler on l until ctx ends.
 func serveAdmin(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
 	hs := &http.Server{

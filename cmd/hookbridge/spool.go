@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/relay"
@@ -39,23 +36,22 @@ func (f *spoolFlags) register(fs *pflag.FlagSet) {
 	fs.Int64Var(&f.maxMessages, "spool-max-messages", spool.DefaultMaxMessages, "with --spool: the most events the spool holds (a few KB of disk each); past it requests get 503")
 }
 
-// spooling is the ingress's spool, when --spool is set, around its queue.
-type spooling struct {
-	q     queue // what the ingress sends to and checks: the spool, or the queue itself
-	sp    *spool.Spool
-	store *sqlite.Queue
-}
+// enabled reports whether --spool is set.
+func (f *spoolFlags) enabled() bool { return f.url != "" }
 
-// open puts a spool in front of q's sends when --spool is set. Without it
-// on Service Bus, it warns that Service Bus failures will be answered 503.
-func (f *spoolFlags) open(ctx context.Context, q queue, reg prometheus.Registerer, log *slog.Logger) (*spooling, error) {
+// add puts a spool in front of q's sends when --spool is set, and returns
+// what the ingress's group commit sends to: the spool, or q itself. The
+// spool's store, forwarder, readiness (ready while the spool can take
+// events, with its state) and close are added to h. Without --spool on
+// Service Bus, it warns that Service Bus failures will be answered 503.
+func (f *spoolFlags) add(ctx context.Context, h *host, q queue) (relay.BatchSender, error) {
 	_, onServiceBus := q.(serviceBusQueue)
 	switch {
 	case f.url == "" && onServiceBus:
-		log.Warn("no --spool: while Service Bus fails or is slow, requests get 503, and Call Automation, which documents no retry, loses those events; set --spool sqlite:<path on a persistent volume>")
-		return &spooling{q: q}, nil
+		h.log.Warn("no --spool: while Service Bus fails or is slow, requests get 503, and Call Automation, which documents no retry, loses those events; set --spool sqlite:<path on a persistent volume>")
+		return q, nil
 	case f.url == "":
-		return &spooling{q: q}, nil
+		return q, nil
 	case !onServiceBus:
 		return nil, usageError{fmt.Errorf("--spool %q: the spool stands in for Service Bus; the embedded --queue is already local and durable, so leave --spool out", f.url)}
 	case !strings.HasPrefix(f.url, "sqlite:"):
@@ -71,60 +67,21 @@ func (f *spoolFlags) open(ctx context.Context, q queue, reg prometheus.Registere
 	if cfg.MaxDeliveryCount == 0 {
 		cfg.MaxDeliveryCount = spoolMaxDelivery
 	}
-	scfg := spool.Config{After: f.after, MaxMessages: f.maxMessages, Logger: log, Registerer: reg}
+	scfg := spool.Config{After: f.after, MaxMessages: f.maxMessages, Logger: h.log, Registerer: h.reg}
 	if err := scfg.Validate(); err != nil {
 		return nil, usageError{fmt.Errorf("--spool-after, --spool-max-messages: %w", err)}
 	}
-	store, err := sqlite.Open(ctx, cfg, log)
+	store, err := sqlite.Open(ctx, cfg, h.log)
 	if err != nil {
 		return nil, fmt.Errorf("open the spool: %w", err)
 	}
+	h.closer(store.Close)
 	sp, err := spool.New(q, store, scfg)
 	if err != nil {
-		store.Close()
 		return nil, usageError{err}
 	}
-	return &spooling{q: spooledQueue{queue: q, sp: sp}, sp: sp, store: store}, nil
-}
-
-// run starts the forwarder in g.
-func (s *spooling) run(ctx context.Context, g *errgroup.Group) {
-	if s.sp != nil {
-		g.Go(func() error { return s.sp.Run(ctx) })
-	}
-}
-
-// close closes the spool's store; call it after the group commit closed.
-func (s *spooling) close() error {
-	if s.store == nil {
-		return nil
-	}
-	return s.store.Close()
-}
-
-// spooledQueue is a queue whose sends go through a spool. The ingress is
-// ready while the spool can take events, whatever Service Bus does.
-type spooledQueue struct {
-	queue
-	sp *spool.Spool
-}
-
-func (q spooledQueue) SendBatch(ctx context.Context, msgs []relay.Message) error {
-	return q.sp.SendBatch(ctx, msgs)
-}
-
-func (q spooledQueue) Ping(ctx context.Context) error { return q.sp.Ready(ctx) }
-
-// queueCheck is the readiness check of the queue the ingress sends to, with
-// the spool's state when there is one.
-func queueCheck(q queue) ingress.Check {
-	if sq, ok := q.(spooledQueue); ok {
-		return ingress.Check{Name: "queue", Check: sq.Ping, State: func() any { return map[string]any{"spool": sq.sp.State()} }}
-	}
-	return ingress.Check{Name: "queue", Check: func(ctx context.Context) error {
-		if err := q.Ping(ctx); err != nil {
-			return fmt.Errorf("queue unreachable: %w", err)
-		}
-		return nil
-	}}
+	h.loop(store.Run)
+	h.loop(sp.Run)
+	h.check(ingress.Check{Name: "queue", Check: sp.Ready, State: func() any { return map[string]any{"spool": sp.State()} }})
+	return sp, nil
 }

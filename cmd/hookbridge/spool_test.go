@@ -20,6 +20,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/relay"
 )
 
 const spoolTestKey = "spool-test-key-0123456789abcdef"
@@ -104,7 +105,7 @@ func waitSpoolDrained(t *testing.T, admin string, timeout time.Duration, logs fm
 }
 
 // spoolSessionIDs receives (and deletes) every message of session key from the
-// emulator's queue and returns their IDs in order.
+// emulator's queue and returns their events' ids (cloudEvents_id) in order.
 func spoolSessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
 	t.Helper()
 	c, err := azservicebus.NewClientFromConnectionString(emu.ConnectionString(), nil)
@@ -128,7 +129,8 @@ func spoolSessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
 			return ids
 		}
 		for _, m := range msgs {
-			ids = append(ids, m.MessageID)
+			id, _ := m.ApplicationProperties[relay.PropID].(string)
+			ids = append(ids, id)
 		}
 	}
 }

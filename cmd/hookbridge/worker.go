@@ -1,21 +1,16 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/consumer"
-	"github.com/hookbridge/hookbridge/ingress"
 )
 
 // workerFlags are the worker's settings.
@@ -123,51 +118,23 @@ func (f *workerFlags) config() consumer.Config {
 	}
 }
 
-// runner is a queue with background loops of its own (the Service Bus
-// session pool): they run in the command's errgroup, until its context
-// ends.
-type runner interface {
-	Run(ctx context.Context) error
-	Ready(ctx context.Context) error
-}
-
-// startQueue runs q's background loops in g, if it has any.
-func startQueue(ctx context.Context, g *errgroup.Group, q queue) {
-	if r, ok := q.(runner); ok {
-		g.Go(func() error { return r.Run(ctx) })
+// buildWorker adds a worker delivering q's events to target to h.
+func buildWorker(h *host, f *workerFlags, q queue, target consumer.Handler) (*consumer.Worker, error) {
+	cfg := f.config()
+	cfg.Logger, cfg.Metrics = h.log, consumer.NewMetrics(h.reg)
+	w, err := consumer.New(q, target, cfg)
+	if err != nil {
+		return nil, usageError{err}
 	}
-}
-
-// registerQueueMetrics registers the instruments a queue backend keeps of
-// its own (Service Bus: messages dead-lettered on arrival).
-func registerQueueMetrics(reg prometheus.Registerer, q queue) {
-	if c, ok := q.(interface{ Collector() prometheus.Collector }); ok {
-		reg.MustRegister(c.Collector())
-	}
-}
-
-// workerAdmin serves /healthz, /readyz (the queue answers, and its
-// background loops are not failing) and /metrics.
-func workerAdmin(reg *prometheus.Registry, q queue) http.Handler {
-	return ingress.AdminHandler(reg,
-		ingress.Check{Name: "queue", Check: func(ctx context.Context) error {
-			if err := q.Ping(ctx); err != nil {
-				return fmt.Errorf("queue unreachable: %w", err)
-			}
-			if r, ok := q.(runner); ok {
-				return r.Ready(ctx)
-			}
-			return nil
-		}},
-	)
+	h.loop(w.Run)
+	h.grace = max(h.grace, f.shutdownTimeout+shutdownMargin)
+	return w, nil
 }
 
 func workerCommand(getenv env) *cobra.Command {
 	var (
-		f           workerFlags
-		logs        logFlags
-		queueURL    string
-		adminListen string
+		f      workerFlags
+		common commonFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -183,7 +150,7 @@ within --shutdown-timeout, abandons the rest for immediate redelivery, and
 exits once everything it held is settled.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := logs.logger(cmd.ErrOrStderr())
+			h, err := common.host(cmd)
 			if err != nil {
 				return err
 			}
@@ -191,41 +158,31 @@ exits once everything it held is settled.`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, getenv, log, f.concurrency)
+			q, err := common.openQueue(cmd.Context(), getenv, h, f.concurrency)
 			if err != nil {
 				return err
 			}
-			defer q.Close()
-			reg := newRegistry()
-			registerQueueMetrics(reg, q)
-			cfg := f.config()
-			cfg.Logger, cfg.Metrics = log, consumer.NewMetrics(reg)
-			w, err := consumer.New(q, target, cfg)
-			if err != nil {
-				return usageError{err}
-			}
-			adm, err := listen(adminListen, "--admin-listen")
-			if err != nil {
+			h.addQueue(q, true, true)
+			if _, err := buildWorker(h, &f, q, target); err != nil {
+				h.close()
 				return err
 			}
-			log.Info("hookbridge worker started", "queue", queueURL, "deliver", consumer.Redact(f.deliver),
-				"concurrency", cfg.Concurrency, "delivery_timeout", cfg.DeliveryTimeout, "min_backoff", cfg.MinBackoff,
-				"max_backoff", cfg.MaxBackoff, "shutdown_timeout", cfg.ShutdownTimeout, "admin", adm.Addr().String(), "version", version)
-			g, gctx := errgroup.WithContext(ctx)
-			startQueue(gctx, g, q)
-			g.Go(func() error { return w.Run(gctx) })
-			g.Go(func() error { return serveAdmin(gctx, adm, workerAdmin(reg, q), log) })
-			err = g.Wait()
-			log.Info("hookbridge worker stopped")
+			admin, err := h.listenAdmin(common.adminListen)
+			if err != nil {
+				h.close()
+				return err
+			}
+			h.log.Info("hookbridge worker started", "queue", common.queueURL, "deliver", consumer.Redact(f.deliver),
+				"concurrency", f.concurrency, "delivery_timeout", f.deliveryTimeout, "min_backoff", f.minBackoff,
+				"max_backoff", f.maxBackoff, "shutdown_timeout", f.shutdownTimeout, "admin", admin, "version", version)
+			err = h.run(cmd.Context())
+			h.log.Info("hookbridge worker stopped")
 			return err
 		},
 	}
 	f.register(cmd.Flags())
 	f.shutdownTimeout = consumer.DefaultShutdownTimeout
 	cmd.Flags().Var(positiveDuration{&f.shutdownTimeout}, "shutdown-timeout", "on SIGTERM, how long deliveries in flight may finish before they are abandoned for immediate redelivery")
-	logs.register(cmd.Flags())
-	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
-	cmd.Flags().StringVar(&adminListen, "admin-listen", "127.0.0.1:9091", "private admin listener (/healthz, /readyz, /metrics); never expose it")
+	common.register(cmd.Flags(), "127.0.0.1:9091")
 	return cmd
 }

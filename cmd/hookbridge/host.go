@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hookbridge/hookbridge/ingress"
+)
+
+// host is what a long-running command runs, assembled from parts (the
+// queue, the ingress, the worker, the development issuer): every part's
+// background loops in one errgroup, its readiness checks on the private
+// admin listener, and its closes, in reverse order of adding, once every
+// loop has returned. Each part adds itself with one build function
+// (openQueuePart, buildIngress, buildWorker, ...), so `ingress`, `worker`
+// and `dev` are the same parts put together differently.
+type host struct {
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	checks  []ingress.Check
+	loops   []func(ctx context.Context) error
+	closers []func() error
+	// drained, when set, is closed once the public listener has drained:
+	// the admin listener serves until then, so readiness stays observable
+	// (and failing) while the listener drains, and closes last.
+	drained <-chan struct{}
+	// grace is how long a shutdown may take once the command's context
+	// ended, before the command gives up on what is left and returns.
+	grace time.Duration
+	admin net.Listener
+}
+
+func newHost(log *slog.Logger) *host {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &host{log: log, reg: reg}
+}
+
+// loop adds a background loop, run until the command's context ends.
+func (h *host) loop(fn func(ctx context.Context) error) { h.loops = append(h.loops, fn) }
+
+// check adds a readiness check.
+func (h *host) check(c ingress.Check) { h.checks = append(h.checks, c) }
+
+// closer adds something to close once every loop has returned.
+func (h *host) closer(fn func() error) { h.closers = append(h.closers, fn) }
+
+// close closes what was added, newest first; it is for the paths where run
+// is never reached.
+func (h *host) close() error {
+	var errs []error
+	for i := len(h.closers) - 1; i >= 0; i-- {
+		errs = append(errs, h.closers[i]())
+	}
+	h.closers = nil
+	return errors.Join(errs...)
+}
+
+// errShutdownTimeout: the parts did not stop within the grace period.
+var errShutdownTimeout = errors.New("shutdown did not finish in time")
+
+// listenAdmin binds the private admin listener and returns its address.
+func (h *host) listenAdmin(addr string) (string, error) {
+	l, err := listen(addr, "--admin-listen")
+	if err != nil {
+		return "", err
+	}
+	h.admin = l
+	return l.Addr().String(), nil
+}
+
+// run serves the admin listener (bound by listenAdmin) and runs every loop
+// until ctx ends or one fails, then closes the parts. Once ctx has ended,
+// everything must be done within h.grace; past it run returns
+// errShutdownTimeout and leaves the rest to the process's exit.
+func (h *host) run(ctx context.Context) error {
+	adm := h.admin
+	g, gctx := errgroup.WithContext(ctx)
+	for _, fn := range h.loops {
+		g.Go(func() error { return fn(gctx) })
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(gctx))
+	defer stopAdmin()
+	go func() {
+		<-gctx.Done()
+		if h.drained != nil {
+			<-h.drained
+		}
+		stopAdmin()
+	}()
+	g.Go(func() error { return serveAdmin(adminCtx, adm, ingress.AdminHandler(h.reg, h.checks...), h.log) })
+
+	done := make(chan error, 1)
+	go func() {
+		err := g.Wait()
+		done <- errors.Join(err, h.close())
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(h.grace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		h.log.Error("shutdown did not finish in time; exiting with what is left cut off", "grace", h.grace)
+		return fmt.Errorf("%w: parts still running after %s", errShutdownTimeout, h.grace)
+	}
+}
