@@ -29,7 +29,7 @@ const (
 	walCheckEvery = 100 * time.Millisecond
 	// probeAfter is how long readiness trusts the last write's outcome
 	// before it writes a probe of its own.
-	probeAfter = 5 * time.Second
+	probeAfter = time.Second
 	// failingFor is how long a background step may keep failing before the
 	// queue reports itself unready.
 	failingFor = 30 * time.Second
