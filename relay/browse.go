@@ -52,14 +52,14 @@ type BrowsedMessage struct {
 }
 
 // EventID is the CloudEvent id the message carries, "" when it has none.
-func (m *BrowsedMessage) EventID() string {
+func (m BrowsedMessage) EventID() string {
 	id, _ := m.Properties[PropID].(string)
 	return id
 }
 
 // Type is the CloudEvent type: the Subject, or the cloudEvents_type
 // property.
-func (m *BrowsedMessage) Type() string {
+func (m BrowsedMessage) Type() string {
 	if m.Subject != "" {
 		return m.Subject
 	}

@@ -79,6 +79,7 @@ var funcs = template.FuncMap{
 	"props":      sortedProps,
 	"join":       strings.Join,
 	"past":       past,
+	"dead":       func(s relay.MessageState) bool { return s == relay.StateDeadLettered },
 }
 
 func messageURL(m relay.BrowsedMessage) string {
