@@ -154,6 +154,8 @@ func (s *Server) routes() {
 		w.Header().Set("Cache-Control", "private, max-age=3600")
 		files.ServeHTTP(w, r)
 	})))
+	// No icon: an empty answer rather than a 404 in every browser's log.
+	s.mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	handle := func(pattern string, h handlerFunc) { s.mux.Handle(pattern, s.wrap(h)) }
 	handle("GET /{$}", s.overview)
 	handle("GET /find", s.find)
@@ -177,7 +179,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer browsers send "Origin: null"
+	// on form posts, and the origin check could not tell our own pages.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
 	h.Set("Cross-Origin-Resource-Policy", "same-origin")
 	if !s.auth.required() && !loopbackHost(r.Host) {
