@@ -100,8 +100,11 @@ type QueueSummary struct {
 	// when the backend cannot count them.
 	DeadLettered int64
 	// Locked, Delayed and Waiting split the Scanned oldest messages by
-	// state (the embedded queue only).
+	// state. KnowsLocks says the backend can tell a locked message from a
+	// waiting one (the embedded queue); without it, Waiting counts the
+	// active messages and Delayed the scheduled and deferred ones.
 	Locked, Delayed, Waiting int64
+	KnowsLocks               bool
 	// Scanned is how many of the oldest messages the per-state counts,
 	// Oldest and Sessions cover; Truncated says there are more.
 	Scanned   int64

@@ -58,7 +58,7 @@ func (q *Queue) Summary(ctx context.Context, opts relay.SummaryOptions) (relay.Q
 	if opts.Sessions <= 0 {
 		opts.Sessions = relay.DefaultSummarySessions
 	}
-	var s relay.QueueSummary
+	s := relay.QueueSummary{KnowsLocks: true}
 	if err := q.read.row(ctx, `SELECT (SELECT count(*) FROM queue), (SELECT count(*) FROM deadletter)`, nil, &s.Active, &s.DeadLettered); err != nil {
 		return s, unavailable("browse", err)
 	}
