@@ -62,6 +62,9 @@ tunnel) when it is not on loopback.`,
 			if metricsInterval < time.Second {
 				return usageError{fmt.Errorf("--metrics-interval %s: use 1s or more", metricsInterval)}
 			}
+			if spoolURL != "" && !strings.HasPrefix(spoolURL, "sqlite:") {
+				return usageError{fmt.Errorf("--spool %q: the spool is an embedded queue file: sqlite:<path>", spoolURL)}
+			}
 			for _, u := range []string{queueURL, spoolURL} {
 				if err := sqliteFileExists(u); err != nil {
 					return err
@@ -82,24 +85,15 @@ tunnel) when it is not on loopback.`,
 				MetricsFrom: metricsFrom, MetricsInterval: metricsInterval,
 				Tokens: tokens, Logger: log,
 			}
-			g, gctx := errgroup.WithContext(ctx)
-			// The embedded queue's background work keeps its write-ahead
-			// log short; a Service Bus queue's Run would take sessions, which
-			// a console must not.
-			if sq, ok := q.(sqliteQueue); ok {
-				g.Go(func() error { return sq.Run(gctx) })
-			}
+			var spool sqliteQueue
 			if spoolURL != "" {
-				if !strings.HasPrefix(spoolURL, "sqlite:") {
-					return usageError{fmt.Errorf("--spool %q: the spool is an embedded queue file: sqlite:<path>", spoolURL)}
-				}
 				sp, err := openQueue(ctx, spoolURL, getenv, log, 0)
 				if err != nil {
 					return fmt.Errorf("--spool: %w", err)
 				}
 				defer sp.Close()
-				cfg.Spool, cfg.SpoolName = sp.(sqliteQueue), redactQueueURL(spoolURL)
-				g.Go(func() error { return sp.(sqliteQueue).Run(gctx) })
+				spool = sp.(sqliteQueue)
+				cfg.Spool, cfg.SpoolName = spool, redactQueueURL(spoolURL)
 			}
 			srv, err := console.New(cfg)
 			if err != nil {
@@ -108,6 +102,16 @@ tunnel) when it is not on loopback.`,
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("console listener: %w", err)
+			}
+			g, gctx := errgroup.WithContext(ctx)
+			// The embedded queue's background work keeps its write-ahead
+			// log short; a Service Bus queue's Run would take sessions, which
+			// a console must not.
+			if sq, ok := q.(sqliteQueue); ok {
+				g.Go(func() error { return sq.Run(gctx) })
+			}
+			if spool.Queue != nil {
+				g.Go(func() error { return spool.Run(gctx) })
 			}
 			log.Info("console listening", "url", "http://"+l.Addr().String()+"/", "queue", cfg.QueueName,
 				"token_required", len(tokens) > 0, "metrics_from", metricsFrom, "spool", cfg.SpoolName)

@@ -316,8 +316,8 @@ func (q *Queue) Find(ctx context.Context, query relay.FindQuery) (relay.FindResu
 				return res, err
 			}
 		}
-		if query.ID != "" && query.PartitionKey == "" {
-			res.Notes = append(res.Notes, "On a session-enabled Service Bus queue, events still in the queue are found by their call's correlation ID; an ID finds dead-lettered events (and then their call).")
+		if query.ID != "" {
+			res.Notes = append(res.Notes, "On a session-enabled Service Bus queue, events still in the queue are found by their call's correlation ID; an event or message ID finds dead-lettered events (and then their call).")
 		}
 		res.Notes = append(res.Notes, noteSessionPeek)
 	}
