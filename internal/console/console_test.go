@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/hookbridge/hookbridge/internal/console"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
@@ -493,5 +496,55 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// TestOverviewSpoolAndRates: the spool's depth and oldest event, and rates
+// from a scraped admin listener, on the overview.
+func TestOverviewSpoolAndRates(t *testing.T) {
+	t.Parallel()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	spool := sqlitetest.Open(t, sqlite.Config{})
+	if err := spool.SendBatch(context.Background(), []relay.Message{
+		event(t, "s1", "Microsoft.Communication.CallConnected", "call-s", `{}`),
+		event(t, "s2", "Microsoft.Communication.PlayCompleted", "call-s", `{}`),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	delivered := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookbridge_worker_deliveries_total"}, []string{"outcome"})
+	reg.MustRegister(delivered)
+	admin := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer admin.Close()
+	c, err := console.New(console.Config{Queue: q, Spool: spool, SpoolName: "sqlite:spool.db",
+		MetricsFrom: []string{admin.URL + "/metrics"}, MetricsInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	f := &fixture{srv: srv, c: srv.Client()}
+	delivered.WithLabelValues("completed").Add(5)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		delivered.WithLabelValues("completed").Add(10)
+		_, body, _ := f.get(t, "/")
+		if strings.Contains(body, `id="spool">2<`) && strings.Contains(body, "waiting to forward since") &&
+			regexp.MustCompile(`worker deliveries</td><td>completed</td><td class="num">[1-9][0-9.]*/s`).MatchString(body) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the overview never showed the spool and a delivery rate:\n%s", body)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
