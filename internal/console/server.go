@@ -203,6 +203,9 @@ type request struct {
 // who describes the requester for action logs: remote address and
 // identity, never a token.
 func (r *request) who() []any {
+	if r.identity == "" { // no tokens: whoever reaches loopback
+		return []any{"remote_addr", r.RemoteAddr}
+	}
 	return []any{"remote_addr", r.RemoteAddr, "identity", r.identity}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -130,4 +131,44 @@ func TestBrowse(t *testing.T) {
 	if _, err := q.Peek(ctx, relay.MessageRef{DeadLettered: true, SequenceNumber: 9999}); !errors.Is(err, relay.ErrNotFound) {
 		t.Errorf("peek of a missing dead letter: %v, want ErrNotFound", err)
 	}
+}
+
+// BenchmarkBrowse measures a summary and finds on a queue of 50,000
+// waiting messages in 5,000 calls: the browse statements scan the queue
+// table, which has no secondary index.
+func BenchmarkBrowse(b *testing.B) {
+	ctx := context.Background()
+	q := sqlitetest.Open(b, sqlite.Config{})
+	const calls, perCall = 5000, 10
+	batch := make([]relay.Message, 0, calls)
+	for i := range perCall {
+		batch = batch[:0]
+		for c := range calls {
+			batch = append(batch, browseMsg(fmt.Sprintf("evt-%d-%d", c, i), fmt.Sprintf("call-%d", c), "Microsoft.Communication.PlayCompleted"))
+		}
+		if err := q.SendBatch(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("Summary", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := q.Summary(ctx, relay.SummaryOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("FindPartitionKey", func(b *testing.B) {
+		for b.Loop() {
+			if f, err := q.Find(ctx, relay.FindQuery{PartitionKey: "call-4321"}); err != nil || len(f.Messages) != perCall {
+				b.Fatal(len(f.Messages), err)
+			}
+		}
+	})
+	b.Run("FindEventID", func(b *testing.B) {
+		for b.Loop() {
+			if f, err := q.Find(ctx, relay.FindQuery{ID: "evt-4321-7"}); err != nil || len(f.Messages) != 1 {
+				b.Fatal(len(f.Messages), err)
+			}
+		}
+	})
 }
