@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -181,9 +180,6 @@ func sessionID(r *http.Request) string {
 	}
 	return c.Value
 }
-
-// errCrossSite is a POST that does not come from the console's own pages.
-var errCrossSite = errors.New("the request did not come from a console page (cross-site request refused); reload the page and try again")
 
 // sameOrigin checks the browser's Origin and Sec-Fetch-Site headers of a
 // POST, when present (browsers always send them; command-line clients may
