@@ -74,6 +74,7 @@ HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
 		devCommand(getenv),
 		callbackURLCommand(getenv),
 		dlqCommand(getenv),
+		consoleCommand(getenv),
 		versionCommand(),
 	)
 	for _, c := range root.Commands() {

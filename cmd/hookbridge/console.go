@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hookbridge/hookbridge/internal/console"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
+)
+
+// envConsoleToken holds the console's tokens (or _FILE, a file with them).
+const envConsoleToken = "HOOKBRIDGE_CONSOLE_TOKEN"
+
+func consoleCommand(getenv env) *cobra.Command {
+	var (
+		listen, queueURL, spoolURL string
+		metricsFrom                []string
+		metricsInterval            time.Duration
+		logs                       logFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "console",
+		Short: "Serve a web console for the queue and its dead-letter queue",
+		Long: `Serve a web console on a private listener: the queue at a glance, a call's
+events wherever they are (find by event ID, message ID or correlation ID),
+and dead-letter triage (filter, inspect, replay, purge; each action
+previewed first and logged).
+
+Without a token the console listens on loopback only and answers only
+loopback names. To listen elsewhere, set ` + envConsoleToken + ` (or
+` + envConsoleToken + `_FILE): comma-separated tokens of at least 16
+characters, each optionally prefixed with a name ("alice:<token>") that
+actions are logged under. Put it behind TLS (a reverse proxy or an SSH
+tunnel) when it is not on loopback.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logs.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			raw, err := secret(getenv, envConsoleToken)
+			if err != nil {
+				return err
+			}
+			tokens, err := console.ParseTokens(raw)
+			if err != nil {
+				return usageError{fmt.Errorf("%s: %w", envConsoleToken, err)}
+			}
+			if len(tokens) == 0 && !console.IsLoopbackListen(listen) {
+				return usageError{fmt.Errorf("--listen %s is not a loopback address: set %s (or %s_FILE) so the console asks for a token, or listen on 127.0.0.1", listen, envConsoleToken, envConsoleToken)}
+			}
+			if metricsInterval < time.Second {
+				return usageError{fmt.Errorf("--metrics-interval %s: use 1s or more", metricsInterval)}
+			}
+			if spoolURL != "" && !strings.HasPrefix(spoolURL, "sqlite:") {
+				return usageError{fmt.Errorf("--spool %q: the spool is an embedded queue file: sqlite:<path>", spoolURL)}
+			}
+			for _, u := range []string{queueURL, spoolURL} {
+				if err := sqliteFileExists(u); err != nil {
+					return err
+				}
+			}
+			ctx := cmd.Context()
+			q, err := openQueue(ctx, queueURL, getenv, log, 0)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			cq, ok := q.(console.Queue)
+			if !ok {
+				return fmt.Errorf("--queue %s: this backend cannot be browsed", redactQueueURL(queueURL))
+			}
+			cfg := console.Config{
+				Queue: cq, QueueName: redactQueueURL(queueURL),
+				MetricsFrom: metricsFrom, MetricsInterval: metricsInterval,
+				Tokens: tokens, Logger: log,
+			}
+			var spool sqliteQueue
+			if spoolURL != "" {
+				sp, err := openQueue(ctx, spoolURL, getenv, log, 0)
+				if err != nil {
+					return fmt.Errorf("--spool: %w", err)
+				}
+				defer sp.Close()
+				spool = sp.(sqliteQueue)
+				cfg.Spool, cfg.SpoolName = spool, redactQueueURL(spoolURL)
+			}
+			srv, err := console.New(cfg)
+			if err != nil {
+				return usageError{err}
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("console listener: %w", err)
+			}
+			g, gctx := errgroup.WithContext(ctx)
+			// The embedded queue's background work keeps its write-ahead
+			// log short; a Service Bus queue's Run would take sessions, which
+			// a console must not.
+			if sq, ok := q.(sqliteQueue); ok {
+				g.Go(func() error { return sq.Run(gctx) })
+			}
+			if spool.Queue != nil {
+				g.Go(func() error { return spool.Run(gctx) })
+			}
+			log.Info("console listening", "url", "http://"+l.Addr().String()+"/", "queue", cfg.QueueName,
+				"token_required", len(tokens) > 0, "metrics_from", metricsFrom, "spool", cfg.SpoolName)
+			g.Go(func() error { return srv.Run(gctx) })
+			g.Go(func() error { return serveConsole(gctx, l, srv, log) })
+			return g.Wait()
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9092", "address to serve the console on; a non-loopback address requires $"+envConsoleToken)
+	cmd.Flags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
+	cmd.Flags().StringVar(&spoolURL, "spool", "", "the spool of a Service Bus ingress (sqlite:<path>), to show its depth and oldest event")
+	cmd.Flags().StringSliceVar(&metricsFrom, "metrics-from", nil, "an admin listener's metrics URL for live rates, e.g. http://127.0.0.1:9090/metrics (repeatable)")
+	cmd.Flags().DurationVar(&metricsInterval, "metrics-interval", console.DefaultMetricsInterval, "how often --metrics-from URLs are scraped")
+	logs.register(cmd.Flags())
+	return cmd
+}
+
+// sqliteFileExists refuses an embedded queue URL whose file does not exist:
+// opening it would create an empty queue, and the console would show a
+// typo as an empty queue.
+func sqliteFileExists(raw string) error {
+	if !strings.HasPrefix(raw, "sqlite:") {
+		return nil
+	}
+	cfg, err := sqlite.ParseURL(raw)
+	if err != nil {
+		return usageError{fmt.Errorf("%s: %w", raw, err)}
+	}
+	if _, err := os.Stat(cfg.Path); err != nil {
+		return usageError{fmt.Errorf("%s: no queue file at %s (%w); give the path the ingress and workers use", raw, cfg.Path, errors.Unwrap(err))}
+	}
+	return nil
+}
+
+// redactQueueURL drops a queue URL's options and anything that looks like
+// credentials, for display.
+func redactQueueURL(raw string) string {
+	raw, _, _ = strings.Cut(raw, "?")
+	if i := strings.Index(raw, "@"); i >= 0 {
+		if j := strings.Index(raw, "://"); j >= 0 && j < i {
+			raw = raw[:j+3] + raw[i+1:]
+		}
+	}
+	return raw
+}
+
+// serveConsole serves the console on l until ctx ends, then shuts down,
+// letting requests in progress (a replay) finish for a while.
+func serveConsole(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
+	hs := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      3 * time.Minute, // a replay of a thousand messages
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("console listener %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return serr
+	}
+	return err
+}
