@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/internal/console"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -71,13 +70,18 @@ tunnel) when it is not on loopback.`,
 				}
 			}
 			ctx := cmd.Context()
-			q, err := openQueue(ctx, queueURL, getenv, log, 0)
+			h := newHost(log)
+			q, err := openQueue(ctx, queueURL, getenv, log, 0, nil)
 			if err != nil {
 				return err
 			}
-			defer q.Close()
+			// The embedded queue's background work keeps its write-ahead
+			// log short; a Service Bus queue's would take sessions, which a
+			// console must not (background(false) has none).
+			h.addQueue(q, false, false)
 			cq, ok := q.(console.Queue)
 			if !ok {
+				h.close()
 				return fmt.Errorf("--queue %s: this backend cannot be browsed", redactQueueURL(queueURL))
 			}
 			cfg := console.Config{
@@ -85,39 +89,32 @@ tunnel) when it is not on loopback.`,
 				MetricsFrom: metricsFrom, MetricsInterval: metricsInterval,
 				Tokens: tokens, Logger: log,
 			}
-			var spool sqliteQueue
 			if spoolURL != "" {
-				sp, err := openQueue(ctx, spoolURL, getenv, log, 0)
+				sp, err := openQueue(ctx, spoolURL, getenv, log, 0, nil)
 				if err != nil {
+					h.close()
 					return fmt.Errorf("--spool: %w", err)
 				}
-				defer sp.Close()
-				spool = sp.(sqliteQueue)
-				cfg.Spool, cfg.SpoolName = spool, redactQueueURL(spoolURL)
+				h.addQueue(sp, false, false)
+				cfg.Spool, cfg.SpoolName = sp.(sqliteQueue), redactQueueURL(spoolURL)
 			}
 			srv, err := console.New(cfg)
 			if err != nil {
+				h.close()
 				return usageError{err}
 			}
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
+				h.close()
 				return fmt.Errorf("console listener: %w", err)
 			}
-			g, gctx := errgroup.WithContext(ctx)
-			// The embedded queue's background work keeps its write-ahead
-			// log short; a Service Bus queue's Run would take sessions, which
-			// a console must not.
-			if sq, ok := q.(sqliteQueue); ok {
-				g.Go(func() error { return sq.Run(gctx) })
-			}
-			if spool.Queue != nil {
-				g.Go(func() error { return spool.Run(gctx) })
-			}
+			h.closer(closeListener(l))
+			h.loop(srv.Run)
+			h.loop(func(ctx context.Context) error { return serveConsole(ctx, l, srv, log) })
+			h.grace = shutdownMargin
 			log.Info("console listening", "url", "http://"+l.Addr().String()+"/", "queue", cfg.QueueName,
 				"token_required", len(tokens) > 0, "metrics_from", metricsFrom, "spool", cfg.SpoolName)
-			g.Go(func() error { return srv.Run(gctx) })
-			g.Go(func() error { return serveConsole(gctx, l, srv, log) })
-			return g.Wait()
+			return h.run(ctx)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9092", "address to serve the console on; a non-loopback address requires $"+envConsoleToken)

@@ -77,8 +77,8 @@ func (h *host) listenAdmin(addr string) (string, error) {
 	return l.Addr().String(), nil
 }
 
-// run serves the admin listener (bound by listenAdmin) and runs every loop
-// until ctx ends or one fails, then closes the parts. Once ctx has ended,
+// run serves the admin listener (bound by listenAdmin, if it was) and runs
+// every loop until ctx ends or one fails, then closes the parts. Once ctx has ended,
 // everything must be done within h.grace; past it run returns
 // errShutdownTimeout and leaves the rest to the process's exit.
 func (h *host) run(ctx context.Context) error {
@@ -96,7 +96,9 @@ func (h *host) run(ctx context.Context) error {
 		}
 		stopAdmin()
 	}()
-	g.Go(func() error { return serveAdmin(adminCtx, adm, ingress.AdminHandler(h.reg, h.checks...), h.log) })
+	if adm != nil {
+		g.Go(func() error { return serveAdmin(adminCtx, adm, ingress.AdminHandler(h.reg, h.checks...), h.log) })
+	}
 
 	done := make(chan error, 1)
 	go func() {
