@@ -28,7 +28,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookbridge_queue_checkpoints_total",
-			Help: "Checkpoints of the write-ahead log into the database, by mode (passive, truncate) and result (ok, error).",
+			Help: "Checkpoints of the write-ahead log into the database, by mode (passive, restart) and result (ok, error).",
 		}, []string{"mode", "result"}),
 	}
 	reg.MustRegister(m.deadLettered, m.duplicates, m.walBytes, m.checkpoints)

@@ -21,8 +21,12 @@ const (
 	// next writer start the log over from its beginning, but under steady
 	// load that moment never comes (each checkpoint finds new frames behind
 	// it), and the log would grow without end; once it is larger than this,
-	// Run checkpoints in TRUNCATE mode, which holds writers off for the
-	// moment it takes to copy the last frames and empty the file.
+	// Run checkpoints in RESTART mode, which holds writers off for the
+	// moment it takes to copy the last frames, so the next commit writes
+	// from the log's beginning again. The file keeps its blocks (a log
+	// truncated to nothing would make every commit allocate new ones, and
+	// its fsync commit the file system's journal); journal_size_limit cuts
+	// it back to this size when it grew past it.
 	walSizeLimit = 4 << 20
 	// walCheckEvery is how often Run looks at the log's size, besides
 	// when a commit finds it over the limit.
@@ -206,7 +210,7 @@ func (q *Queue) watchCommits(ctx context.Context) {
 }
 
 // checkpoint runs a passive checkpoint, which never blocks anyone, and a
-// truncating one when the log has grown past walSizeLimit.
+// restarting one when the log has grown past walSizeLimit.
 func (q *Queue) checkpoint(ctx context.Context) error {
 	var busy, logFrames, done int
 	err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(PASSIVE)", nil, &busy, &logFrames, &done)
@@ -216,8 +220,8 @@ func (q *Queue) checkpoint(ctx context.Context) error {
 	}
 	size := q.wal.size()
 	if size > walSizeLimit {
-		err = q.truncate(ctx)
-		q.metrics.checkpoint("truncate", err)
+		err = q.restart(ctx)
+		q.metrics.checkpoint("restart", err)
 		if err != nil {
 			return fmt.Errorf("write-ahead log %d bytes, over the %d limit: %w", size, walSizeLimit, err)
 		}
@@ -227,10 +231,10 @@ func (q *Queue) checkpoint(ctx context.Context) error {
 	return nil
 }
 
-// truncate checkpoints everything and empties the log, holding the write
-// lock so that no writer of these processes waits in SQLite's busy handler
-// meanwhile.
-func (q *Queue) truncate(ctx context.Context) error {
+// restart checkpoints everything and starts the log over, holding the
+// write lock so that no writer of these processes waits in SQLite's busy
+// handler meanwhile.
+func (q *Queue) restart(ctx context.Context) error {
 	q.writeMu.Lock()
 	defer q.writeMu.Unlock()
 	if q.isClosed() {
@@ -241,7 +245,7 @@ func (q *Queue) truncate(ctx context.Context) error {
 	}
 	defer q.lock.unlock()
 	var busy, logFrames, done int
-	if err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(TRUNCATE)", nil, &busy, &logFrames, &done); err != nil {
+	if err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(RESTART)", nil, &busy, &logFrames, &done); err != nil {
 		return unavailable("checkpoint", err)
 	}
 	if busy != 0 {
