@@ -27,6 +27,10 @@ type Config struct {
 	// BusyTimeout is how long a write waits for another process holding the
 	// database's write lock. Default 5s.
 	BusyTimeout time.Duration
+	// Prefetch is how many messages a receive claims at once: those beyond
+	// what its caller asked for are kept, locked, for the next receives.
+	// Default DefaultPrefetch; 1 turns prefetching off.
+	Prefetch int
 	// Metrics, if set, records the queue's own dead-lettering, dropped
 	// duplicates and checkpoints.
 	Metrics *Metrics
@@ -39,6 +43,7 @@ const (
 	DefaultDuplicateWindow  = 10 * time.Minute
 	DefaultMaxMessageBytes  = 4 << 20
 	DefaultBusyTimeout      = 5 * time.Second
+	DefaultPrefetch         = 16
 )
 
 func (c *Config) setDefaults() {
@@ -57,6 +62,9 @@ func (c *Config) setDefaults() {
 	if c.BusyTimeout == 0 {
 		c.BusyTimeout = DefaultBusyTimeout
 	}
+	if c.Prefetch == 0 {
+		c.Prefetch = DefaultPrefetch
+	}
 }
 
 // Validate reports the first invalid setting.
@@ -74,13 +82,16 @@ func (c Config) Validate() error {
 		return fmt.Errorf("sqlite queue: max_message_bytes %d: must be between 1 and %d", c.MaxMessageBytes, 256<<20)
 	case c.BusyTimeout < 0:
 		return fmt.Errorf("sqlite queue: busy_timeout %s: must not be negative", c.BusyTimeout)
+	case c.Prefetch < 0 || c.Prefetch > 1024:
+		return fmt.Errorf("sqlite queue: prefetch %d: must be between 1 and 1024", c.Prefetch)
 	}
 	return nil
 }
 
 // ParseURL reads a queue URL of the form sqlite:<path>[?option=value&...].
 // Options: lock (duration), max_delivery (count), dedup_window (duration, 0
-// or "off" to disable), max_message_bytes, busy_timeout (duration).
+// or "off" to disable), max_message_bytes, busy_timeout (duration),
+// prefetch (count).
 func ParseURL(raw string) (Config, error) {
 	rest, ok := strings.CutPrefix(raw, "sqlite:")
 	if !ok {
@@ -114,8 +125,13 @@ func ParseURL(raw string) (Config, error) {
 			cfg.MaxMessageBytes, err = strconv.Atoi(v)
 		case "busy_timeout":
 			cfg.BusyTimeout, err = time.ParseDuration(v)
+		case "prefetch":
+			cfg.Prefetch, err = strconv.Atoi(v)
+			if err == nil && cfg.Prefetch == 0 {
+				err = fmt.Errorf("must be at least 1")
+			}
 		default:
-			return Config{}, fmt.Errorf("queue URL %q: unknown option %q; known: lock, max_delivery, dedup_window, max_message_bytes, busy_timeout", raw, name)
+			return Config{}, fmt.Errorf("queue URL %q: unknown option %q; known: lock, max_delivery, dedup_window, max_message_bytes, busy_timeout, prefetch", raw, name)
 		}
 		if err != nil {
 			return Config{}, fmt.Errorf("queue URL %q: option %s=%q: %w", raw, name, v, err)

@@ -52,7 +52,8 @@ type Queue struct {
 	wal     *walSyncer
 	idx     *index // under writeMu
 
-	ops combiner // claims, settlements and renewals, in shared transactions
+	ops        combiner // claims, settlements and renewals, in shared transactions
+	prefetched prefetched
 
 	wake *notifier
 	// signal is written after every commit that may let a receiver make
@@ -94,7 +95,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 		idx: newIndex(), wake: newNotifier(), receiving: make(chan struct{}), closing: make(chan struct{}),
 		walFull: make(chan struct{}, 1),
 	}
-	q.ops.q = q
+	q.ops.q, q.ops.arrived = q, make(chan struct{}, 1)
 	if err := q.open(ctx); err != nil {
 		q.closeFiles()
 		return nil, fmt.Errorf("open sqlite queue %s: %w", path, err)
@@ -148,6 +149,17 @@ func (q *Queue) isClosed() bool {
 // calls fail with it. The last process to close the file folds the
 // write-ahead log into the database. It is safe to call more than once.
 func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.mu.Unlock()
+	// Give back what a receive claimed and nobody was handed, while the
+	// queue still takes settlements.
+	if kept := q.prefetched.drain(); len(kept) > 0 {
+		q.release(kept)
+	}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()

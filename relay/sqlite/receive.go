@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/hookbridge/hookbridge/relay"
@@ -18,6 +19,12 @@ import (
 // queue's lock duration. Messages delivered the maximum number of times are
 // moved to the dead-letter queue instead, and duplicates within the window
 // are dropped.
+//
+// A receive claims up to Config.Prefetch messages at once and keeps those
+// beyond n, locked, for the next calls: a worker that asks for one message
+// per free slot then pays for one claim transaction per several messages.
+// A kept message is handed out only while most of its lock is left (it is
+// given back otherwise), and Close gives back what is kept.
 func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	if n <= 0 {
 		n = 1
@@ -27,9 +34,16 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		if msgs := q.prefetched.take(q, n); len(msgs) > 0 {
+			return msgs, nil
+		}
 		woken := q.wake.wait()
-		op := &op{kind: opClaim, n: n}
+		op := &op{kind: opClaim, n: max(n, q.cfg.Prefetch)}
 		if err := q.ops.do(ctx, op); err != nil || len(op.out) > 0 {
+			if len(op.out) > n {
+				q.prefetched.keep(op.out[n:])
+				op.out = op.out[:n]
+			}
 			return op.out, err
 		}
 		// Nothing ready: sleep until another send or settlement, the next
@@ -59,6 +73,66 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 			return nil, ctx.Err()
 		}
 		t.Stop()
+	}
+}
+
+// prefetched holds messages a receive claimed beyond what its caller asked
+// for.
+type prefetched struct {
+	mu   sync.Mutex
+	msgs []*relay.Received
+}
+
+func (p *prefetched) keep(msgs []*relay.Received) {
+	p.mu.Lock()
+	p.msgs = append(p.msgs, msgs...)
+	p.mu.Unlock()
+}
+
+// take hands out up to n kept messages with at least half their lock left,
+// oldest first, and gives back those with less.
+func (p *prefetched) take(q *Queue, n int) []*relay.Received {
+	p.mu.Lock()
+	if len(p.msgs) == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	var out, stale []*relay.Received
+	i := 0
+	for ; i < len(p.msgs) && len(out) < n; i++ {
+		if m := p.msgs[i]; time.Until(m.LockedUntil) >= q.cfg.LockDuration/2 {
+			out = append(out, m)
+		} else {
+			stale = append(stale, m)
+		}
+	}
+	p.msgs = append(p.msgs[:0], p.msgs[i:]...)
+	p.mu.Unlock()
+	if len(stale) > 0 {
+		q.release(stale)
+	}
+	return out
+}
+
+// drain takes every kept message.
+func (p *prefetched) drain() []*relay.Received {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.msgs
+	p.msgs = nil
+	return out
+}
+
+// release gives claimed messages back unseen: unlocked, their delivery not
+// counted. A failure only leaves them locked until their locks expire.
+func (q *Queue) release(msgs []*relay.Received) {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	for _, m := range msgs {
+		if err := q.ops.do(ctx, &op{kind: opRelease, m: m}); err != nil && !errors.Is(err, relay.ErrClosed) {
+			q.log.Warn("sqlite queue: could not give back a prefetched message; it is delivered again when its lock expires",
+				"message_id", m.ID, "sequence_number", m.SequenceNumber, "error", err)
+		}
 	}
 }
 

@@ -47,9 +47,10 @@ const (
 	opDeadLetter
 	opRenew
 	opClaim
+	opRelease
 )
 
-var opNames = [...]string{"complete", "abandon", "dead-letter", "renew lock of", "receive"}
+var opNames = [...]string{"complete", "abandon", "dead-letter", "renew lock of", "receive", "give back"}
 
 // op is one settlement, renewal or claim.
 type op struct {
@@ -99,7 +100,21 @@ type combiner struct {
 	mu      sync.Mutex
 	pending []*op
 	running bool
+	// arrived wakes a lingering leader when an op arrives; last is when
+	// the latest op arrived.
+	arrived chan struct{}
+	last    time.Time
 }
+
+// When ops arrive close together (a busy worker settling one delivery
+// after another), a leader waits up to lingerFor, or until lingerBatch ops
+// are queued, before it commits: a transaction costs far more than one more
+// statement in it. Ops arriving farther apart than lingerFor are committed
+// at once, so a quiet queue adds no latency.
+const (
+	lingerFor   = 300 * time.Microsecond
+	lingerBatch = 8
+)
 
 // opTimeout bounds one shared transaction, whatever the callers' contexts:
 // it commits for all of them.
@@ -113,15 +128,25 @@ func (c *combiner) do(ctx context.Context, o *op) error {
 		return err
 	}
 	o.done = make(chan struct{})
+	now := time.Now()
 	c.mu.Lock()
 	c.pending = append(c.pending, o)
+	busy := now.Sub(c.last) < lingerFor
+	c.last = now
 	if c.running {
 		c.mu.Unlock()
+		select {
+		case c.arrived <- struct{}{}:
+		default:
+		}
 		<-o.done
 		return o.err
 	}
 	c.running = true
 	c.mu.Unlock()
+	if busy {
+		c.linger(now.Add(lingerFor))
+	}
 	for {
 		c.mu.Lock()
 		ops := c.pending
@@ -135,6 +160,25 @@ func (c *combiner) do(ctx context.Context, o *op) error {
 		c.q.apply(ops)
 	}
 	return o.err
+}
+
+// linger waits until lingerBatch ops are queued or the deadline passes.
+func (c *combiner) linger(deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		n := len(c.pending)
+		c.mu.Unlock()
+		if n >= lingerBatch {
+			return
+		}
+		select {
+		case <-c.arrived:
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // apply runs ops in one transaction and reports each one's result.
@@ -230,6 +274,8 @@ func (q *Queue) settleOne(ctx context.Context, o *op, now int64, b *batch) error
 		res, err = db.exec(ctx, sqlComplete, m.SequenceNumber, m.LockToken, now)
 	case opAbandon:
 		res, err = db.exec(ctx, sqlRelease, now+o.delay.Nanoseconds(), m.SequenceNumber, m.LockToken, now, q.cfg.MaxDeliveryCount)
+	case opRelease:
+		res, err = db.exec(ctx, sqlGiveBack, m.SequenceNumber, m.LockToken)
 	case opDeadLetter:
 		var deliveries int
 		err = db.row(ctx, sqlHeld, []any{m.SequenceNumber, m.LockToken, now}, &deliveries)
@@ -259,7 +305,7 @@ func (q *Queue) settleOne(ctx context.Context, o *op, now int64, b *batch) error
 				return err
 			}
 			q.settled(o, b, true)
-		case opAbandon:
+		case opAbandon, opRelease:
 			q.settled(o, b, false)
 		}
 		return nil

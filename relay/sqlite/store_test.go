@@ -430,3 +430,59 @@ func walChild(path string) {
 	fmt.Printf("unready %v\n", q.Ready(ctx))
 	select {}
 }
+
+// TestPrefetchGivesBack: a receive claims more than it was asked for and
+// keeps the rest for the next receives; what is kept when the queue closes
+// is given back unseen, its delivery not counted, and so is a kept message
+// whose lock is half gone.
+func TestPrefetchGivesBack(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "q.db")
+	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, LockDuration: 400 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		sendAll(t, q, relaytest.Msg(fmt.Sprintf("m%d", i), ""))
+	}
+	got, err := q.Receive(ctxT(t, 5*time.Second), 1)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("receive: %v %v", got, err)
+	}
+	more, err := q.Receive(ctxT(t, 5*time.Second), 2)
+	if err != nil || len(more) != 2 {
+		t.Fatalf("second receive: %v %v", more, err)
+	}
+	time.Sleep(250 * time.Millisecond) // the kept three have less than half their lock left
+	again, err := q.Receive(ctxT(t, 5*time.Second), 1)
+	if err != nil || len(again) != 1 || again[0].DeliveryCount != 1 {
+		t.Fatalf("after the kept locks ran down: %+v %v, want a fresh claim, delivery 1", again, err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // every lock handed out has expired
+	q2 := sqlitetest.Open(t, sqlite.Config{Path: path})
+	counts := map[string]int{}
+	for len(counts) < 6 {
+		msgs, err := q2.Receive(ctxT(t, 5*time.Second), 6)
+		if err != nil {
+			t.Fatalf("after reopening, got %v: %v", counts, err)
+		}
+		for _, m := range msgs {
+			counts[m.ID] = m.DeliveryCount
+			q2.Complete(context.Background(), m)
+		}
+	}
+	handedOut := map[string]bool{got[0].ID: true, more[0].ID: true, more[1].ID: true, again[0].ID: true}
+	for id, n := range counts {
+		if want := 1; handedOut[id] {
+			want = 2
+			if n != want {
+				t.Errorf("%s handed out once, then delivered with count %d, want %d", id, n, want)
+			}
+		} else if n != want {
+			t.Errorf("%s never handed out, delivered with count %d, want %d: a kept message's claim was counted", id, n, want)
+		}
+	}
+}
