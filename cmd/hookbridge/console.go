@@ -158,7 +158,7 @@ func redactQueueURL(raw string) string {
 // serveConsole serves the console on l until ctx ends, then shuts down,
 // letting requests in progress (a replay) finish for a while.
 func serveConsole(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
-	hs := &http.Server{
+	return serveUntil(ctx, "console listener", l, &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -166,19 +166,5 @@ func serveConsole(ctx context.Context, l net.Listener, h http.Handler, log *slog
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(l) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("console listener %s: %w", l.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := hs.Shutdown(sctx)
-	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
-		return serr
-	}
-	return err
+	}, 30*time.Second)
 }

@@ -31,21 +31,26 @@ func closeListener(l net.Listener) func() error {
 
 // serveAdmin serves the admin handler on l until ctx ends.
 func serveAdmin(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
-	hs := &http.Server{
+	return serveUntil(ctx, "admin listener", l, &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	}, 5*time.Second)
+}
+
+// serveUntil serves hs on l until ctx ends, then shuts it down, letting
+// requests in progress finish for up to grace.
+func serveUntil(ctx context.Context, name string, l net.Listener, hs *http.Server, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("admin listener %s: %w", l.Addr(), err)
+		return fmt.Errorf("%s %s: %w", name, l.Addr(), err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	err := hs.Shutdown(sctx)
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {

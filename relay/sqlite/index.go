@@ -34,8 +34,8 @@ type index struct {
 
 	keyed   map[string]*session // sessions with a partition key
 	keyless map[int64]*session  // messages without one, each a session of its own
-	ready   readyHeap           // sessions whose head may be deliverable
-	parked  parkedHeap          // sessions whose head is locked or delayed, by when that ends
+	ready   sessionHeap         // sessions whose head may be deliverable
+	parked  sessionHeap         // sessions whose head is locked or delayed, by when that ends
 	held    map[int64]bool      // heads this process handed out and has not settled
 
 	first map[string]seenID // duplicate window: MessageID → its first waiting message
@@ -72,6 +72,8 @@ func newIndex() *index {
 	return &index{
 		keyed:   make(map[string]*session),
 		keyless: make(map[int64]*session),
+		ready:   sessionHeap{less: byHead, place: inReady},
+		parked:  sessionHeap{less: byUntil, place: inParked},
 		held:    make(map[int64]bool),
 		first:   make(map[string]seenID),
 		seen:    make(map[string]int64),
@@ -153,8 +155,8 @@ func (x *index) wake(now int64) {
 	recheckOthers := x.outside != x.checked
 	x.checked = x.outside
 	if recheckOthers {
-		for i := 0; i < len(x.parked); {
-			if s := x.parked[i]; s.other {
+		for i := 0; i < x.parked.Len(); {
+			if s := x.parked.items[i]; s.other {
 				heap.Remove(&x.parked, i)
 				heap.Push(&x.ready, s)
 				continue
@@ -162,14 +164,14 @@ func (x *index) wake(now int64) {
 			i++
 		}
 	}
-	for len(x.parked) > 0 && x.parked[0].until <= now {
+	for x.parked.Len() > 0 && x.parked.items[0].until <= now {
 		heap.Push(&x.ready, heap.Pop(&x.parked))
 	}
 }
 
 // next takes the ready session with the oldest head, or nil.
 func (x *index) next() *session {
-	if len(x.ready) == 0 {
+	if x.ready.Len() == 0 {
 		return nil
 	}
 	return heap.Pop(&x.ready).(*session)
@@ -234,10 +236,10 @@ func (x *index) settled(key string, seq int64, removed bool) {
 // due is when the earliest parked session's lock or delay ends; zero if
 // none is parked.
 func (x *index) due() time.Time {
-	if len(x.parked) == 0 {
+	if x.parked.Len() == 0 {
 		return time.Time{}
 	}
-	return time.Unix(0, x.parked[0].until)
+	return time.Unix(0, x.parked.items[0].until)
 }
 
 // duplicate reports whether message seq, enqueued at enq with MessageID id,
@@ -271,49 +273,35 @@ func (x *index) prune(cutoff int64) {
 	}
 }
 
-// readyHeap orders sessions by their head's sequence number: the oldest
-// waiting message goes first.
-type readyHeap []*session
+// sessionHeap is a heap of sessions ordered by less; it keeps each
+// session's place (where, heapIdx) up to date. The ready heap orders by the
+// head's sequence number (the oldest waiting message goes first), the
+// parked heap by when the session may be due.
+type sessionHeap struct {
+	items []*session
+	less  func(a, b *session) bool
+	place int // inReady or inParked
+}
 
-func (h readyHeap) Len() int           { return len(h) }
-func (h readyHeap) Less(i, j int) bool { return h[i].seqs[0] < h[j].seqs[0] }
-func (h readyHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
+func byHead(a, b *session) bool  { return a.seqs[0] < b.seqs[0] }
+func byUntil(a, b *session) bool { return a.until < b.until }
+
+func (h *sessionHeap) Len() int           { return len(h.items) }
+func (h *sessionHeap) Less(i, j int) bool { return h.less(h.items[i], h.items[j]) }
+func (h *sessionHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.items[i].heapIdx, h.items[j].heapIdx = i, j
 }
-func (h *readyHeap) Push(v any) {
+func (h *sessionHeap) Push(v any) {
 	s := v.(*session)
-	s.where, s.heapIdx = inReady, len(*h)
-	*h = append(*h, s)
+	s.where, s.heapIdx = h.place, len(h.items)
+	h.items = append(h.items, s)
 }
-func (h *readyHeap) Pop() any {
-	old := *h
+func (h *sessionHeap) Pop() any {
+	old := h.items
 	s := old[len(old)-1]
 	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	s.where = nowhere
-	return s
-}
-
-// parkedHeap orders parked sessions by when they may be due.
-type parkedHeap []*session
-
-func (h parkedHeap) Len() int           { return len(h) }
-func (h parkedHeap) Less(i, j int) bool { return h[i].until < h[j].until }
-func (h parkedHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
-}
-func (h *parkedHeap) Push(v any) {
-	s := v.(*session)
-	s.where, s.heapIdx = inParked, len(*h)
-	*h = append(*h, s)
-}
-func (h *parkedHeap) Pop() any {
-	old := *h
-	s := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
+	h.items = old[:len(old)-1]
 	s.where = nowhere
 	return s
 }
