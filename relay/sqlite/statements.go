@@ -16,14 +16,14 @@ const (
 		WHERE seq = ?3 AND locked_until <= ?4 AND visible_at <= ?4 AND delivery_count < ?5
 		RETURNING message_id, session_id, enqueued_at, data, delivery_count`
 	// sqlState says why a message could not be claimed.
-	sqlState       = `SELECT locked_until, visible_at, delivery_count, message_id, enqueued_at FROM queue WHERE seq = ?`
-	sqlComplete    = `DELETE FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
-	sqlRemove      = `DELETE FROM queue WHERE seq = ?`
-	sqlRelease     = `UPDATE queue SET locked_until = 0, lock_token = NULL, visible_at = ? WHERE seq = ? AND lock_token = ? AND locked_until > ? AND delivery_count < ?`
+	sqlState    = `SELECT locked_until, visible_at, delivery_count, message_id, enqueued_at FROM queue WHERE seq = ?`
+	sqlComplete = `DELETE FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
+	sqlRemove   = `DELETE FROM queue WHERE seq = ?`
+	sqlRelease  = `UPDATE queue SET locked_until = 0, lock_token = NULL, visible_at = ? WHERE seq = ? AND lock_token = ? AND locked_until > ? AND delivery_count < ?`
 	// sqlGiveBack unlocks a message claimed but never handed out, and takes
 	// back the delivery its claim counted.
-	sqlGiveBack = `UPDATE queue SET locked_until = 0, lock_token = NULL, delivery_count = max(delivery_count - 1, 0) WHERE seq = ? AND lock_token = ?`
-	sqlHeld     = `SELECT delivery_count FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
+	sqlGiveBack    = `UPDATE queue SET locked_until = 0, lock_token = NULL, delivery_count = max(delivery_count - 1, 0) WHERE seq = ? AND lock_token = ?`
+	sqlHeld        = `SELECT delivery_count FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
 	sqlRenew       = `UPDATE queue SET locked_until = ? WHERE seq = ? AND lock_token = ? AND locked_until > ?`
 	sqlDedupAppend = `INSERT INTO dedup_log (message_id, expires_at) VALUES (?, ?)`
 	sqlMoveToDLQ   = `INSERT INTO deadletter (seq, message_id, session_id, enqueued_at, data, delivery_count, reason, description, dead_lettered_at)
