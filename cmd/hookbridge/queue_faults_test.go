@@ -167,3 +167,36 @@ func TestIngressReadinessFollowsWrites(t *testing.T) {
 		t.Errorf("a request once writable again: %d", s)
 	}
 }
+
+// TestIngressAndWorkerStartTogether starts `hookbridge ingress` and
+// `hookbridge worker` at the same moment on a new queue file, again and
+// again: neither may fail on the switch to write-ahead logging ("database
+// is locked").
+func TestIngressAndWorkerStartTogether(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("process test skipped in -short mode")
+	}
+	for round := range 10 {
+		queue := "sqlite:" + filepath.Join(t.TempDir(), fmt.Sprintf("new-%d.db", round))
+		ingAdmin, wrkAdmin := freePort(t), freePort(t)
+		ing := exec.Command(binary, "ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", ingAdmin, "--insecure-allow-unauthenticated", "--drain-delay", "0s")
+		wrk := exec.Command(binary, "worker", "--queue", queue, "--admin-listen", wrkAdmin)
+		var ingErr, wrkErr syncBuffer
+		ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
+		if err := ing.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := wrk.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitHTTP(t, "http://"+ingAdmin+"/readyz")
+		waitHTTP(t, "http://"+wrkAdmin+"/readyz")
+		for _, p := range []*exec.Cmd{ing, wrk} {
+			p.Process.Signal(syscall.SIGTERM)
+			if err := p.Wait(); err != nil {
+				t.Errorf("round %d: %s: %v\ningress:\n%s\nworker:\n%s", round, p.Args[1], err, ingErr.String(), wrkErr.String())
+			}
+		}
+	}
+}
