@@ -136,7 +136,7 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 	}
 	err = s.publish(ctx, r, msgs, events, dead)
 	if send != nil {
-		endSend(send, events, dead, err)
+		endSend(send, msgs, events, dead, err)
 	}
 	r.replay.release(ticket, err == nil) // a token whose events were not queued stays usable
 	if err != nil {

@@ -82,18 +82,20 @@ func (t *tracer) startRequest(c echo.Context) trace.Span {
 // failure its cause and error id (the log line's), an error for a 5xx.
 func (t *tracer) endRequest(span trace.Span, c echo.Context, rc *reqContext, herr *Error) {
 	status := c.Response().Status
-	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	attrs := make([]attribute.KeyValue, 1, 5)
+	attrs[0] = semconv.HTTPResponseStatusCode(status)
 	if rc != nil && rc.events >= 0 {
-		span.SetAttributes(attrEvents.Int(rc.events))
+		attrs = append(attrs, attrEvents.Int(rc.events))
 	}
 	if herr != nil {
-		span.SetAttributes(attrCause.String(herr.Cause), attrErrorID.String(herr.id()), semconv.ErrorTypeKey.String(strconv.Itoa(status)))
+		attrs = append(attrs, attrCause.String(herr.Cause), attrErrorID.String(herr.id()), semconv.ErrorTypeKey.String(strconv.Itoa(status)))
 		if status >= http.StatusInternalServerError {
 			span.SetStatus(codes.Error, herr.Message)
 		}
 	} else if rc != nil && rc.cause != "" {
-		span.SetAttributes(attrCause.String(rc.cause))
+		attrs = append(attrs, attrCause.String(rc.cause))
 	}
+	span.SetAttributes(attrs...)
 	span.End()
 }
 
@@ -128,19 +130,20 @@ func (t *tracer) startSend(ctx context.Context, p *schemas.Parsed) (context.Cont
 			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
-	ctx, span := t.t.Start(ctx, t.sendName, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(t.sendAttrs...), trace.WithLinks(links...))
+	attrs := make([]attribute.KeyValue, 0, len(t.sendAttrs)+3)
+	attrs = append(attrs, t.sendAttrs...)
 	if n := len(p.Events) + len(p.Malformed); n > 1 {
-		span.SetAttributes(semconv.MessagingBatchMessageCount(n))
+		attrs = append(attrs, semconv.MessagingBatchMessageCount(n))
 	}
 	if len(p.Events) == 1 && len(p.Malformed) == 0 {
 		e := &p.Events[0]
-		span.SetAttributes(semconv.CloudEventsEventID(e.ID), semconv.CloudEventsEventType(e.Type),
-			semconv.MessagingMessageID(relay.MessageID(e.Source, e.ID)))
+		attrs = append(attrs, semconv.CloudEventsEventID(e.ID), semconv.CloudEventsEventType(e.Type))
 		if e.PartitionKey != "" {
-			span.SetAttributes(attrPartitionKey.String(e.PartitionKey))
+			attrs = append(attrs, attrPartitionKey.String(e.PartitionKey))
 		}
 	}
+	ctx, span := t.t.Start(ctx, t.sendName, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attrs...), trace.WithLinks(links...))
 	tc := relay.TraceContextOf(span.SpanContext())
 	if tc.Parent == "" {
 		return ctx, span, tc
@@ -186,16 +189,21 @@ func eventSpanContext(e *schemas.Event) trace.SpanContext {
 	return trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.HeaderCarrier(h)))
 }
 
-// endSend ends a send span with the outcome of the publish.
-func endSend(span trace.Span, events, dead int, err error) {
-	span.SetAttributes(attrEvents.Int(events))
+// endSend ends a send span with the outcome of the publish of msgs.
+func endSend(span trace.Span, msgs []relay.Message, events, dead int, err error) {
+	attrs := make([]attribute.KeyValue, 1, 4)
+	attrs[0] = attrEvents.Int(events)
+	if len(msgs) == 1 {
+		attrs = append(attrs, semconv.MessagingMessageID(msgs[0].ID))
+	}
 	if dead > 0 {
-		span.SetAttributes(attrDeadLettered.Int(dead))
+		attrs = append(attrs, attrDeadLettered.Int(dead))
 	}
 	if err != nil {
 		herr := asError(err)
-		span.SetAttributes(semconv.ErrorTypeKey.String(herr.Cause))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(herr.Cause))
 		span.SetStatus(codes.Error, herr.Message)
 	}
+	span.SetAttributes(attrs...)
 	span.End()
 }
