@@ -37,6 +37,15 @@
 // receiving, lets deliveries in flight finish within Config.ShutdownTimeout,
 // then cancels and abandons the rest, settling every message it holds.
 //
+// Tracing (Config.TracerProvider and HTTPConfig.TracerProvider; off when
+// nil): each delivery is a consumer span "process <queue>" continuing the
+// trace its message carries (relay.RemoteSpanContext: traceparent, else the
+// Diagnostic-Id that Azure's SDKs in other languages write), so the trace
+// holds across worker restarts; the HTTP target's POST is a client span
+// whose context the backend receives in the traceparent header, and the
+// settlement a span of its own. A failed delivery's spans say its outcome
+// and why (status code, dead-letter reason), never the backend's answer.
+//
 // Dead-letter tooling: ListDeadLetters, Replay and Purge work on any
 // DeadLetterQueue. Replay sends a copy before it removes the original (a
 // crash duplicates, never loses); a message taken and not processed is

@@ -3,6 +3,7 @@ package consumer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -53,6 +60,12 @@ type HTTPConfig struct {
 	// Header is added to every request, for example an Authorization header
 	// the backend expects.
 	Header http.Header
+	// TracerProvider, when set, traces every POST as a client span ("POST",
+	// with the method, server address and port, the URL without
+	// credentials or query, and the response's status) and sends its
+	// context to the backend in the W3C traceparent (and tracestate)
+	// header. Default nil: no span, no header.
+	TracerProvider trace.TracerProvider
 }
 
 // HTTP is a Handler that POSTs each event to a backend in the CloudEvents
@@ -74,6 +87,8 @@ type HTTP struct {
 	display string // the URL without credentials or query, for logs and reasons
 	client  *http.Client
 	header  http.Header
+	tracer  trace.Tracer // nil: tracing off
+	attrs   []attribute.KeyValue
 }
 
 // NewHTTP returns an HTTP target.
@@ -99,7 +114,17 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		}}
 	}
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &HTTP{url: cfg.URL, display: Redact(cfg.URL), client: client, header: cfg.Header.Clone()}, nil
+	h := &HTTP{url: cfg.URL, display: Redact(cfg.URL), client: client, header: cfg.Header.Clone()}
+	if cfg.TracerProvider != nil {
+		h.tracer = cfg.TracerProvider.Tracer(instrumentation)
+		h.attrs = []attribute.KeyValue{semconv.HTTPRequestMethodPost, semconv.ServerAddress(u.Hostname()), semconv.URLFull(h.display)}
+		if port := u.Port(); port != "" {
+			if n, err := strconv.Atoi(port); err == nil {
+				h.attrs = append(h.attrs, semconv.ServerPort(n))
+			}
+		}
+	}
+	return h, nil
 }
 
 // Redact returns raw without user info and query, so a URL can be logged
@@ -119,6 +144,17 @@ func Redact(raw string) string {
 
 // Handle POSTs e to the backend.
 func (h *HTTP) Handle(ctx context.Context, e *schemas.Event) error {
+	if h.tracer == nil {
+		return h.post(ctx, e, nil)
+	}
+	ctx, span := h.tracer.Start(ctx, http.MethodPost, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(h.attrs...))
+	defer span.End()
+	return h.post(ctx, e, span)
+}
+
+// post sends e; span, when not nil, is the request's client span: its
+// context goes in the request's headers, the outcome on it.
+func (h *HTTP) post(ctx context.Context, e *schemas.Event, span trace.Span) error {
 	body, err := e.MarshalJSON()
 	if err != nil {
 		return Permanent(ReasonInvalidMessage, err)
@@ -131,11 +167,27 @@ func (h *HTTP) Handle(ctx context.Context, e *schemas.Event) error {
 		req.Header[k] = v
 	}
 	req.Header.Set("Content-Type", schemas.ContentType)
+	if span != nil {
+		propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("POST %s: %w", h.display, scrubURLError(err))
+		err = scrubURLError(err)
+		if span != nil {
+			span.SetStatus(codes.Error, err.Error())
+			span.SetAttributes(semconv.ErrorTypeKey.String(transportErrorType(ctx, err)))
+		}
+		return fmt.Errorf("POST %s: %w", h.display, err)
 	}
 	defer resp.Body.Close()
+	if span != nil {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(resp.StatusCode))
+		if resp.StatusCode >= 300 {
+			// The status, never the backend's answer: it may echo the event.
+			span.SetStatus(codes.Error, resp.Status)
+			span.SetAttributes(semconv.ErrorTypeKey.String(strconv.Itoa(resp.StatusCode)))
+		}
+	}
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // reuse the connection
 	code := resp.StatusCode
@@ -200,4 +252,17 @@ func retryAfter(v string, now time.Time) (time.Duration, bool) {
 		return max(t.Sub(now), 0), true
 	}
 	return 0, false
+}
+
+// transportErrorType classifies a request that got no answer, for spans'
+// error.type.
+func transportErrorType(ctx context.Context, err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case ctx.Err() != nil:
+		return "cancelled"
+	}
+	return "connection_failed"
 }

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -69,6 +72,17 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, if set, records deliveries.
 	Metrics *Metrics
+	// TracerProvider, when set, traces every delivery: a consumer span
+	// "process <TraceQueue>" continuing the trace the message carries
+	// (relay.RemoteSpanContext: its traceparent, else Diagnostic-Id), the
+	// handler's work inside it, and a span for the settlement. Default nil:
+	// tracing off, at the cost of a nil check per message.
+	TracerProvider trace.TracerProvider
+	// TraceQueue names the queue in span names, and TraceQueueAttributes
+	// describe it (messaging.system, messaging.destination.name,
+	// server.address). Used with TracerProvider only.
+	TraceQueue           string
+	TraceQueueAttributes []attribute.KeyValue
 }
 
 // Defaults.
@@ -130,10 +144,11 @@ const settleTimeout = 30 * time.Second
 // reason relay.ReasonMaxDelivery and the last error, so every dead-lettering
 // is counted and logged. Locks are renewed while a delivery runs.
 type Worker struct {
-	src Source
-	h   Handler
-	cfg Config
-	log *slog.Logger
+	src   Source
+	h     Handler
+	cfg   Config
+	log   *slog.Logger
+	trace *tracer // nil: tracing off
 }
 
 // New returns a worker. Run starts it.
@@ -145,7 +160,8 @@ func New(src Source, h Handler, cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
 	cfg.setDefaults()
-	return &Worker{src: src, h: h, cfg: cfg, log: cfg.Logger}, nil
+	return &Worker{src: src, h: h, cfg: cfg, log: cfg.Logger,
+		trace: newTracer(cfg.TracerProvider, cfg.TraceQueue, cfg.TraceQueueAttributes)}, nil
 }
 
 // Run consumes until ctx ends or the source closes. On ctx's end it stops
@@ -237,12 +253,20 @@ func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 	start := time.Now()
 	log := w.log.With("message_id", m.ID, "sequence_number", m.SequenceNumber,
 		"partition_key", m.SessionID, "delivery_count", m.DeliveryCount)
+	if w.trace != nil {
+		span := w.trace.startProcess(ctx, m)
+		defer span.End()
+		ctx, hard = trace.ContextWithSpan(ctx, span), trace.ContextWithSpan(hard, span)
+	}
 	ev, err := m.Event()
 	if err != nil {
 		w.settle(ctx, log, m, nil, delivery{err: Permanent(ReasonInvalidMessage, err)}, start)
 		return
 	}
 	log = log.With("event_id", ev.ID, "type", ev.Type)
+	if w.trace != nil {
+		setEvent(trace.SpanFromContext(ctx), ev)
+	}
 
 	dctx, cancel := context.WithTimeout(hard, w.cfg.DeliveryTimeout)
 	lockLost := make(chan struct{})
@@ -263,6 +287,9 @@ func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 	case <-lockLost:
 		// Someone else may hold the message now; settling is not ours to do.
 		w.cfg.Metrics.observe(outcomeLockLost, ev, start)
+		if w.trace != nil {
+			recordLockLost(trace.SpanFromContext(ctx), err)
+		}
 		log.Warn("worker: lock lost during delivery; the queue will deliver the event again", "delivery_error", err)
 		return
 	default:
@@ -364,6 +391,10 @@ func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received
 	// the settlement's own deadline starts after it.
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout+delay)
 	defer cancel()
+	var settleSpan trace.Span
+	if w.trace != nil {
+		sctx, settleSpan = w.trace.startSettle(sctx, outcome)
+	}
 	var serr error
 	switch outcome {
 	case outcomeCompleted:
@@ -380,6 +411,9 @@ func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received
 			log.Error("worker: settlement failed; the queue will deliver the event again when its lock expires", "settlement", outcome, "error", serr)
 		}
 		outcome = outcomeSettleFailed
+	}
+	if settleSpan != nil {
+		endSettle(settleSpan, trace.SpanFromContext(ctx), outcome, reason, delay, d, serr)
 	}
 	w.cfg.Metrics.observe(outcome, ev, start)
 	if outcome == outcomeCompleted {

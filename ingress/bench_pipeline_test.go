@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -21,8 +23,15 @@ func (nopPublisher) Publish(context.Context, []relay.Message) error { return nil
 // middleware, body reading, parsing, normalizing and mapping to a message.
 // It runs in one goroutine, so its instruction count (valgrind
 // --tool=callgrind) is repeatable.
-func BenchmarkPipeline(b *testing.B) {
-	s, err := ingress.New(ingress.Config{Publisher: nopPublisher{}, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}})
+func BenchmarkPipeline(b *testing.B) { benchPipeline(b, nil) }
+
+// BenchmarkPipelineTraced is BenchmarkPipeline with tracing on, every
+// request sampled: the request, verify and send spans, the trace context
+// stamped on the event and its message.
+func BenchmarkPipelineTraced(b *testing.B) { benchPipeline(b, benchTracerProvider(b)) }
+
+func benchPipeline(b *testing.B, tp trace.TracerProvider) {
+	s, err := ingress.New(ingress.Config{Publisher: nopPublisher{}, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}, TracerProvider: tp})
 	if err != nil {
 		b.Fatal(err)
 	}

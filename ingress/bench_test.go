@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
@@ -123,7 +126,7 @@ func benchACS(b *testing.B, fn func(b *testing.B, toks []string, h http.Handler)
 			w.WriteHeader(http.StatusOK)
 		}))
 	})
-	b.Run("durable", func(b *testing.B) {
+	durable := func(b *testing.B, tp trace.TracerProvider) {
 		defer reportCPU(b)()
 		q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "q.db")}, nil)
 		if err != nil {
@@ -131,19 +134,33 @@ func benchACS(b *testing.B, fn func(b *testing.B, toks []string, h http.Handler)
 		}
 		defer q.Close()
 		reg := prometheus.NewRegistry()
-		batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2}, relay.NewMetrics(reg))
+		batcher, err := relay.NewBatcher(relay.TraceCommits(q, tp, "q.db"), relay.BatchConfig{MaxInFlight: 2}, relay.NewMetrics(reg))
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer batcher.Close()
-		s, err := ingress.New(ingress.Config{Publisher: batcher, ACSVerifiers: []ingress.Verifier{acs}, ReplayCacheSize: benchReplayOff})
+		s, err := ingress.New(ingress.Config{Publisher: batcher, ACSVerifiers: []ingress.Verifier{acs}, ReplayCacheSize: benchReplayOff,
+			TracerProvider: tp, TraceQueue: "q.db"})
 		if err != nil {
 			b.Fatal(err)
 		}
 		fn(b, toks, s.Handler())
 		b.StopTimer()
 		reportCommits(b, reg)
-	})
+	}
+	b.Run("durable", func(b *testing.B) { durable(b, nil) })
+	// durable-traced: the same with tracing on, every request sampled,
+	// its spans batched to an exporter that drops them.
+	b.Run("durable-traced", func(b *testing.B) { durable(b, benchTracerProvider(b)) })
+}
+
+// benchTracerProvider is the SDK's tracer provider as hookbridge runs it
+// (batched export, every trace sampled) with an exporter that drops the
+// spans: the cost of tracing on the request path, without a collector.
+func benchTracerProvider(b *testing.B) trace.TracerProvider {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	return tp
 }
 
 // reportCommits adds the mean group-commit size and duration to the

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config configures the public listener. Zero values take the defaults
@@ -84,6 +86,17 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the ingress metrics. Default: none.
 	Registerer prometheus.Registerer
+	// TracerProvider, when set, traces every request on an event route (see
+	// the package documentation: a server span, its verification, and the
+	// send to the queue, whose context each message and event carries).
+	// Default nil: tracing off, at the cost of a nil check per request.
+	TracerProvider trace.TracerProvider
+	// TraceQueue names the queue in the send spans ("send <TraceQueue>"),
+	// and TraceQueueAttributes describe it (messaging.system,
+	// messaging.destination.name, server.address). Used with
+	// TracerProvider only.
+	TraceQueue           string
+	TraceQueueAttributes []attribute.KeyValue
 }
 
 // Defaults.

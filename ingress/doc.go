@@ -42,6 +42,18 @@
 // the listener keeps serving for DrainDelay, then requests in progress
 // finish their commits.
 //
+// Tracing (Config.TracerProvider; off when nil, at the cost of a nil check
+// per request): each request on an event route is a server span "POST
+// <route>" continuing the sender's W3C traceparent header (a new trace
+// without one), with a child "verify" span and a producer span "send
+// <queue>" covering the mapping to messages and the wait for the group
+// commit. Every event and message of the request carries the send span's
+// context: the events as the CloudEvents distributed tracing extension
+// (traceparent, tracestate; a sender's own is replaced and linked to), the
+// messages as application properties (relay.TraceContext), so the worker
+// continues the trace. Spans hold the route, status, cause and error id,
+// never a query string, header, token or body.
+//
 // The ingress knows nothing of Service Bus or SQLite: it declares Publisher
 // and the queue layer (package relay) implements it. AdminHandler serves the
 // private admin listener (/healthz, /readyz, /metrics).

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 )
 
 const (
@@ -76,8 +77,15 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		defer s.putScratch(sc)
 		rc := &sc.rc
 		*rc = reqContext{Context: c, sc: sc, events: -1}
+		var span trace.Span
+		if s.trace != nil {
+			span = s.trace.startRequest(c)
+		}
 		err := next(rc)
-		s.record(c, rc, start, err)
+		herr := s.record(c, rc, start, err)
+		if span != nil {
+			s.trace.endRequest(span, c, rc, herr)
+		}
 		*rc = reqContext{}
 		return nil
 	}
@@ -103,8 +111,8 @@ func (s *Server) handleError(err error, c echo.Context) {
 }
 
 // record renders err, if any, counts the request and writes its access-log
-// line.
-func (s *Server) record(c echo.Context, rc *reqContext, start time.Time, err error) {
+// line. It returns err as rendered, nil when there was none.
+func (s *Server) record(c echo.Context, rc *reqContext, start time.Time, err error) *Error {
 	var herr *Error
 	if err != nil {
 		herr = toError(err)
@@ -137,7 +145,7 @@ func (s *Server) record(c echo.Context, rc *reqContext, start time.Time, err err
 
 	ctx := c.Request().Context()
 	if !s.log.Enabled(ctx, level) {
-		return
+		return herr
 	}
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
@@ -164,6 +172,7 @@ func (s *Server) record(c echo.Context, rc *reqContext, start time.Time, err err
 		}
 	}
 	s.log.LogAttrs(ctx, level, "request", attrs...)
+	return herr
 }
 
 // limitConcurrency refuses requests beyond MaxConcurrentRequests.

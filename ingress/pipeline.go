@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -84,7 +85,7 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 		defer s.putScratch(sc)
 	}
 
-	creds, err := s.verify(c, r, false, sc.creds[:0])
+	creds, err := s.verifyTraced(c, r, sc.creds[:0])
 	sc.creds = creds
 	if err != nil {
 		return err
@@ -120,9 +121,23 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 		r.replay.release(ticket, false)
 		return parseError(err)
 	}
+	ctx := req.Context()
+	var send trace.Span
+	var tc relay.TraceContext
+	if s.trace != nil {
+		ctx, send, tc = s.trace.startSend(ctx, &sc.parsed)
+	}
 	msgs := toMessages(&sc.parsed)
 	events, dead := len(sc.parsed.Events), len(sc.parsed.Malformed)
-	err = s.publish(req.Context(), r, msgs, events, dead)
+	if send != nil {
+		for i := range msgs {
+			tc.Apply(&msgs[i])
+		}
+	}
+	err = s.publish(ctx, r, msgs, events, dead)
+	if send != nil {
+		endSend(send, msgs, events, dead, err)
+	}
 	r.replay.release(ticket, err == nil) // a token whose events were not queued stays usable
 	if err != nil {
 		return err

@@ -59,6 +59,7 @@ type Server struct {
 	limiter  *clientLimiter
 	scratch  sync.Pool // *scratch
 	draining atomic.Bool
+	trace    *tracer // nil: tracing off
 }
 
 // New builds the server. Routes without a verifier are not served (404)
@@ -75,6 +76,7 @@ func New(cfg Config) (*Server, error) {
 		slots:   make(chan struct{}, cfg.MaxConcurrentRequests),
 		bodies:  semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
 		scratch: sync.Pool{New: func() any { return new(scratch) }},
+		trace:   newTracer(cfg.TracerProvider, cfg.TraceQueue, cfg.TraceQueueAttributes),
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true

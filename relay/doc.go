@@ -17,6 +17,13 @@
 // nil error means the queue has the messages; nothing is acknowledged
 // earlier.
 //
+// Trace context: with tracing on, a message carries the W3C trace context
+// of the span that sent it as the application properties traceparent,
+// tracestate and Diagnostic-Id (TraceContext.Apply; RemoteSpanContext reads
+// it back, or a Diagnostic-Id alone), which both backends store as given.
+// TraceCommits wraps a BatchSender so that each group commit is a span
+// linked to the requests it carried.
+//
 // Backends live in subpackages: relay/sqlite (embedded, the default) and
 // relay/servicebus (Azure Service Bus). Each passes relay/relaytest, the
 // conformance suite of the queue contract. Their errors wrap the sentinels

@@ -68,6 +68,14 @@ const (
 	// PropReplayOf is the MessageID of the dead-lettered message a replayed
 	// copy was made from.
 	PropReplayOf = "hookbridge_replay_of"
+
+	// PropTraceParent and PropTraceState carry the W3C trace context of the
+	// span that sent the message (with tracing on; see SetTraceContext).
+	PropTraceParent = "traceparent"
+	PropTraceState  = "tracestate"
+	// PropDiagnosticID is the trace context property Azure's Service Bus
+	// SDKs in other languages read: the same value as PropTraceParent.
+	PropDiagnosticID = "Diagnostic-Id"
 )
 
 // MaxIDLength is the longest MessageID and SessionID Service Bus accepts.

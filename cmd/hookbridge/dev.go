@@ -46,12 +46,13 @@ path; each delivered event is printed, and the command exits 0 once all were
 delivered in order (non-zero otherwise).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, err := common.host(cmd)
+			h, err := common.host(cmd, getenv, serviceDev)
 			if err != nil {
 				return err
 			}
-			target, err := w.target(cmd.OutOrStdout())
+			target, err := w.target(cmd.OutOrStdout(), h)
 			if err != nil {
+				h.close()
 				return err
 			}
 			iss, issuerAddr, vs, err := addDevIssuer(h)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hookbridge/hookbridge/ingress"
@@ -36,6 +37,8 @@ type host struct {
 	// ended, before the command gives up on what is left and returns.
 	grace time.Duration
 	admin net.Listener
+	// tp traces the parts; nil when tracing is off (see addTracing).
+	tp trace.TracerProvider
 }
 
 func newHost(log *slog.Logger) *host {

@@ -177,16 +177,18 @@ Secrets come from those environment variables, or from files named by the
 same variables with _FILE appended.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, err := common.host(cmd)
+			h, err := common.host(cmd, getenv, serviceIngress)
 			if err != nil {
 				return err
 			}
 			vs, err := vf.build(getenv, h.log)
 			if err != nil {
+				h.close()
 				return err
 			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, 0)
 			if err != nil {
+				h.close()
 				return err
 			}
 			h.addQueue(q, false, !sf.enabled())
@@ -249,6 +251,8 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	if err != nil {
 		return nil, err
 	}
+	queueName, queueAttrs := q.traceQueue()
+	sender = relay.TraceCommits(sender, h.tp, queueName, queueAttrs...)
 	b, err := relay.NewBatcher(sender, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout,
 		MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(h.reg))
 	if err != nil {
@@ -276,6 +280,9 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 		ShutdownTimeout:              f.shutdownTimeout,
 		Logger:                       h.log,
 		Registerer:                   h.reg,
+		TracerProvider:               h.tp,
+		TraceQueue:                   queueName,
+		TraceQueueAttributes:         queueAttrs,
 	})
 	if err != nil {
 		return nil, usageError{err}

@@ -170,25 +170,32 @@ func secret(getenv env, name string) (string, error) {
 // commonFlags are the settings every long-running command has: the queue,
 // the private admin listener and logging.
 type commonFlags struct {
-	queueURL    string
-	adminListen string
-	logs        logFlags
+	queueURL      string
+	adminListen   string
+	traceEndpoint string
+	logs          logFlags
 }
 
 func (c *commonFlags) register(fs *pflag.FlagSet, defaultAdmin string) {
 	c.logs.register(fs)
 	fs.StringVar(&c.queueURL, "queue", DefaultQueue, queueHelp)
 	fs.StringVar(&c.adminListen, "admin-listen", defaultAdmin, "private admin listener (/healthz, /readyz, /metrics); never expose it")
+	fs.StringVar(&c.traceEndpoint, "trace-endpoint", "", traceEndpointHelp)
 }
 
 // host returns the command's host, logging where the command writes
-// errors.
-func (c *commonFlags) host(cmd *cobra.Command) (*host, error) {
+// errors, with tracing when the environment or --trace-endpoint turns it
+// on (spans named for service unless the environment names it).
+func (c *commonFlags) host(cmd *cobra.Command, getenv env, service string) (*host, error) {
 	log, err := c.logs.logger(cmd.ErrOrStderr())
 	if err != nil {
 		return nil, err
 	}
-	return newHost(log), nil
+	h := newHost(log)
+	if err := h.addTracing(cmd.Context(), getenv, c.traceEndpoint, service); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // openQueue opens --queue, its instruments registered with h.

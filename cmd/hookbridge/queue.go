@@ -8,6 +8,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
@@ -37,10 +38,16 @@ type queue interface {
 	// do that process's work now.
 	background(receiving bool) func(ctx context.Context) error
 	ready(receiving bool) func(ctx context.Context) error
+	// traceQueue names the queue in spans, and describes it
+	// (messaging.system, messaging.destination.name, server.address).
+	traceQueue() (string, []attribute.KeyValue)
 }
 
 // sqliteQueue is the embedded queue as the commands use it.
-type sqliteQueue struct{ *sqlite.Queue }
+type sqliteQueue struct {
+	*sqlite.Queue
+	path string
+}
 
 // commitsInFlight: one commit writes while the previous one's fsync
 // completes (see relay/sqlite's walSyncer).
@@ -55,7 +62,10 @@ func (q sqliteQueue) background(bool) func(ctx context.Context) error { return q
 func (q sqliteQueue) ready(bool) func(ctx context.Context) error { return q.Ready }
 
 // serviceBusQueue is Service Bus as the commands use it.
-type serviceBusQueue struct{ *servicebus.Queue }
+type serviceBusQueue struct {
+	*servicebus.Queue
+	name, namespace string
+}
 
 // commitsInFlight: Service Bus takes concurrent sends on one link.
 func (serviceBusQueue) commitsInFlight() int { return 4 }
@@ -122,7 +132,7 @@ func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger, se
 		if err != nil {
 			return nil, fmt.Errorf("open queue: %w", err)
 		}
-		return sqliteQueue{q}, nil
+		return sqliteQueue{Queue: q, path: cfg.Path}, nil
 	case strings.HasPrefix(raw, "servicebus:"):
 		cs, err := secret(getenv, envServiceBusConnStr)
 		if err != nil {
@@ -144,7 +154,11 @@ func openQueue(ctx context.Context, raw string, getenv env, log *slog.Logger, se
 		if err != nil {
 			return nil, fmt.Errorf("open queue: %w", err)
 		}
-		return serviceBusQueue{q}, nil
+		ns := cfg.Namespace
+		if cfg.ConnectionString != "" {
+			ns = connectionStringHost(cfg.ConnectionString)
+		}
+		return serviceBusQueue{Queue: q, name: cfg.Queue, namespace: ns}, nil
 	default:
 		return nil, usageError{fmt.Errorf("--queue %q: unknown queue URL; use sqlite:<path> (e.g. %s) or servicebus://<namespace>.servicebus.windows.net/<queue>", raw, DefaultQueue)}
 	}

@@ -92,17 +92,18 @@ func (d positiveDuration) Set(s string) error {
 
 func (d positiveDuration) Type() string { return "duration" }
 
-// target builds the delivery handler named by --deliver.
-func (f *workerFlags) target(stdout io.Writer) (consumer.Handler, error) {
+// target builds the delivery handler named by --deliver, traced with h's
+// tracer provider.
+func (f *workerFlags) target(stdout io.Writer, h *host) (consumer.Handler, error) {
 	switch {
 	case f.deliver == "stdout":
 		return consumer.NewStdout(stdout), nil
 	case strings.HasPrefix(f.deliver, "http://"), strings.HasPrefix(f.deliver, "https://"):
-		h, err := consumer.NewHTTP(consumer.HTTPConfig{URL: f.deliver})
+		t, err := consumer.NewHTTP(consumer.HTTPConfig{URL: f.deliver, TracerProvider: h.tp})
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--deliver: %w", err)}
 		}
-		return h, nil
+		return t, nil
 	default:
 		return nil, usageError{fmt.Errorf("--deliver %q: use stdout or an http(s):// URL", consumer.Redact(f.deliver))}
 	}
@@ -122,6 +123,8 @@ func (f *workerFlags) config() consumer.Config {
 func buildWorker(h *host, f *workerFlags, q queue, target consumer.Handler) (*consumer.Worker, error) {
 	cfg := f.config()
 	cfg.Logger, cfg.Metrics = h.log, consumer.NewMetrics(h.reg)
+	cfg.TracerProvider = h.tp
+	cfg.TraceQueue, cfg.TraceQueueAttributes = q.traceQueue()
 	w, err := consumer.New(q, target, cfg)
 	if err != nil {
 		return nil, usageError{err}
@@ -150,16 +153,18 @@ within --shutdown-timeout, abandons the rest for immediate redelivery, and
 exits once everything it held is settled.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, err := common.host(cmd)
+			h, err := common.host(cmd, getenv, serviceWorker)
 			if err != nil {
 				return err
 			}
-			target, err := f.target(cmd.OutOrStdout())
+			target, err := f.target(cmd.OutOrStdout(), h)
 			if err != nil {
+				h.close()
 				return err
 			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, f.concurrency)
 			if err != nil {
+				h.close()
 				return err
 			}
 			h.addQueue(q, true, true)

@@ -166,6 +166,9 @@ func testPublishReceive(t *testing.T, open Opener) {
 	m := Msg("pr-1", "call-1")
 	m.Properties["number"] = int64(42)
 	m.Properties["flag"] = true
+	// The trace context crosses the queue in the message, on every backend.
+	tc := relay.TraceContext{Parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", State: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"}
+	tc.Apply(&m)
 	send(t, q, m, Msg("pr-2", ""))
 	got, err := q.Receive(ctxTimeout(t, 10*time.Second), 2)
 	if err != nil {
@@ -187,6 +190,9 @@ func testPublishReceive(t *testing.T, open Opener) {
 		if r.Properties[k] != v {
 			t.Errorf("property %s = %v (%T), want %v (%T)", k, r.Properties[k], r.Properties[k], v, v)
 		}
+	}
+	if got := relay.TraceContextOf(relay.RemoteSpanContext(r.Properties)); got != tc {
+		t.Errorf("trace context %+v received, want %+v", got, tc)
 	}
 	if r.DeliveryCount != 1 {
 		t.Errorf("DeliveryCount = %d, want 1", r.DeliveryCount)

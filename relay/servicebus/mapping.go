@@ -30,7 +30,9 @@ const (
 const maxDescription = 4000
 
 // toMessage maps a relay message to a Service Bus message: MessageID,
-// Subject, ContentType, body and application properties as they are, and on
+// Subject, ContentType, body and application properties as they are (the
+// trace context among them: traceparent, tracestate and Diagnostic-Id,
+// which Microsoft's SDKs in other languages read to join the trace), and on
 // a session-enabled queue SessionID = the partition key, or the message's
 // own ID when it has none (so a keyless event is a session of its own). A
 // message for the dead-letter queue is marked (PropDeadLetterReason).
