@@ -46,7 +46,7 @@ func openDB(ctx context.Context, path string, busy time.Duration) (*sql.DB, erro
 			"wal_autocheckpoint(0)",
 			// After a checkpoint lets the log start over, a log grown past
 			// this is truncated back to it.
-			fmt.Sprintf("journal_size_limit(%d)", walSizeLimit),
+			fmt.Sprintf("journal_size_limit(%d)", walFileLimit),
 			"foreign_keys(OFF)",
 		},
 		"_txlock": {"immediate"},

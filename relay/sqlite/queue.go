@@ -68,8 +68,11 @@ type Queue struct {
 	outside       atomic.Uint64 // commits other processes signalled
 
 	health health
-	// walFull tells Run that a commit found the log over walSizeLimit.
+	// walFull tells Run that a commit found the log file over walFileLimit.
 	walFull chan struct{}
+	// frameSize is the size of one frame of the write-ahead log: a page and
+	// its header.
+	frameSize int64
 
 	mu      sync.Mutex
 	closed  bool
@@ -133,6 +136,11 @@ func (q *Queue) open(ctx context.Context) error {
 	if q.wal, err = newWALSyncer(q.path + "-wal"); err != nil {
 		return err
 	}
+	var pageSize int64
+	if err := q.read.row(ctx, "PRAGMA page_size", nil, &pageSize); err != nil {
+		return explain(err)
+	}
+	q.frameSize = pageSize + 24
 	return nil
 }
 
@@ -236,7 +244,7 @@ func (q *Queue) lockedTx(ctx context.Context, c *conn, fn func() error) (uint64,
 	var gen uint64
 	if q.wal != nil {
 		gen = q.wal.committed()
-		if q.wal.size() > walSizeLimit {
+		if q.wal.size() > walFileLimit {
 			select {
 			case q.walFull <- struct{}{}:
 			default:

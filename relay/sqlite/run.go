@@ -20,14 +20,17 @@ const (
 	// walSizeLimit bounds the write-ahead log. A passive checkpoint lets the
 	// next writer start the log over from its beginning, but under steady
 	// load that moment never comes (each checkpoint finds new frames behind
-	// it), and the log would grow without end; once it is larger than this,
-	// Run checkpoints in RESTART mode, which holds writers off for the
-	// moment it takes to copy the last frames, so the next commit writes
-	// from the log's beginning again. The file keeps its blocks (a log
-	// truncated to nothing would make every commit allocate new ones, and
-	// its fsync commit the file system's journal); journal_size_limit cuts
-	// it back to this size when it grew past it.
+	// it), and the log would grow without end; once the frames in use take
+	// more than this, Run checkpoints in RESTART mode, which holds writers
+	// off for the moment it takes to copy the last frames, so the next
+	// commit writes from the log's beginning again. The file keeps its
+	// blocks (a log truncated to nothing would make every commit allocate
+	// new ones, and its fsync commit the file system's journal).
 	walSizeLimit = 4 << 20
+	// walFileLimit is the most the log file keeps between restarts
+	// (journal_size_limit cuts it back to this at a restart); a commit that
+	// finds it larger wakes Run at once.
+	walFileLimit = 2 * walSizeLimit
 	// walCheckEvery is how often Run looks at the log's size, besides
 	// when a commit finds it over the limit.
 	walCheckEvery = 100 * time.Millisecond
@@ -165,7 +168,7 @@ func (q *Queue) Run(ctx context.Context) error {
 		case <-q.walFull:
 		}
 		now := time.Now()
-		if now.Sub(lastCheckpoint) < checkpointEvery && q.wal.size() <= walSizeLimit {
+		if now.Sub(lastCheckpoint) < checkpointEvery && q.wal.size() <= walFileLimit {
 			continue
 		}
 		lastCheckpoint = now
@@ -210,7 +213,7 @@ func (q *Queue) watchCommits(ctx context.Context) {
 }
 
 // checkpoint runs a passive checkpoint, which never blocks anyone, and a
-// restarting one when the log has grown past walSizeLimit.
+// restarting one when the frames in the log take more than walSizeLimit.
 func (q *Queue) checkpoint(ctx context.Context) error {
 	var busy, logFrames, done int
 	err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(PASSIVE)", nil, &busy, &logFrames, &done)
@@ -218,16 +221,14 @@ func (q *Queue) checkpoint(ctx context.Context) error {
 	if err != nil {
 		return unavailable("checkpoint", err)
 	}
-	size := q.wal.size()
-	if size > walSizeLimit {
+	if used := int64(logFrames) * q.frameSize; used > walSizeLimit {
 		err = q.restart(ctx)
 		q.metrics.checkpoint("restart", err)
 		if err != nil {
-			return fmt.Errorf("write-ahead log %d bytes, over the %d limit: %w", size, walSizeLimit, err)
+			return fmt.Errorf("write-ahead log holds %d bytes of frames, over the %d limit: %w", used, walSizeLimit, err)
 		}
-		size = q.wal.size()
 	}
-	q.metrics.wal(size)
+	q.metrics.wal(q.wal.size())
 	return nil
 }
 
