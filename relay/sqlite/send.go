@@ -49,6 +49,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 	var nowArg any = now
 	args := make([]any, 0, 4*min(len(msgs)-direct, maxChunk))
 	gen, err := q.writeTx(ctx, q.send, func() error {
+		ctx := context.WithoutCancel(ctx) // see apply: no cancellation hook per statement
 		for i := 0; i < len(msgs); {
 			args = args[:0]
 			for ; i < len(msgs) && len(args) < 4*maxChunk; i++ {

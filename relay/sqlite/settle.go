@@ -192,6 +192,10 @@ func (q *Queue) apply(ops []*op) {
 		err = relay.ErrClosed
 	} else {
 		_, err = q.lockedTx(ctx, q.settle, func() error {
+			// Statements run without a cancellable context: one would cost
+			// a cancellation hook per statement, and a transaction is not
+			// abandoned half-way anyway (the lock wait honours ctx).
+			ctx := context.Background()
 			b = batch{}
 			now := time.Now()
 			for _, o := range ops {
