@@ -49,9 +49,10 @@ func kilobyteMsg(id, session string) relay.Message {
 // then both recover once space is freed.
 func TestSmallVolume(t *testing.T) {
 	t.Parallel()
+	// The volume must hold the log's 8 MiB file limit and the database.
 	volume, total := 16<<20, 16_000
 	if raceEnabled {
-		volume, total = 8<<20, 8_000
+		total = 10_000
 	}
 	dir := smallVolume(t, volume)
 	path := filepath.Join(dir, "q.db")
@@ -98,7 +99,11 @@ func TestSmallVolume(t *testing.T) {
 	}()
 	for i := 0; i < total; i += 25 {
 		for int64(i)-got.Load() > 1000 { // a backlog of at most 1 MB
-			time.Sleep(time.Millisecond)
+			select {
+			case err := <-received:
+				t.Fatalf("receive under sustained load, after %d: %v", got.Load(), err)
+			case <-time.After(time.Millisecond):
+			}
 		}
 		batch := make([]relay.Message, 25)
 		for j := range batch {
@@ -131,21 +136,26 @@ func TestSmallVolume(t *testing.T) {
 		}
 	}
 	f.Close()
-	// Sends that find room in the log's existing pages may still succeed;
-	// a growing backlog cannot.
-	var sendErr error
-	for i := 0; i < 30_000 && sendErr == nil; i += 10 {
+	// Sends that find room in the log's existing pages, or in pages the
+	// database freed, may still succeed, and so may a readiness probe
+	// between them; a growing backlog soon exhausts both, and then sends
+	// fail and readiness says so.
+	var sendErr, readyErr error
+	for i := 0; i < 30_000 && readyErr == nil; i += 10 {
 		batch := make([]relay.Message, 10)
 		for j := range batch {
 			batch[j] = kilobyteMsg(fmt.Sprintf("full-%d", i+j), "call-x")
 		}
-		sendErr = q.SendBatch(ctxT(t, 10*time.Second), batch)
+		if sendErr = q.SendBatch(ctxT(t, 10*time.Second), batch); sendErr == nil {
+			continue
+		}
+		if !errors.Is(sendErr, relay.ErrUnavailable) || !strings.Contains(sendErr.Error(), "disk full") {
+			t.Fatalf("send on a full volume: %v, want ErrUnavailable saying the disk is full", sendErr)
+		}
+		readyErr = q.Ready(ctxT(t, 10*time.Second))
 	}
-	if !errors.Is(sendErr, relay.ErrUnavailable) || !strings.Contains(sendErr.Error(), "disk full") {
-		t.Fatalf("send on a full volume: %v, want ErrUnavailable saying the disk is full", sendErr)
-	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err == nil {
-		t.Fatal("Ready on a full volume: nil")
+	if sendErr == nil || readyErr == nil {
+		t.Fatalf("on a full volume: last send %v, Ready %v; want both to fail", sendErr, readyErr)
 	}
 	t.Logf("on the full volume: %v", sendErr)
 
