@@ -257,19 +257,24 @@ func (s *Spool) completed(ctx context.Context, held []*relay.Received) {
 func (s *Spool) account(msgs []*relay.Received) {
 	for _, m := range msgs {
 		s.depth = max(s.depth-1, 0)
-		if k := m.SessionID; k != "" {
+		leftover := false
+		if s.recovering {
+			if _, ok := s.newIDs[m.ID]; ok {
+				delete(s.newIDs, m.ID)
+			} else {
+				// Left by an earlier run: never counted in pending, so
+				// it must not uncount a newer event of its call.
+				leftover = true
+				if s.oldLeft--; s.oldLeft <= 0 {
+					s.recovering, s.newIDs = false, nil
+					s.log.Info("spool: the events left by an earlier run are forwarded; calls with nothing in the spool go straight to Service Bus again")
+				}
+			}
+		}
+		if k := m.SessionID; k != "" && !leftover {
 			if s.pending[k]--; s.pending[k] <= 0 {
 				delete(s.pending, k)
 			}
-		}
-		if !s.recovering {
-			continue
-		}
-		if _, ok := s.newIDs[m.ID]; ok {
-			delete(s.newIDs, m.ID)
-		} else if s.oldLeft--; s.oldLeft <= 0 {
-			s.recovering, s.newIDs = false, nil
-			s.log.Info("spool: the events left by an earlier run are forwarded; calls with nothing in the spool go straight to Service Bus again")
 		}
 	}
 }

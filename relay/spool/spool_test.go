@@ -913,3 +913,48 @@ func TestStoreFailure(t *testing.T) {
 		t.Errorf("forwarded %v", got)
 	}
 }
+
+// After a restart with leftovers of a call, a new event of that call is
+// spooled behind them. Forwarding the leftovers ends the recovery, but the
+// new event is still in the spool, so the call's next event must follow it
+// there rather than overtake it on the primary.
+func TestRecoveryKeepsNewEventsOfLeftoverCalls(t *testing.T) {
+	t.Parallel()
+	p := &primary{}
+	p.set(failAll)
+	first := start(t, p, spool.Config{}, "", time.Minute)
+	first.mustSend(msg("old1", "k1"), msg("old2", "k2"))
+	first.stop()
+
+	oldHeld, newHeld := make(chan struct{}), make(chan struct{})
+	hold := func(ctx context.Context, c chan struct{}) error {
+		select {
+		case <-c:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.set(func(ctx context.Context, msgs []relay.Message) error {
+		switch {
+		case contains(msgs, "old1"):
+			return hold(ctx, oldHeld)
+		case contains(msgs, "new-k1"):
+			return hold(ctx, newHeld)
+		}
+		return nil
+	})
+	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
+	h.mustSend(msg("new-k1", "k1"))
+	close(oldHeld)
+	eventually(t, "recovery ended", func() bool { return !h.sp.State().Recovering })
+	h.mustSend(msg("new-k1b", "k1"))
+	if h.p.attempted("new-k1b") {
+		t.Errorf("new-k1b went to the primary while new-k1 was still in the spool; state %+v", h.sp.State())
+	}
+	close(newHeld)
+	h.drained()
+	if got := h.p.order("k1"); !slices.Equal(got, []string{"old1", "new-k1", "new-k1b"}) {
+		t.Errorf("k1 delivered as %v, want [old1 new-k1 new-k1b]", got)
+	}
+}
