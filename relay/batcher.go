@@ -247,6 +247,16 @@ func (b *Batcher) commit(batch []*request, count, size int) {
 		err = fmt.Errorf("%w: commit timed out after %s: %w", ErrUnavailable, b.cfg.Timeout, err)
 	}
 	b.metrics.observeCommit(len(msgs), size, time.Since(start), err)
+	if len(batch) > 1 && errors.Is(err, ErrMessageTooLarge) {
+		// The queue refused some request's message as too large; the
+		// refusal is final for that request's sender only. Commit every
+		// request alone, so the others are stored (parts a backend had
+		// already sent are dropped as duplicates by MessageID).
+		for _, r := range batch {
+			b.commit([]*request{r}, len(r.msgs), r.size)
+		}
+		return
+	}
 	for _, r := range batch {
 		r.done <- err
 	}

@@ -467,3 +467,61 @@ func TestBatchConfigValidate(t *testing.T) {
 		t.Fatalf("zero config: %v", err)
 	}
 }
+
+// tooLargeSender refuses any batch holding a message with the ID big-0, as
+// a queue refuses a message over its size limit, and records the others.
+type tooLargeSender struct{ gateSender }
+
+func (s *tooLargeSender) SendBatch(ctx context.Context, msgs []Message) error {
+	for i := range msgs {
+		if msgs[i].ID == "big-0" {
+			s.started <- struct{}{}
+			<-s.gate
+			return fmt.Errorf("%w: message big-0 exceeds the limit", ErrMessageTooLarge)
+		}
+	}
+	return s.gateSender.SendBatch(ctx, msgs)
+}
+
+// A message too large for the queue fails its own request only: requests
+// gathered into the same commit are committed without it.
+func TestBatcherTooLargeFailsOnlyItsRequest(t *testing.T) {
+	s := &tooLargeSender{*newGateSender(false)}
+	b := newTestBatcher(t, s, BatchConfig{}, nil)
+	first := make(chan error, 1)
+	go func() { first <- b.Publish(context.Background(), msgs("first", 1)) }()
+	waitStarted(t, &s.gateSender)
+
+	names := []string{"a", "big", "b", "c"}
+	errs := make([]chan error, len(names))
+	for i, name := range names {
+		errs[i] = make(chan error, 1)
+		go func() { errs[i] <- b.Publish(context.Background(), msgs(name, 2)) }()
+		waitQueued(t, b, i+1)
+	}
+	s.open()
+	if err := <-first; err != nil {
+		t.Fatalf("first: %v", err)
+	}
+	for i, name := range names {
+		err := <-errs[i]
+		if name == "big" {
+			if !errors.Is(err, ErrMessageTooLarge) {
+				t.Errorf("big: %v, want ErrMessageTooLarge", err)
+			}
+		} else if err != nil {
+			t.Errorf("%s, committed with big: %v", name, err)
+		}
+	}
+	stored := map[string]bool{}
+	for _, batch := range s.committed() {
+		for _, m := range batch {
+			stored[m.ID] = true
+		}
+	}
+	for _, id := range []string{"first-0", "a-0", "a-1", "b-0", "b-1", "c-0", "c-1"} {
+		if !stored[id] {
+			t.Errorf("%s not stored; stored %v", id, stored)
+		}
+	}
+}
