@@ -110,7 +110,7 @@ tunnel) when it is not on loopback.`,
 			}
 			h.closer(closeListener(l))
 			h.loop(srv.Run)
-			h.loop(func(ctx context.Context) error { return serveConsole(ctx, l, srv, log) })
+			h.serve(func(ctx context.Context) error { return serveConsole(ctx, l, srv, log) })
 			h.grace = shutdownMargin
 			log.Info("console listening", "url", "http://"+l.Addr().String()+"/", "queue", cfg.QueueName,
 				"token_required", len(tokens) > 0, "metrics_from", metricsFrom, "spool", cfg.SpoolName)

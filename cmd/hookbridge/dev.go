@@ -93,7 +93,7 @@ delivered in order (non-zero otherwise).`,
 			out := cmd.ErrOrStderr()
 			var demoErr error
 			if demo {
-				h.loop(func(ctx context.Context) error {
+				h.serve(func(ctx context.Context) error {
 					demoErr = runDemo(ctx, base, iss, append(vs.acs, vs.eventGrid...), rec, out)
 					stop() // the demo is over: shut everything down
 					return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,21 +19,26 @@ import (
 
 // host is what a long-running command runs, assembled from parts (the
 // queue, the ingress, the worker, the development issuer): every part's
-// background loops in one errgroup, its readiness checks on the private
-// admin listener, and its closes, in reverse order of adding, once every
-// loop has returned. Each part adds itself with one build function
-// (openQueuePart, buildIngress, buildWorker, ...), so `ingress`, `worker`
-// and `dev` are the same parts put together differently.
+// loops in one errgroup, its readiness checks on the private admin
+// listener, and its closes, in reverse order of adding, once every loop has
+// returned. Each part adds itself with one build function (openQueuePart,
+// buildIngress, buildWorker, ...), so `ingress`, `worker` and `dev` are the
+// same parts put together differently.
+//
+// A serving loop (the public listener, the worker) stops when the
+// command's context ends, and may take its time to drain. A background
+// loop (the queue's checkpoints, the spool's forwarder, key refreshes) and
+// the admin listener serve the serving loops, so they run until the last
+// serving loop has returned: events accepted while the listener drains are
+// still forwarded, keys still refreshed, and readiness stays observable
+// (and failing) to the end.
 type host struct {
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	checks  []ingress.Check
+	serving []func(ctx context.Context) error
 	loops   []func(ctx context.Context) error
 	closers []func() error
-	// drained, when set, is closed once the public listener has drained:
-	// the admin listener serves until then, so readiness stays observable
-	// (and failing) while the listener drains, and closes last.
-	drained <-chan struct{}
 	// grace is how long a shutdown may take once the command's context
 	// ended, before the command gives up on what is left and returns.
 	grace time.Duration
@@ -47,7 +53,10 @@ func newHost(log *slog.Logger) *host {
 	return &host{log: log, reg: reg}
 }
 
-// loop adds a background loop, run until the command's context ends.
+// serve adds a serving loop, run until the command's context ends.
+func (h *host) serve(fn func(ctx context.Context) error) { h.serving = append(h.serving, fn) }
+
+// loop adds a background loop, run until every serving loop has returned.
 func (h *host) loop(fn func(ctx context.Context) error) { h.loops = append(h.loops, fn) }
 
 // check adds a readiness check.
@@ -81,26 +90,33 @@ func (h *host) listenAdmin(addr string) (string, error) {
 }
 
 // run serves the admin listener (bound by listenAdmin, if it was) and runs
-// every loop until ctx ends or one fails, then closes the parts. Once ctx has ended,
-// everything must be done within h.grace; past it run returns
+// every loop until ctx ends or one fails, then closes the parts. Once ctx
+// has ended, everything must be done within h.grace; past it run returns
 // errShutdownTimeout and leaves the rest to the process's exit.
 func (h *host) run(ctx context.Context) error {
-	adm := h.admin
 	g, gctx := errgroup.WithContext(ctx)
-	for _, fn := range h.loops {
-		g.Go(func() error { return fn(gctx) })
+	// Background loops end once the serving loops have all returned (which
+	// they do only after gctx ends: the command stopped, or a loop failed).
+	bgctx, stopBackground := context.WithCancel(context.WithoutCancel(gctx))
+	defer stopBackground()
+	var serving sync.WaitGroup
+	for _, fn := range h.serving {
+		serving.Add(1)
+		g.Go(func() error {
+			defer serving.Done()
+			return fn(gctx)
+		})
 	}
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(gctx))
-	defer stopAdmin()
 	go func() {
 		<-gctx.Done()
-		if h.drained != nil {
-			<-h.drained
-		}
-		stopAdmin()
+		serving.Wait()
+		stopBackground()
 	}()
-	if adm != nil {
-		g.Go(func() error { return serveAdmin(adminCtx, adm, ingress.AdminHandler(h.reg, h.checks...), h.log) })
+	for _, fn := range h.loops {
+		g.Go(func() error { return fn(bgctx) })
+	}
+	if adm := h.admin; adm != nil {
+		g.Go(func() error { return serveAdmin(bgctx, adm, ingress.AdminHandler(h.reg, h.checks...), h.log) })
 	}
 
 	done := make(chan error, 1)

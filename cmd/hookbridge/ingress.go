@@ -295,12 +295,7 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	for _, r := range vs.runners {
 		h.loop(r)
 	}
-	drained := make(chan struct{})
-	h.drained = drained
-	h.loop(func(ctx context.Context) error {
-		defer close(drained)
-		return srv.Serve(ctx, l)
-	})
+	h.serve(func(ctx context.Context) error { return srv.Serve(ctx, l) })
 	h.check(ingress.Check{Name: "ingress", Check: func(context.Context) error { return srv.Ready() }})
 	h.grace = max(h.grace, f.drainDelay+f.shutdownTimeout+shutdownMargin)
 	return &runningIngress{srv: srv, batcher: b, l: l}, nil

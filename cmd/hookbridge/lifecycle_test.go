@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -118,5 +121,54 @@ func TestShutdownTimeoutHonoured(t *testing.T) {
 				t.Fatalf("still running %v after SIGTERM", tt.within+10*time.Second)
 			}
 		})
+	}
+}
+
+// Background loops and the admin listener run until the last serving loop
+// has returned, not merely until the command is told to stop: what a
+// draining listener still accepts is forwarded, and readiness answers to
+// the end.
+func TestBackgroundOutlivesServing(t *testing.T) {
+	t.Parallel()
+	h := newHost(slog.New(slog.DiscardHandler))
+	h.grace = 10 * time.Second
+	admin, err := h.listenAdmin("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var servingReturned, backgroundStopped atomic.Int64
+	adminDuringDrain := make(chan int, 1)
+	h.serve(func(ctx context.Context) error {
+		<-ctx.Done()
+		// Draining: the admin listener must still answer.
+		resp, err := http.Get("http://" + admin + "/healthz")
+		code := 0
+		if err == nil {
+			code = resp.StatusCode
+			resp.Body.Close()
+		}
+		adminDuringDrain <- code
+		time.Sleep(100 * time.Millisecond)
+		servingReturned.Store(time.Now().UnixNano())
+		return nil
+	})
+	h.loop(func(ctx context.Context) error {
+		<-ctx.Done()
+		backgroundStopped.Store(time.Now().UnixNano())
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.run(ctx) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if code := <-adminDuringDrain; code != http.StatusOK {
+		t.Errorf("admin /healthz while serving drained: %d, want 200", code)
+	}
+	if s, b := servingReturned.Load(), backgroundStopped.Load(); b < s {
+		t.Errorf("background loop stopped %v before the serving loop returned", time.Duration(s-b))
 	}
 }

@@ -129,7 +129,7 @@ func buildWorker(h *host, f *workerFlags, q queue, target consumer.Handler) (*co
 	if err != nil {
 		return nil, usageError{err}
 	}
-	h.loop(w.Run)
+	h.serve(w.Run)
 	h.grace = max(h.grace, f.shutdownTimeout+shutdownMargin)
 	return w, nil
 }
