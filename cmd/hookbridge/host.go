@@ -21,7 +21,7 @@ import (
 // background loops in one errgroup, its readiness checks on the private
 // admin listener, and its closes, in reverse order of adding, once every
 // loop has returned. Each part adds itself with one build function
-// (openQueuePart, buildIngress, buildWorker, ...), so `ingress`, `worker`
+// (addQueue, buildIngress, buildWorker, addDevIssuer, ...), so `ingress`, `worker`
 // and `dev` are the same parts put together differently.
 type host struct {
 	log     *slog.Logger
