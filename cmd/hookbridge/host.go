@@ -21,7 +21,7 @@ import (
 // queue, the ingress, the worker, the development issuer): every part's
 // loops in one errgroup, its readiness checks on the private admin
 // listener, and its closes, in reverse order of adding, once every loop has
-// returned. Each part adds itself with one build function (openQueuePart,
+// returned. Each part adds itself with one build function (addQueue,
 // buildIngress, buildWorker, ...), so `ingress`, `worker` and `dev` are the
 // same parts put together differently.
 //
