@@ -228,6 +228,10 @@ func (q *Queue) Ping(ctx context.Context) error {
 		return err
 	}
 	if _, err := r.PeekMessages(ctx, 1, nil); err != nil {
+		var sbErr *azservicebus.Error
+		if errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeUnauthorizedAccess {
+			return fmt.Errorf("%w: servicebus ping: not authorized to peek the dead-letter queue, which the readiness check does; give the identity the Azure Service Bus Data Receiver role as well (an ingress with --spool does not peek): %w", relay.ErrUnavailable, err)
+		}
 		return mapErr("ping", err)
 	}
 	return nil
