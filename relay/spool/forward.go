@@ -294,10 +294,48 @@ func (s *Spool) checkDrained() {
 	s.log.Info("spool drained: events go straight to Service Bus again", "forwarded", forwarded, "spooled_for", took.Round(time.Millisecond).String())
 }
 
-// idle runs when the forwarder found nothing to receive: it corrects the
-// message count from the store's (duplicates the store dropped, a commit
-// that failed without storing), which may reveal that the spool drained.
+// storeCheckPolls is how many idle polls pass between checks that the
+// store can commit (10s at the default Poll).
+const storeCheckPolls = 10
+
+// checkStore asks the store, every storeCheckPolls idle polls, whether it
+// can commit now (the SQLite store writes a probe). A spool that could not
+// take events must show while Service Bus is healthy, not once the outage
+// that needs it has begun: the answer is in State, the
+// hookbridge_spool_store_ready gauge and a log line when it changes. It
+// does not fail readiness: while Service Bus takes sends, the ingress does.
+func (s *Spool) checkStore(ctx context.Context) {
+	r, ok := s.store.(interface{ Ready(context.Context) error })
+	if !ok {
+		return
+	}
+	if s.idlePolls++; s.idlePolls%storeCheckPolls != 1 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	err := r.Ready(cctx)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	s.mu.Lock()
+	was := s.storeHealth
+	s.storeHealth = err
+	s.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		s.log.Error("spool: the spool cannot commit; should Service Bus fail now, requests would get 503 instead of being spooled: fix the spool's volume", "error", err)
+	case err == nil && was != nil:
+		s.log.Info("spool: the spool can commit again")
+	}
+}
+
+// idle runs when the forwarder found nothing to receive: it checks the
+// store's health now and then, and corrects the message count from the
+// store's (duplicates the store dropped, a commit that failed without
+// storing), which may reveal that the spool drained.
 func (s *Spool) idle(ctx context.Context) {
+	s.checkStore(ctx)
 	s.mu.Lock()
 	if s.depth == 0 {
 		s.mu.Unlock()

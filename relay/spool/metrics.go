@@ -71,6 +71,15 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 			return 0
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hookbridge_spool_store_ready",
+			Help: "1 while the spool itself can commit (checked every 10 idle polls), else 0: at 0, events would be refused should Service Bus fail.",
+		}, func() float64 {
+			if s.State().StoreError != "" {
+				return 0
+			}
+			return 1
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "hookbridge_spool_max_messages",
 			Help: "The most events the spool takes (--spool-max-messages).",
 		}, func() float64 { return float64(s.cfg.MaxMessages) }),
@@ -118,6 +127,10 @@ type State struct {
 	FailingSince *time.Time `json:"failing_since,omitempty"`
 	// LastError is Service Bus's latest failure, in ModeSpooling.
 	LastError string `json:"last_error,omitempty"`
+	// StoreError is why the spool itself could not commit at its latest
+	// check, if it could not: it would refuse events should Service Bus
+	// fail.
+	StoreError string `json:"store_error,omitempty"`
 }
 
 // State reports the spool's condition.
@@ -126,6 +139,9 @@ func (s *Spool) State() State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := State{Mode: ModeDirect, Messages: s.depth + s.inflight, MaxMessages: s.cfg.MaxMessages, Recovering: s.recovering}
+	if s.storeHealth != nil {
+		st.StoreError = s.storeHealth.Error()
+	}
 	if st.Messages > 0 && !s.oldest.IsZero() {
 		st.OldestAgeSeconds = now.Sub(s.oldest).Seconds()
 	}

@@ -81,6 +81,10 @@ type Spool struct {
 	// nil once one succeeds.
 	storeErr   error
 	storeErrAt time.Time
+	// storeHealth is the store's answer to the forwarder's latest
+	// readiness check (see checkStore).
+	storeHealth error
+	idlePolls   int // owned by Run
 	// spooling: the store has (or may have) messages; set by the first
 	// commit to it, cleared when the forwarder has drained it.
 	spooling      bool

@@ -958,3 +958,66 @@ func TestRecoveryKeepsNewEventsOfLeftoverCalls(t *testing.T) {
 		t.Errorf("k1 delivered as %v, want [old1 new-k1 new-k1b]", got)
 	}
 }
+
+// readyStore is a store whose readiness the test sets.
+type readyStore struct {
+	*sqlite.Queue
+	mu  sync.Mutex
+	err error
+}
+
+func (r *readyStore) Ready(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+func (r *readyStore) set(err error) {
+	r.mu.Lock()
+	r.err = err
+	r.mu.Unlock()
+}
+
+// A spool that could not commit shows while Service Bus is healthy, before
+// an outage needs it: in State, in a gauge and in one log line, each way.
+// Readiness holds: the ingress sends straight to Service Bus meanwhile.
+func TestBrokenStoreShowsBeforeAnOutage(t *testing.T) {
+	t.Parallel()
+	store := &readyStore{Queue: openStore(t, filepath.Join(t.TempDir(), "spool.db"), time.Minute)}
+	t.Cleanup(func() { store.Close() })
+	reg, logs := prometheus.NewRegistry(), &syncBuffer{}
+	cfg := fast(spool.Config{Poll: 5 * time.Millisecond})
+	cfg.Registerer = reg
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	sp, err := spool.New(&primary{}, store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	store.set(errors.New("sqlite commit: disk full"))
+	eventually(t, "the store's failure in State", func() bool { return strings.Contains(sp.State().StoreError, "disk full") })
+	if got := metric(t, reg, "hookbridge_spool_store_ready", ""); got != 0 {
+		t.Errorf("hookbridge_spool_store_ready = %v with a failing store, want 0", got)
+	}
+	if err := sp.Ready(context.Background()); err != nil {
+		t.Errorf("Ready with Service Bus healthy and the store failing: %v, want nil", err)
+	}
+	store.set(nil)
+	eventually(t, "the store's recovery in State", func() bool { return sp.State().StoreError == "" })
+	if got := metric(t, reg, "hookbridge_spool_store_ready", ""); got != 1 {
+		t.Errorf("hookbridge_spool_store_ready = %v, want 1", got)
+	}
+	out := logs.String()
+	if strings.Count(out, "spool cannot commit") != 1 || strings.Count(out, "can commit again") != 1 {
+		t.Errorf("want one log line each for the failure and the recovery:\n%s", out)
+	}
+}
