@@ -303,4 +303,4 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 
 // shutdownMargin is what a shutdown may take beyond the timeouts it was
 // given: closing the queue and its files.
-const shutdownMargin = 5 * time.Second
+const shutdownMargin = time.Second

@@ -27,7 +27,7 @@ const (
 // traceFlushTimeout bounds the export of the spans still buffered at exit,
 // within shutdownMargin: a collector that does not answer costs their
 // spans, never the shutdown.
-const traceFlushTimeout = 2 * time.Second
+const traceFlushTimeout = 800 * time.Millisecond
 
 // addTracing adds tracing to h when the OpenTelemetry environment or
 // --trace-endpoint turns it on: h.tp is then the tracer provider the parts
