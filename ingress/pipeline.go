@@ -144,7 +144,9 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 	}
 	if dead > 0 {
 		s.logMalformed(c, r, &sc.parsed, msgs[events:])
-		setOutcome(c, outcomeAccepted, CauseMalformedEvent)
+		if !ticket.reused { // a reuse has no other counter; malformed events do
+			setOutcome(c, outcomeAccepted, CauseMalformedEvent)
+		}
 	}
 	setEvents(c, events+dead)
 	return accepted(c, events, dead)
