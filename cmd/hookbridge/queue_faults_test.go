@@ -151,7 +151,7 @@ func TestIngressReadinessFollowsWrites(t *testing.T) {
 		t.Fatalf("first: %d", s)
 	}
 	if out, err := exec.Command("chattr", "+i", path+"-wal").CombinedOutput(); err != nil {
-		t.Skipf("chattr +i needs root and a file system with attributes: %v: %s", err, out)
+		sqlitetest.NeedsPrivilege(t, fmt.Sprintf("chattr +i needs root and a file system with attributes: %v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-i", path+"-wal").Run() })
 	// Readiness trusts a write of the last second; then it probes.

@@ -5,6 +5,7 @@ package sqlitetest
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -41,4 +42,16 @@ func Open(t testing.TB, cfg sqlite.Config) *sqlite.Queue {
 		}
 	})
 	return q
+}
+
+// NeedsPrivilege skips a test that cannot run without root (mounting a small
+// volume, making a file immutable), saying why; with
+// HOOKBRIDGE_REQUIRE_ROOT=1 (as CI sets it) it fails instead, so a fault
+// test cannot silently stop running.
+func NeedsPrivilege(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("HOOKBRIDGE_REQUIRE_ROOT") == "1" {
+		t.Fatal(why + "; HOOKBRIDGE_REQUIRE_ROOT=1 requires this test to run")
+	}
+	t.Skip(why + "; run as root, or set HOOKBRIDGE_REQUIRE_ROOT=1 to make this a failure")
 }

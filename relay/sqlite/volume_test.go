@@ -28,7 +28,7 @@ func smallVolume(t *testing.T, size int) string {
 	}
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
 	if err != nil {
-		t.Skipf("a small volume needs mount -t tmpfs, which needs root: %v: %s", err, out)
+		sqlitetest.NeedsPrivilege(t, fmt.Sprintf("a small volume needs mount -t tmpfs, which needs root: %v: %s", err, out))
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
@@ -180,7 +180,7 @@ func TestImmutableFileExplained(t *testing.T) {
 	q := sqlitetest.Open(t, sqlite.Config{Path: path})
 	sendAll(t, q, kilobyteMsg("before", "call-1"))
 	if out, err := exec.Command("chattr", "+i", path+"-wal").CombinedOutput(); err != nil {
-		t.Skipf("chattr +i needs root and a file system with attributes: %v: %s", err, out)
+		sqlitetest.NeedsPrivilege(t, fmt.Sprintf("chattr +i needs root and a file system with attributes: %v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-i", path+"-wal").Run() })
 	err := q.SendBatch(ctxT(t, 10*time.Second), []relay.Message{kilobyteMsg("blocked", "call-1")})
