@@ -409,10 +409,14 @@ func TestReplay(t *testing.T) {
 	if logs := f.logs.String(); !strings.Contains(logs, "dead letters replayed") || !strings.Contains(logs, "done=1") || !strings.Contains(logs, "remote_addr=127.0.0.1") {
 		t.Errorf("action log:\n%s", logs)
 	}
-	// Confirming again finds nothing left: nothing happens twice.
+	// Confirming again finds nothing left: nothing happens twice, and the
+	// page and the log say less was done than was confirmed.
 	status, body = f.post(t, "/dlq/replay", url.Values{"csrf": {token}, "step": {"confirm"}, "seq": {seqs[0][1]}}, nil)
-	if status != http.StatusOK || !strings.Contains(body, "replayed 0 of 0") {
+	if status != http.StatusOK || !strings.Contains(body, "replayed 0 of 0") || !strings.Contains(body, "Replayed 0 of the 1 messages you confirmed") {
 		t.Errorf("second confirm: %d\n%s", status, body)
+	}
+	if logs := f.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "fewer than confirmed") || !strings.Contains(logs, "sequence_numbers="+seqs[0][1]) {
+		t.Errorf("a replay that did less than confirmed is not logged as a warning with its sequence numbers:\n%s", logs)
 	}
 	// Selecting nothing is an error that says what to do.
 	if status, body := f.post(t, "/dlq/replay", url.Values{"csrf": {token}, "scope": {"selected"}}, nil); status != http.StatusBadRequest || !strings.Contains(body, "tick the messages") {

@@ -408,6 +408,23 @@ type actionData struct {
 }
 
 // past is the verb's past participle, for logs and pages.
+// seqList is the sequence numbers an action was confirmed for, for its log
+// line: the first 50, then how many more.
+func seqList(seqs []int64) string {
+	var b strings.Builder
+	for i, n := range seqs {
+		if i == 50 {
+			fmt.Fprintf(&b, " and %d more", len(seqs)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(n, 10))
+	}
+	return b.String()
+}
+
 func past(verb string) string {
 	if verb == "purge" {
 		return "purged"
@@ -496,11 +513,19 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 		d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
 	}
 	attrs := append(r.who(), "confirmed", len(seqs), "selected", len(res.Selected), "done", res.Done,
-		"vanished", res.Vanished, "failed", res.Failed, "duplicated", res.Duplicated, "filter", d.Filter.Values().Encode())
-	if err != nil {
+		"vanished", res.Vanished, "failed", res.Failed, "duplicated", res.Duplicated, "filter", d.Filter.Values().Encode(),
+		"sequence_numbers", seqList(seqs))
+	short := len(res.Selected) < len(seqs) || res.Incomplete()
+	switch {
+	case err != nil:
 		d.Error = err.Error()
 		s.log.Error("console: "+verb+" failed", append(attrs, "error", err)...)
-	} else {
+	case short:
+		// As the command line exits 1: less was done than was confirmed.
+		d.Error = fmt.Sprintf("%s %d of the %d messages you confirmed: the others were gone by then, taken by someone else, or failed and were given back. Look at the dead-letter queue again for what is left; a message another run holds is free again after the queue's lock duration.",
+			strings.ToUpper(verb[:1])+past(verb)[1:], res.Done, len(seqs))
+		s.log.Warn("console: dead letters "+past(verb)+", fewer than confirmed", attrs...)
+	default:
 		s.log.Info("console: dead letters "+past(verb), attrs...)
 	}
 	status := http.StatusOK
