@@ -48,9 +48,9 @@ type Config struct {
 	// Protocol is ProtocolHTTPProtobuf (the default), ProtocolHTTPJSON or
 	// ProtocolGRPC.
 	Protocol string
-	// Sampler decides which traces are recorded. Default: parent-based,
-	// always on (the OpenTelemetry default): a request whose traceparent
-	// says "not sampled" is not recorded, every other one is.
+	// Sampler decides which traces are recorded. Default: every trace,
+	// following a local parent's decision; a remote parent's sampled flag
+	// is not trusted (see parentBased).
 	Sampler sdktrace.Sampler
 	// ServiceName is the service.name resource attribute. Default
 	// "hookbridge".
@@ -220,8 +220,17 @@ func joinPath(raw, p string) string {
 	return u.String()
 }
 
-// samplerFromEnv maps OTEL_TRACES_SAMPLER and its argument to a sampler;
-// nil for the default.
+// parentBased follows a parent span of this process, but not the sampled
+// flag of a remote one: the ingress takes requests from anyone, and a
+// caller must not be able to make it record (and export) every request by
+// sending "sampled". A remote parent's trace is still continued; root
+// decides whether it is recorded (consistently by trace ID, so a worker
+// with the same sampler records the traces its ingress did).
+func parentBased(root sdktrace.Sampler) sdktrace.Sampler {
+	return sdktrace.ParentBased(root, sdktrace.WithRemoteParentSampled(root), sdktrace.WithRemoteParentNotSampled(root))
+}
+
+// samplerFromEnv maps OTEL_TRACES_SAMPLER and its argument to a sampler.
 func samplerFromEnv(name, arg string) (sdktrace.Sampler, error) {
 	ratio := func() (float64, error) {
 		if arg == "" {
@@ -235,21 +244,21 @@ func samplerFromEnv(name, arg string) (sdktrace.Sampler, error) {
 	}
 	switch strings.ToLower(name) {
 	case "":
-		return nil, nil
+		return parentBased(sdktrace.AlwaysSample()), nil
 	case "always_on":
 		return sdktrace.AlwaysSample(), nil
 	case "always_off":
 		return sdktrace.NeverSample(), nil
 	case "parentbased_always_on":
-		return sdktrace.ParentBased(sdktrace.AlwaysSample()), nil
+		return parentBased(sdktrace.AlwaysSample()), nil
 	case "parentbased_always_off":
-		return sdktrace.ParentBased(sdktrace.NeverSample()), nil
+		return parentBased(sdktrace.NeverSample()), nil
 	case "traceidratio":
 		r, err := ratio()
 		return sdktrace.TraceIDRatioBased(r), err
 	case "parentbased_traceidratio":
 		r, err := ratio()
-		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(r)), err
+		return parentBased(sdktrace.TraceIDRatioBased(r)), err
 	}
 	return nil, fmt.Errorf("%s=%q: use always_on, always_off, traceidratio, parentbased_always_on (the default), parentbased_always_off or parentbased_traceidratio", EnvSampler, name)
 }
@@ -325,9 +334,11 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		bopts = append(bopts, sdktrace.WithBatchTimeout(cfg.BatchTimeout))
 	}
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithBatcher(exp, bopts...), sdktrace.WithResource(res)}
-	if cfg.Sampler != nil {
-		opts = append(opts, sdktrace.WithSampler(cfg.Sampler))
+	sampler := cfg.Sampler
+	if sampler == nil {
+		sampler = parentBased(sdktrace.AlwaysSample())
 	}
+	opts = append(opts, sdktrace.WithSampler(sampler))
 	// The SDK reports export failures only to the process-wide handler.
 	otel.SetErrorHandler(&errorLog{log: cfg.Logger})
 	return &Provider{tp: sdktrace.NewTracerProvider(opts...)}, nil

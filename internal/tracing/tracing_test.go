@@ -133,9 +133,9 @@ func TestSamplerFromEnv(t *testing.T) {
 	base := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://o:4318"}
 	tests := []struct {
 		sampler, arg string
-		want         string // the sampler's Description, "" for the SDK default
+		want         string // the sampler's Description
 	}{
-		{"", "", ""},
+		{"", "", "ParentBased{root:AlwaysOnSampler"},
 		{"always_on", "", "AlwaysOnSampler"},
 		{"ALWAYS_OFF", "", "AlwaysOffSampler"},
 		{"traceidratio", "0.25", "TraceIDRatioBased{0.25}"},
@@ -155,8 +155,45 @@ func TestSamplerFromEnv(t *testing.T) {
 		if cfg.Sampler != nil {
 			got = cfg.Sampler.Description()
 		}
-		if !strings.HasPrefix(got, tt.want) || (tt.want == "" && got != "") {
+		if !strings.HasPrefix(got, tt.want) {
 			t.Errorf("%s %s: sampler %q, want %q", tt.sampler, tt.arg, got, tt.want)
+		}
+	}
+}
+
+// TestRemoteSampledFlagIsNotTrusted: a caller of the public ingress cannot
+// make it record a request by sending a traceparent that says "sampled",
+// nor hide one by saying "not sampled"; the configured sampler decides, on
+// the caller's trace ID, which the spans keep.
+func TestRemoteSampledFlagIsNotTrusted(t *testing.T) {
+	t.Parallel()
+	remote := func(sampled bool) context.Context {
+		flags := trace.TraceFlags(0)
+		if sampled {
+			flags = trace.FlagsSampled
+		}
+		sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4}, TraceFlags: flags, Remote: true})
+		return trace.ContextWithRemoteSpanContext(context.Background(), sc)
+	}
+	for _, tt := range []struct {
+		sampler, arg string
+		sampled      bool // the remote parent's flag
+		want         sdktrace.SamplingDecision
+	}{
+		{"parentbased_traceidratio", "0", true, sdktrace.Drop},
+		{"parentbased_always_off", "", true, sdktrace.Drop},
+		{"", "", false, sdktrace.RecordAndSample},
+		{"parentbased_always_on", "", false, sdktrace.RecordAndSample},
+	} {
+		cfg, _, err := tracing.FromEnv(getenv(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://o:4318",
+			"OTEL_TRACES_SAMPLER": tt.sampler, "OTEL_TRACES_SAMPLER_ARG": tt.arg}), "", "svc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := remote(tt.sampled)
+		got := cfg.Sampler.ShouldSample(sdktrace.SamplingParameters{ParentContext: ctx, TraceID: trace.TraceID{1, 2, 3}, Name: "POST /acs/callbacks", Kind: trace.SpanKindServer})
+		if got.Decision != tt.want {
+			t.Errorf("sampler %q %q, remote parent sampled=%v: decision %v, want %v", tt.sampler, tt.arg, tt.sampled, got.Decision, tt.want)
 		}
 	}
 }
