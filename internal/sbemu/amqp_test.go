@@ -69,3 +69,30 @@ func TestReleasedIsNotADelivery(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestSASLPlainChecksTheKey: with a shared access key set, SASL PLAIN
+// opens a connection only with the key's name and the key itself.
+func TestSASLPlainChecksTheKey(t *testing.T) {
+	t.Parallel()
+	s := sbemutest.NewServerConfig(t, sbemu.Config{SharedAccessKeyName: "owner", SharedAccessKey: "s3cret-key",
+		Queues: []sbemu.QueueConfig{{Name: "q"}}})
+	for _, tt := range []struct {
+		name, user, pass string
+		ok               bool
+	}{
+		{"the key", "owner", "s3cret-key", true},
+		{"a wrong key", "owner", "s3cret-kez", false},
+		{"another key name", "reader", "s3cret-key", false},
+		{"no key", "owner", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := amqp.Dial(ctx(t), "amqp://"+s.Addr(), &amqp.ConnOptions{SASLType: amqp.SASLTypePlain(tt.user, tt.pass)})
+			if err == nil {
+				conn.Close()
+			}
+			if ok := err == nil; ok != tt.ok {
+				t.Fatalf("dial with user %q: %v, want success %v", tt.user, err, tt.ok)
+			}
+		})
+	}
+}

@@ -138,8 +138,8 @@ func (c *conn) handshake(r *bufio.Reader) error {
 
 // sasl runs the SASL exchange after its header. ANONYMOUS (and the CBS
 // mechanism) always pass, as on Service Bus, where the token comes later
-// through $cbs; PLAIN's password must be the shared access key when the
-// server has one.
+// through $cbs; PLAIN's user name and password must be the shared access
+// key's name and the key when the server has one.
 func (c *conn) sasl(r *bufio.Reader) error {
 	if _, err := c.nc.Write(headerSASL); err != nil {
 		return err
@@ -159,7 +159,9 @@ func (c *conn) sasl(r *bufio.Reader) error {
 	if mech := f.body.str(0); mech == "PLAIN" && c.s.cfg.SharedAccessKey != "" {
 		// authzid NUL authcid NUL password
 		parts := bytes.Split(f.body.bytes(1), []byte{0})
-		if len(parts) != 3 || subtle.ConstantTimeCompare(parts[2], []byte(c.s.cfg.SharedAccessKey)) != 1 {
+		if len(parts) != 3 ||
+			subtle.ConstantTimeCompare(parts[1], []byte(c.s.cfg.SharedAccessKeyName))&
+				subtle.ConstantTimeCompare(parts[2], []byte(c.s.cfg.SharedAccessKey)) != 1 {
 			code = 1 // auth
 		}
 	}
