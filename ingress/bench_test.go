@@ -138,6 +138,7 @@ func benchACS(b *testing.B, fn func(b *testing.B, toks []string, h http.Handler)
 		if err != nil {
 			b.Fatal(err)
 		}
+		go batcher.Run(context.Background())
 		defer batcher.Close()
 		s, err := ingress.New(ingress.Config{Publisher: batcher, ACSVerifiers: []ingress.Verifier{acs}, ReplayCacheSize: benchReplayOff,
 			TracerProvider: tp, TraceQueue: "q.db"})
@@ -229,6 +230,7 @@ func BenchmarkEventGridReusedToken(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			go batcher.Run(context.Background())
 			defer batcher.Close()
 			s, err := ingress.New(ingress.Config{Publisher: batcher, EventGridVerifiers: []ingress.Verifier{entra}})
 			if err != nil {

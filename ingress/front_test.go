@@ -110,6 +110,7 @@ func TestSignedMalformedEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go b.Run(context.Background())
 	defer b.Close()
 	h, _ := newServer(t, ingress.Config{Publisher: b,
 		ACSVerifiers: []ingress.Verifier{staticVerifier{true}}, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
@@ -166,6 +167,7 @@ func TestSameIDFromTwoSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go b.Run(context.Background())
 	defer b.Close()
 	h, _ := newServer(t, ingress.Config{Publisher: b, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	event := func(topic string) string {

@@ -114,6 +114,7 @@ func newDurableStack(b *testing.B) *durableStack {
 	if err != nil {
 		b.Fatal(err)
 	}
+	go batcher.Run(context.Background())
 	b.Cleanup(batcher.Close)
 	st := &durableStack{queue: q, pub: &timedPublisher{next: batcher}, toks: benchTokens(b, iss, 512)}
 	s, err := ingress.New(ingress.Config{Publisher: st.pub, ACSVerifiers: []ingress.Verifier{acs}, ReplayCacheSize: benchReplayOff})

@@ -207,6 +207,7 @@ func TestRealQueuePath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go b.Run(context.Background())
 	defer b.Close()
 	h, _ := newServer(t, ingress.Config{Publisher: b, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	var wg sync.WaitGroup
@@ -238,6 +239,7 @@ func TestRealQueuePath(t *testing.T) {
 	}
 
 	fb, _ := relay.NewBatcher(failingSender{}, relay.BatchConfig{}, nil)
+	go fb.Run(context.Background())
 	defer fb.Close()
 	fh, _ := newServer(t, ingress.Config{Publisher: fb, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	if r := do(t, fh, testRequest(http.MethodPost, "/acs/callbacks", "application/json", callConnected)); r.status != 503 {

@@ -86,6 +86,7 @@ type request struct {
 // Batcher coalesces concurrent Publish calls into few queue writes (group
 // commit): each caller waits for the commit that holds its messages and gets
 // that commit's result. A request's messages always go into one commit.
+// Run does the committing; Publish waits while it is not running.
 type Batcher struct {
 	sender  BatchSender
 	cfg     BatchConfig
@@ -94,28 +95,47 @@ type Batcher struct {
 	reqs chan *request
 	mu   sync.RWMutex // guards closed against concurrent Publish sends on reqs
 	stop chan struct{}
+	done chan struct{} // closed when Run returns
 
-	closed bool
-	wg     sync.WaitGroup
+	closed, running bool
+	commits         sync.WaitGroup
 }
 
-// NewBatcher starts a batcher feeding sender. Close stops it. metrics may be
+// NewBatcher returns a batcher feeding sender; Run runs it. metrics may be
 // nil.
 func NewBatcher(sender BatchSender, cfg BatchConfig, metrics *Metrics) (*Batcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg.setDefaults()
-	b := &Batcher{
+	return &Batcher{
 		sender:  sender,
 		cfg:     cfg,
 		metrics: metrics,
 		reqs:    make(chan *request, cfg.MaxPending),
 		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}, nil
+}
+
+// Run commits what Publish hands it until ctx ends or Close is called;
+// then it stops accepting requests (Publish returns ErrClosed), commits
+// those already accepted, waits for every commit to finish and returns nil.
+// It returns an error only if called twice.
+func (b *Batcher) Run(ctx context.Context) error {
+	b.mu.Lock()
+	if b.running {
+		b.mu.Unlock()
+		return errors.New("relay: batcher Run called twice")
 	}
-	b.wg.Add(1)
-	go b.loop()
-	return b, nil
+	b.running = true
+	b.mu.Unlock()
+	defer close(b.done)
+	stop := context.AfterFunc(ctx, b.shutdown)
+	defer stop()
+	b.loop()
+	b.commits.Wait()
+	return nil
 }
 
 // Publish commits msgs and returns once the queue has them (nil) or the
@@ -151,20 +171,30 @@ func (b *Batcher) Publish(ctx context.Context, msgs []Message) error {
 	}
 }
 
-// Close stops accepting requests, commits those already accepted, and waits
-// for every commit to finish. It is safe to call more than once.
+// Close stops accepting requests and, if Run is running, waits for it to
+// commit those already accepted and return. It is safe to call more than
+// once.
 func (b *Batcher) Close() {
+	b.shutdown()
+	b.mu.RLock()
+	running := b.running
+	b.mu.RUnlock()
+	if running {
+		<-b.done
+	}
+}
+
+// shutdown stops accepting requests; Run's loop drains what was accepted.
+func (b *Batcher) shutdown() {
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true
 		close(b.stop)
 	}
 	b.mu.Unlock()
-	b.wg.Wait()
 }
 
 func (b *Batcher) loop() {
-	defer b.wg.Done()
 	slots := make(chan struct{}, b.cfg.MaxInFlight)
 	var carry *request // a request that did not fit the previous batch
 	for {
@@ -179,7 +209,7 @@ func (b *Batcher) loop() {
 				select {
 				case first = <-b.reqs:
 				default:
-					return // Close waits for running commits
+					return // Run waits for running commits
 				}
 			}
 		}
@@ -220,9 +250,9 @@ func (b *Batcher) loop() {
 		if timer != nil {
 			timer.Stop()
 		}
-		b.wg.Add(1)
+		b.commits.Add(1)
 		go func() {
-			defer b.wg.Done()
+			defer b.commits.Done()
 			defer func() { <-slots }()
 			b.commit(batch, count, size)
 		}()

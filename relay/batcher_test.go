@@ -83,6 +83,7 @@ func newTestBatcher(t *testing.T, s BatchSender, cfg BatchConfig, m *Metrics) *B
 	if err != nil {
 		t.Fatal(err)
 	}
+	go b.Run(context.Background())
 	t.Cleanup(b.Close)
 	if g, ok := s.(*gateSender); ok {
 		t.Cleanup(g.open) // runs before Close, so a failed test cannot hang it
@@ -377,6 +378,7 @@ func TestBatcherCloseDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go b.Run(context.Background())
 	const callers = 8
 	errs := make(chan error, callers+1)
 	go func() { errs <- b.Publish(context.Background(), msgs("a", 1)) }()
@@ -524,4 +526,40 @@ func TestBatcherTooLargeFailsOnlyItsRequest(t *testing.T) {
 			t.Errorf("%s not stored; stored %v", id, stored)
 		}
 	}
+}
+
+// Run owns the batcher's work: when its context ends it commits what was
+// accepted and returns, and later requests are refused with ErrClosed.
+func TestBatcherRunStopsWithItsContext(t *testing.T) {
+	s := newGateSender(false)
+	b, err := NewBatcher(s, BatchConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- b.Run(ctx) }()
+	published := make(chan error, 1)
+	go func() { published <- b.Publish(context.Background(), msgs("accepted", 1)) }()
+	waitStarted(t, s)
+	if err := b.Run(context.Background()); err == nil {
+		t.Error("a second Run returned nil, want an error")
+	}
+	cancel()
+	select {
+	case err := <-ran:
+		t.Fatalf("Run returned %v while a commit was still running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.open()
+	if err := <-published; err != nil {
+		t.Fatalf("the accepted request: %v", err)
+	}
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := b.Publish(context.Background(), msgs("late", 1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Publish after Run returned: %v, want ErrClosed", err)
+	}
+	b.Close() // after Run: returns at once
 }

@@ -15,7 +15,7 @@
 // BatchSender.SendBatch call (bounded by count, bytes and an optional linger),
 // and each caller waits for the result of the commit holding its messages. A
 // nil error means the queue has the messages; nothing is acknowledged
-// earlier.
+// earlier. Its Run does the committing, until its context ends.
 //
 // Trace context: with tracing on, a message carries the W3C trace context
 // of the span that sent it as the application properties traceparent,

@@ -258,7 +258,10 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	if err != nil {
 		return nil, usageError{err}
 	}
-	// The group commit closes after the server stopped, before the queue.
+	// The group commit runs until the server has stopped (its requests
+	// are all answered by then); the closer covers a start that fails
+	// before the loops run, and closes it before the queue.
+	h.loop(b.Run)
 	h.closer(func() error { b.Close(); return nil })
 	srv, err := ingress.New(ingress.Config{
 		Publisher:                    b,

@@ -53,6 +53,7 @@ func TestDroppedConnectionMidSend(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			go b.Run(context.Background())
 			defer b.Close()
 			msg := event(t, "evt-drop", "call-1")
 			emu.DropConnectionOnNextSend(stored)

@@ -171,6 +171,7 @@ func BenchmarkGroupCommit(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				go bt.Run(context.Background())
 				defer bt.Close()
 				// Connect before timing.
 				if err := bt.Publish(context.Background(), []relay.Message{msg("warm-up", "warm-up")}); err != nil {

@@ -82,6 +82,7 @@ func BenchmarkPublishParallel(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	go batcher.Run(context.Background())
 	defer batcher.Close()
 	var seq atomic.Int64
 	b.SetParallelism(64)
