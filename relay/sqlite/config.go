@@ -31,6 +31,10 @@ type Config struct {
 	// what its caller asked for are kept, locked, for the next receives.
 	// Default DefaultPrefetch; 1 turns prefetching off.
 	Prefetch int
+	// UnreadyAfter is how long the background work (checkpoints, the
+	// duplicate window's pruning) may keep failing before Ready reports the
+	// queue unready: the log then grows without bound. Default 30s.
+	UnreadyAfter time.Duration
 	// Metrics, if set, records the queue's own dead-lettering, dropped
 	// duplicates and checkpoints.
 	Metrics *Metrics
@@ -44,6 +48,7 @@ const (
 	DefaultMaxMessageBytes  = 4 << 20
 	DefaultBusyTimeout      = 5 * time.Second
 	DefaultPrefetch         = 16
+	DefaultUnreadyAfter     = 30 * time.Second
 )
 
 func (c *Config) setDefaults() {
@@ -65,6 +70,9 @@ func (c *Config) setDefaults() {
 	if c.Prefetch == 0 {
 		c.Prefetch = DefaultPrefetch
 	}
+	if c.UnreadyAfter == 0 {
+		c.UnreadyAfter = DefaultUnreadyAfter
+	}
 }
 
 // Validate reports the first invalid setting.
@@ -82,6 +90,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("sqlite queue: max_message_bytes %d: must be between 1 and %d", c.MaxMessageBytes, 256<<20)
 	case c.BusyTimeout < 0:
 		return fmt.Errorf("sqlite queue: busy_timeout %s: must not be negative", c.BusyTimeout)
+	case c.UnreadyAfter < 0:
+		return fmt.Errorf("sqlite queue: unready after %s: must not be negative", c.UnreadyAfter)
 	case c.Prefetch < 0 || c.Prefetch > 1024:
 		return fmt.Errorf("sqlite queue: prefetch %d: must be between 1 and 1024", c.Prefetch)
 	}

@@ -37,9 +37,6 @@ const (
 	// probeAfter is how long readiness trusts the last write's outcome
 	// before it writes a probe of its own.
 	probeAfter = time.Second
-	// failingFor is how long a background step may keep failing before the
-	// queue reports itself unready.
-	failingFor = 30 * time.Second
 )
 
 // health is what readiness knows: the outcome of the latest writes, a
@@ -107,7 +104,7 @@ func (q *Queue) Ready(ctx context.Context) error {
 	switch {
 	case fatal != nil:
 		return fatal
-	case loopErr != nil && time.Since(loopSince) > failingFor:
+	case loopErr != nil && time.Since(loopSince) > q.cfg.UnreadyAfter:
 		return fmt.Errorf("background checkpoints have failed for %s: %w", time.Since(loopSince).Round(time.Second), loopErr)
 	case lastErrAt.After(lastOK) || time.Since(lastOK) > probeAfter:
 		if err := q.probe(ctx); err != nil {

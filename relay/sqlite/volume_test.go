@@ -199,3 +199,42 @@ func TestImmutableFileExplained(t *testing.T) {
 	}
 	sendAll(t, q, kilobyteMsg("after", "call-1"))
 }
+
+// TestFailingCheckpointsMakeUnready makes the database file immutable:
+// sends still commit (to the write-ahead log), but checkpoints fail, so
+// the log would grow without bound; after UnreadyAfter, Ready says so, and
+// it recovers once checkpoints succeed again.
+func TestFailingCheckpointsMakeUnready(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := sqlitetest.Open(t, sqlite.Config{Path: path, UnreadyAfter: 1500 * time.Millisecond})
+	sendAll(t, q, kilobyteMsg("before", "call-1"))
+	if out, err := exec.Command("chattr", "+i", path).CombinedOutput(); err != nil {
+		sqlitetest.NeedsPrivilege(t, fmt.Sprintf("chattr +i needs root and a file system with attributes: %v: %s", err, out))
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", path).Run() })
+	sendAll(t, q, kilobyteMsg("during", "call-1"))
+	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatalf("Ready right after checkpoints began failing: %v, want nil until UnreadyAfter", err)
+	}
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = q.Ready(ctxT(t, 10*time.Second)); err != nil {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "checkpoints have failed") {
+		t.Fatalf("Ready with checkpoints failing for longer than UnreadyAfter: %v, want it to say so", err)
+	}
+	if out, err := exec.Command("chattr", "-i", path).CombinedOutput(); err != nil {
+		t.Fatalf("chattr -i: %v: %s", err, out)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = q.Ready(ctxT(t, 10*time.Second)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("Ready after the checkpoints recovered: %v", err)
+	}
+}
