@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 var jti atomic.Int64
@@ -153,7 +154,7 @@ func TestUnknownKIDRefreshesThenAccepts(t *testing.T) {
 	t.Parallel()
 	iss := newIssuer(t)
 	const every = 300 * time.Millisecond
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	v := newACS(t, iss, ingress.ACSConfig{UnknownKIDRefreshEvery: every, Logger: slog.New(slog.NewTextHandler(logs, nil))}, true)
 	defer func() {
 		if t.Failed() {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -291,7 +291,7 @@ func TestReplayEvictionsAreExported(t *testing.T) {
 func TestDrainKeepsServing(t *testing.T) {
 	t.Parallel()
 	pub := &fakePublisher{}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	s, err := ingress.New(ingress.Config{Publisher: pub, ACSVerifiers: []ingress.Verifier{staticVerifier{true}},
 		DrainDelay: 700 * time.Millisecond, Logger: newLogger(logs)})
 	if err != nil {
@@ -445,8 +445,4 @@ func TestRateBurstNeedsRateLimit(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-}
-
-func newLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -1,7 +1,6 @@
 package ingress_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -127,30 +127,17 @@ func (p *fakePublisher) count() int {
 	return len(p.events)
 }
 
-// syncBuffer is a concurrency-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// newLogger logs to w as JSON, debug lines included.
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // newServer builds an ingress with the given verifiers and publisher and
 // returns its handler and log.
-func newServer(t testing.TB, cfg ingress.Config) (http.Handler, *syncBuffer) {
+func newServer(t testing.TB, cfg ingress.Config) (http.Handler, *testlog.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
-	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &testlog.Buffer{}
+	cfg.Logger = newLogger(logs)
 	s, err := ingress.New(cfg)
 	if err != nil {
 		t.Fatal(err)

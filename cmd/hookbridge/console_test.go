@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 func TestConsoleUsageErrors(t *testing.T) {
@@ -58,7 +60,7 @@ func TestConsoleBinary(t *testing.T) {
 	}
 	addr := freePort(t)
 	_, port, _ := strings.Cut(addr, ":")
-	p := &process{cmd: exec.Command(binary, "console", "--listen", "0.0.0.0:"+port, "--queue", queue), stderr: &syncBuffer{}}
+	p := &process{cmd: exec.Command(binary, "console", "--listen", "0.0.0.0:"+port, "--queue", queue), stderr: &testlog.Buffer{}}
 	p.cmd.Env = append(os.Environ(), "HOOKBRIDGE_CONSOLE_TOKEN_FILE="+tokenFile)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 const testACSKey = "front-door-test-key-0123456789"
@@ -25,7 +27,7 @@ func startIngressProcess(t *testing.T, args ...string) (*process, string, string
 	listen, admin := freePort(t), freePort(t)
 	args = append([]string{"ingress", "--listen", listen, "--admin-listen", admin,
 		"--queue", "sqlite:" + filepath.Join(t.TempDir(), "q.db")}, args...)
-	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
+	p := &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
 	p.cmd.Env = append(os.Environ(), envACSAPIKeys+"="+testACSKey)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 // TestLoadLoopback measures the ingress and the whole host over loopback,
@@ -382,7 +383,7 @@ const (
 // startRole starts this test binary as the given role, listening on addr.
 func startRole(t *testing.T, role, addr, oidc string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &syncBuffer{}}
+	p := &process{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &testlog.Buffer{}}
 	p.cmd.Env = append(os.Environ(), roleEnv+"="+role, "HOOKBRIDGE_TEST_LOAD_ADDR="+addr, "HOOKBRIDGE_TEST_LOAD_OIDC="+oidc)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/devissuer"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -213,29 +214,12 @@ func TestSecretFromFile(t *testing.T) {
 // process is a hookbridge child process with its stderr captured.
 type process struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	stderr *testlog.Buffer
 }
 
 func start(t *testing.T, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
+	p := &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -579,7 +563,7 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 	ing.Env = append(os.Environ(), envs...)
 	wrk := exec.Command(binary, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")
 	wrk.Env = append(os.Environ(), envs...)
-	var ingErr, wrkErr syncBuffer
+	var ingErr, wrkErr testlog.Buffer
 	ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
 	for _, c := range []*exec.Cmd{ing, wrk} {
 		if err := c.Start(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -182,7 +183,7 @@ func TestIngressAndWorkerStartTogether(t *testing.T) {
 		ingAdmin, wrkAdmin := freePort(t), freePort(t)
 		ing := exec.Command(binary, "ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", ingAdmin, "--insecure-allow-unauthenticated", "--drain-delay", "0s")
 		wrk := exec.Command(binary, "worker", "--queue", queue, "--admin-listen", wrkAdmin)
-		var ingErr, wrkErr syncBuffer
+		var ingErr, wrkErr testlog.Buffer
 		ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
 		if err := ing.Start(); err != nil {
 			t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -41,7 +42,7 @@ func sbEnv(emu *sbemu.Server) []string {
 // startWithEnv starts the hookbridge binary with env; stdout is discarded.
 func startWithEnv(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
+	p := &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
 	p.cmd.Env = env
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

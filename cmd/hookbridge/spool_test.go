@@ -20,6 +20,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -187,7 +188,7 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 	emu := spoolEmulator(t)
 	listen, admin := freePort(t), freePort(t)
 	environ := map[string]string{envServiceBusConnStr: emu.ConnectionString(), envACSAPIKeys: spoolTestKey}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -302,7 +303,7 @@ func spooledIngress(t *testing.T, emu *sbemu.Server, spoolURL string, extra ...s
 	listen, admin = freePort(t), freePort(t)
 	args := append([]string{"ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listen, "--admin-listen", admin,
 		"--spool", spoolURL}, extra...)
-	p = &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
+	p = &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
 	p.cmd.Env = append(os.Environ(), envServiceBusConnStr+"="+emu.ConnectionString(), envACSAPIKeys+"="+spoolTestKey)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -441,7 +442,7 @@ func TestNoSpoolWarns(t *testing.T) {
 	t.Parallel()
 	emu := spoolEmulator(t)
 	admin := freePort(t)
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	environ := map[string]string{envServiceBusConnStr: emu.ConnectionString(), envACSAPIKeys: spoolTestKey}

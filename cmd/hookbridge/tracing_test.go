@@ -18,6 +18,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/tracing/tracingtest"
 )
 
@@ -283,7 +284,7 @@ func TestTracingOverServiceBus(t *testing.T) {
 	listen, admin := freePort(t), freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	var ingLog, wrkLog syncBuffer
+	var ingLog, wrkLog testlog.Buffer
 	for _, args := range [][]string{
 		{"ingress", "--queue", "servicebus:///traced-events", "--listen", listen, "--admin-listen", admin, "--drain-delay", "0"},
 		{"worker", "--queue", "servicebus:///traced-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0"},

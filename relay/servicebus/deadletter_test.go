@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,29 +14,12 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/schemas"
 )
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestMarkedMessagesDeadLetteredOnArrival: a message the ingress sends
 // with a DeadLetterReason (a signed but malformed event) goes to the queue
@@ -54,7 +36,7 @@ func TestMarkedMessagesDeadLetteredOnArrival(t *testing.T) {
 			if err := emu.CreateQueue(sbemu.QueueConfig{Name: name, RequiresSession: sessions, LockDuration: 5 * time.Second}); err != nil {
 				t.Fatal(err)
 			}
-			var logs syncBuffer
+			var logs testlog.Buffer
 			q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: name, ConnectionString: emu.ConnectionString(),
 				Sessions: &sessions, SessionIdle: 200 * time.Millisecond}, slog.New(slog.NewJSONHandler(&logs, nil)))
 			if err != nil {
@@ -135,7 +117,7 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	metrics := consumer.NewMetrics(reg)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	attempts := make(chan int, 10)
 	w, err := consumer.New(q, consumer.HandlerFunc(func(context.Context, *schemas.Event) error {
 		attempts <- 1

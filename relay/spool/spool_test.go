@@ -1,7 +1,6 @@
 package spool_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/spool"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -127,23 +127,6 @@ func msg(id, key string) relay.Message {
 	return relay.Message{ID: id, SessionID: key, Subject: "t", ContentType: "application/cloudevents+json", Body: []byte(`{"id":"` + id + `"}`)}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness is a spool on a real SQLite store with its forwarder running.
 type harness struct {
 	t     *testing.T
@@ -152,7 +135,7 @@ type harness struct {
 	path  string
 	p     *primary
 	reg   *prometheus.Registry
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 	stop  func()
 }
 
@@ -194,7 +177,7 @@ func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Du
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "spool.db")
 	}
-	h := &harness{t: t, path: path, p: p, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	h := &harness{t: t, path: path, p: p, reg: prometheus.NewRegistry(), logs: &testlog.Buffer{}}
 	h.store = openStore(t, path, lock)
 	cfg = fast(cfg)
 	cfg.Registerer = h.reg
