@@ -532,15 +532,8 @@ func TestDLQCommands(t *testing.T) {
 // order per call.
 func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 	t.Parallel()
-	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "hookbridge-events", RequiresSession: true,
-		RequiresDuplicateDetection: true, LockDuration: 10 * time.Second}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	defer emu.Close()
+	emu := emulate(t, sbemu.QueueConfig{Name: "hookbridge-events", RequiresSession: true,
+		RequiresDuplicateDetection: true, LockDuration: 10 * time.Second})
 
 	var mu sync.Mutex
 	got := map[string][]string{}

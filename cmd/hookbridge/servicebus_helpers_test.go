@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -23,15 +24,7 @@ import (
 // emulate starts an in-process Service Bus emulator with the given queues.
 func emulate(t *testing.T, queues ...sbemu.QueueConfig) *sbemu.Server {
 	t.Helper()
-	emu, err := sbemu.New(sbemu.Config{Queues: queues})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	return emu
+	return sbemutest.NewServer(t, queues...).Server
 }
 
 // sbEnv is the environment of a hookbridge process reaching emu.

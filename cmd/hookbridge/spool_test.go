@@ -17,9 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
-
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -30,16 +29,8 @@ const spoolTestKey = "spool-test-key-0123456789abcdef"
 // queue the deployment uses.
 func spoolEmulator(t *testing.T) *sbemu.Server {
 	t.Helper()
-	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "hookbridge-events", RequiresSession: true,
-		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	return emu
+	return emulate(t, sbemu.QueueConfig{Name: "hookbridge-events", RequiresSession: true,
+		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second})
 }
 
 // spoolCallEvent is the body of one Call Automation callback of call c.
@@ -109,31 +100,12 @@ func waitSpoolDrained(t *testing.T, admin string, timeout time.Duration, logs fm
 // emulator's queue and returns their events' ids (cloudEvents_id) in order.
 func spoolSessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
 	t.Helper()
-	c, err := azservicebus.NewClientFromConnectionString(emu.ConnectionString(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r, err := c.AcceptSessionForQueue(ctx, "hookbridge-events", key, &azservicebus.SessionReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
-	if err != nil {
-		t.Fatalf("accept session %s: %v", key, err)
-	}
-	defer r.Close(context.Background())
 	var ids []string
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		msgs, err := r.ReceiveMessages(rctx, 1000, nil)
-		cancel()
-		if err != nil || len(msgs) == 0 {
-			return ids
-		}
-		for _, m := range msgs {
-			id, _ := m.ApplicationProperties[relay.PropID].(string)
-			ids = append(ids, id)
-		}
+	for _, m := range sbemutest.DrainSession(t, emu, "hookbridge-events", key) {
+		id, _ := m.ApplicationProperties[relay.PropID].(string)
+		ids = append(ids, id)
 	}
+	return ids
 }
 
 // checkSpooledCalls compares what each call's session holds with what was

@@ -12,6 +12,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 )
@@ -21,15 +22,7 @@ var queueSeq atomic.Int64
 // emulator starts an in-process Service Bus emulator for the test.
 func emulator(t testing.TB) *sbemu.Server {
 	t.Helper()
-	s, err := sbemu.New(sbemu.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return sbemutest.NewServer(t).Server
 }
 
 // openEmulated creates a fresh queue with want's settings on emu, opens it

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/relay/spool"
@@ -30,15 +30,8 @@ type emulated struct {
 
 func openEmulator(tb testing.TB) *emulated {
 	tb.Helper()
-	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "events", RequiresSession: true,
-		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { emu.Close() })
+	emu := sbemutest.NewServer(tb, sbemu.QueueConfig{Name: "events", RequiresSession: true,
+		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}).Server
 	q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: "events", ConnectionString: emu.ConnectionString(),
 		MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond}, nil)
 	if err != nil {
@@ -52,30 +45,11 @@ func openEmulator(tb testing.TB) *emulated {
 // message IDs in order.
 func (e *emulated) session(tb testing.TB, key string) []string {
 	tb.Helper()
-	c, err := azservicebus.NewClientFromConnectionString(e.emu.ConnectionString(), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	r, err := c.AcceptSessionForQueue(ctx, e.name, key, &azservicebus.SessionReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer r.Close(context.Background())
 	var out []string
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		msgs, err := r.ReceiveMessages(rctx, 1000, nil)
-		cancel()
-		if len(msgs) == 0 || err != nil {
-			return out
-		}
-		for _, m := range msgs {
-			out = append(out, m.MessageID)
-		}
+	for _, m := range sbemutest.DrainSession(tb, e.emu, e.name, key) {
+		out = append(out, m.MessageID)
 	}
+	return out
 }
 
 // TestForwardThroughEmulator runs the spool in front of the real

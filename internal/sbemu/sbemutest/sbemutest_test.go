@@ -106,3 +106,41 @@ func TestNewClientSendsAndReceives(t *testing.T) {
 		t.Errorf("stats %+v %v", st, err)
 	}
 }
+
+// TestDrainSession: DrainSession returns one session's messages in order,
+// deletes them, and leaves the other sessions alone.
+func TestDrainSession(t *testing.T) {
+	t.Parallel()
+	srv := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q", RequiresSession: true})
+	srv.ExpectNoLeaks()
+	c := srv.NewClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	snd, err := c.NewSender("q", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close(ctx)
+	for i, key := range []string{"a", "b", "a", "a"} {
+		id := fmt.Sprint("m", i)
+		if err := snd.SendMessage(ctx, &azservicebus.Message{MessageID: &id, SessionID: &key, Body: []byte(id)}, nil); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	for _, tt := range []struct {
+		key  string
+		want string
+	}{
+		{"a", "[m0 m2 m3]"},
+		{"a", "[]"},
+		{"b", "[m1]"},
+	} {
+		var got []string
+		for _, m := range sbemutest.DrainSession(t, srv.Server, "q", tt.key) {
+			got = append(got, m.MessageID)
+		}
+		if fmt.Sprint(got) != tt.want {
+			t.Errorf("session %s: %v, want %s", tt.key, got, tt.want)
+		}
+	}
+}
