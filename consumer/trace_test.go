@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -86,11 +86,7 @@ func TestTracedDelivery(t *testing.T) {
 			t.Parallel()
 			rec := tracetest.NewSpanRecorder()
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-			q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { q.Close() })
+			q := sqlitetest.Open(t, sqlite.Config{})
 			m := event(t, "evt-"+strings.ReplaceAll(tt.name, " ", "-"), "call-7")
 			tt.carry(&m)
 			if err := q.SendBatch(context.Background(), []relay.Message{m}); err != nil {

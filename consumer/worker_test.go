@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -322,17 +322,6 @@ func TestLockLostCancelsDeliveryWithoutSettling(t *testing.T) {
 	}
 }
 
-func openQueue(t *testing.T, cfg sqlite.Config) *sqlite.Queue {
-	t.Helper()
-	cfg.Path = filepath.Join(t.TempDir(), "q.db")
-	q, err := sqlite.Open(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	return q
-}
-
 func sendAll(t *testing.T, q *sqlite.Queue, msgs ...relay.Message) {
 	t.Helper()
 	if err := q.SendBatch(context.Background(), msgs); err != nil {
@@ -342,7 +331,7 @@ func sendAll(t *testing.T, q *sqlite.Queue, msgs ...relay.Message) {
 
 func TestOrderPerKeyWithConcurrency(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	const keys, perKey = 6, 20
 	var msgs []relay.Message
 	for i := range perKey {
@@ -407,7 +396,7 @@ func TestOrderPerKeyWithConcurrency(t *testing.T) {
 
 func TestRetryThenDeliver(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	sendAll(t, q, event(t, "flaky", "k"), event(t, "next", "k"))
 	var calls []string
 	var mu sync.Mutex
@@ -439,7 +428,7 @@ func TestRetryThenDeliver(t *testing.T) {
 
 func TestMaxDeliveryDeadLetters(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{MaxDeliveryCount: 3})
+	q := sqlitetest.Open(t, sqlite.Config{MaxDeliveryCount: 3})
 	sendAll(t, q, event(t, "poison", "k"), event(t, "after", "k"))
 	delivered := make(chan string, 10)
 	w, _ := consumer.New(q, consumer.HandlerFunc(func(_ context.Context, e *schemas.Event) error {
@@ -469,7 +458,7 @@ func TestMaxDeliveryDeadLetters(t *testing.T) {
 
 func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	sendAll(t, q, event(t, "a", "ka"), event(t, "b", "kb"))
 	started := make(chan struct{}, 2)
 	release := make(chan struct{})
@@ -500,7 +489,7 @@ func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 
 func TestShutdownTimeoutAbandonsStuckDeliveries(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	sendAll(t, q, event(t, "stuck", "k"))
 	started := make(chan struct{})
 	w, _ := consumer.New(q, consumer.HandlerFunc(func(ctx context.Context, _ *schemas.Event) error {
@@ -528,7 +517,7 @@ func TestShutdownTimeoutAbandonsStuckDeliveries(t *testing.T) {
 
 func TestRunReturnsWhenSourceCloses(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	w, _ := consumer.New(q, consumer.NewStdout(&strings.Builder{}), consumer.Config{})
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(context.Background()) }()

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -20,7 +19,6 @@ import (
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
 // signedMalformed are events a verified sender may post that break an
@@ -101,16 +99,7 @@ func TestSignedMalformedEventsAreNeverRefused(t *testing.T) {
 // findable by its event id.
 func TestSignedMalformedEndToEnd(t *testing.T) {
 	t.Parallel()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	q, b := newQueue(t)
 	h, _ := newServer(t, ingress.Config{Publisher: b,
 		ACSVerifiers: []ingress.Verifier{staticVerifier{true}}, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	var queued, dead int64
@@ -157,16 +146,7 @@ func TestSignedMalformedEndToEnd(t *testing.T) {
 // their events alike are two events; a redelivery of either is one.
 func TestSameIDFromTwoSources(t *testing.T) {
 	t.Parallel()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	q, b := newQueue(t)
 	h, _ := newServer(t, ingress.Config{Publisher: b, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	event := func(topic string) string {
 		return `[{"id":"1","topic":"` + topic + `","eventType":"Contoso.Order","data":{}}]`

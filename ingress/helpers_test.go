@@ -17,8 +17,10 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 
@@ -125,6 +127,19 @@ func (p *fakePublisher) count() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.events)
+}
+
+// newQueue opens an embedded queue in a new file with a group commit in
+// front of it, as the ingress publishes; both close when the test ends.
+func newQueue(t testing.TB) (*sqlite.Queue, *relay.Batcher) {
+	t.Helper()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return q, b
 }
 
 // newLogger logs to w as JSON, debug lines included.

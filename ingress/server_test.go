@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 
@@ -198,16 +196,7 @@ func (failingSender) SendBatch(context.Context, []relay.Message) error {
 // queue, then through a failing backend.
 func TestRealQueuePath(t *testing.T) {
 	t.Parallel()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	q, b := newQueue(t)
 	h, _ := newServer(t, ingress.Config{Publisher: b, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	var wg sync.WaitGroup
 	for i := range 20 {
