@@ -7,15 +7,12 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
-
-	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 func TestConsoleUsageErrors(t *testing.T) {
@@ -60,16 +57,7 @@ func TestConsoleBinary(t *testing.T) {
 	}
 	addr := freePort(t)
 	_, port, _ := strings.Cut(addr, ":")
-	p := &process{cmd: exec.Command(binary, "console", "--listen", "0.0.0.0:"+port, "--queue", queue), stderr: &testlog.Buffer{}}
-	p.cmd.Env = append(os.Environ(), "HOOKBRIDGE_CONSOLE_TOKEN_FILE="+tokenFile)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
+	p := startWithEnv(t, append(os.Environ(), "HOOKBRIDGE_CONSOLE_TOKEN_FILE="+tokenFile), "console", "--listen", "0.0.0.0:"+port, "--queue", queue)
 	base := "http://" + addr
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar}

@@ -26,7 +26,6 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
-	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 // TestLoadLoopback measures the ingress and the whole host over loopback,
@@ -383,17 +382,9 @@ const (
 // startRole starts this test binary as the given role, listening on addr.
 func startRole(t *testing.T, role, addr, oidc string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &testlog.Buffer{}}
-	p.cmd.Env = append(os.Environ(), roleEnv+"="+role, "HOOKBRIDGE_TEST_LOAD_ADDR="+addr, "HOOKBRIDGE_TEST_LOAD_OIDC="+oidc)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
-	return p
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, "HOOKBRIDGE_TEST_LOAD_ADDR="+addr, "HOOKBRIDGE_TEST_LOAD_OIDC="+oidc)
+	return startProcess(t, cmd)
 }
 
 // loadRole runs the role named by roleEnv, if any, and reports whether it

@@ -211,15 +211,18 @@ func TestSecretFromFile(t *testing.T) {
 	}
 }
 
-// process is a hookbridge child process with its stderr captured.
+// process is a child process (the hookbridge binary, or this test binary
+// in a role) with its stderr captured.
 type process struct {
 	cmd    *exec.Cmd
 	stderr *testlog.Buffer
 }
 
-func start(t *testing.T, args ...string) *process {
+// startProcess starts cmd with its stderr captured; it is killed, if still
+// running, when the test ends.
+func startProcess(t *testing.T, cmd *exec.Cmd) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
+	p := &process{cmd: cmd, stderr: &testlog.Buffer{}}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -229,6 +232,13 @@ func start(t *testing.T, args ...string) *process {
 		p.cmd.Wait()
 	})
 	return p
+}
+
+// start starts the hookbridge binary with args, in this process's
+// environment.
+func start(t *testing.T, args ...string) *process {
+	t.Helper()
+	return startWithEnv(t, nil, args...)
 }
 
 // stop sends SIGTERM and waits for a clean exit.
@@ -551,19 +561,9 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 
 	const key = "k1-0123456789abcdef-process"
 	listenAddr, adminAddr := freePort(t), freePort(t)
-	envs := []string{envServiceBusConnStr + "=" + emu.ConnectionString(), envACSAPIKeys + "=" + key}
-	ing := exec.Command(binary, "ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listenAddr, "--admin-listen", adminAddr)
-	ing.Env = append(os.Environ(), envs...)
-	wrk := exec.Command(binary, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")
-	wrk.Env = append(os.Environ(), envs...)
-	var ingErr, wrkErr testlog.Buffer
-	ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
-	for _, c := range []*exec.Cmd{ing, wrk} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { c.Process.Signal(syscall.SIGTERM); c.Wait() }()
-	}
+	env := append(sbEnv(emu), envACSAPIKeys+"="+key)
+	ing := startWithEnv(t, env, "ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listenAddr, "--admin-listen", adminAddr)
+	wrk := startWithEnv(t, env, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")
 	waitHTTP(t, "http://"+adminAddr+"/readyz")
 	const calls, perCall = 3, 5
 	for i := range perCall {
@@ -576,7 +576,7 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
-				t.Fatalf("status %d\n%s", resp.StatusCode, ingErr.String())
+				t.Fatalf("status %d\n%s", resp.StatusCode, ing.stderr.String())
 			}
 		}
 	}
@@ -592,7 +592,7 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d delivered\ningress:\n%s\nworker:\n%s", n, calls*perCall, ingErr.String(), wrkErr.String())
+			t.Fatalf("%d of %d delivered\ningress:\n%s\nworker:\n%s", n, calls*perCall, ing.stderr.String(), wrk.stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
-	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -32,20 +31,13 @@ func sbEnv(emu *sbemu.Server) []string {
 	return append(os.Environ(), envServiceBusConnStr+"="+emu.ConnectionString())
 }
 
-// startWithEnv starts the hookbridge binary with env; stdout is discarded.
+// startWithEnv starts the hookbridge binary with env (nil: this process's);
+// stdout is discarded.
 func startWithEnv(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
-	p.cmd.Env = env
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
-	return p
+	cmd := exec.Command(binary, args...)
+	cmd.Env = env
+	return startProcess(t, cmd)
 }
 
 // runBinary runs the hookbridge binary to completion and returns its

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -275,16 +273,7 @@ func spooledIngress(t *testing.T, emu *sbemu.Server, spoolURL string, extra ...s
 	listen, admin = freePort(t), freePort(t)
 	args := append([]string{"ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listen, "--admin-listen", admin,
 		"--spool", spoolURL}, extra...)
-	p = &process{cmd: exec.Command(binary, args...), stderr: &testlog.Buffer{}}
-	p.cmd.Env = append(os.Environ(), envServiceBusConnStr+"="+emu.ConnectionString(), envACSAPIKeys+"="+spoolTestKey)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
+	p = startWithEnv(t, append(sbEnv(emu), envACSAPIKeys+"="+spoolTestKey), args...)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	return p, listen, admin
 }
