@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -104,7 +105,7 @@ func TestTracedDelivery(t *testing.T) {
 			}
 			stop := runWorker(t, w)
 			var process, settle, post sdktrace.ReadOnlySpan
-			waitFor(t, 10*time.Second, func() bool {
+			testwait.Until(t, 10*time.Second, "the process, settle and POST spans", func() bool {
 				for _, s := range rec.Ended() {
 					switch s.Name() {
 					case "process q.db":
@@ -202,17 +203,5 @@ func TestTracingOffSendsNoTraceparent(t *testing.T) {
 	waitSettled(t, src, 1)
 	if got := backend.received(); len(got) != 1 || got[0] != "" {
 		t.Errorf("backend received traceparent %q with tracing off", got)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 )
 
 var jti atomic.Int64
@@ -225,7 +226,7 @@ func TestJWKSDownAtStartThenRecovers(t *testing.T) {
 		t.Fatal("ready without keys")
 	}
 	iss.SetJWKSStatus(0)
-	waitFor(t, 10*time.Second, v.Ready)
+	testwait.Until(t, 10*time.Second, "the signing keys loaded once the JWKS answers", v.Ready)
 	if r := post(t, h, "/acs/callbacks", tok, "application/json", callConnected); r.status != 200 {
 		t.Fatalf("after recovery: %d %s", r.status, r.raw)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/devissuer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -40,8 +41,6 @@ func newIssuer(t testing.TB) *devissuer.Issuer {
 	return iss
 }
 
-// newACS returns a running ACS verifier trusting iss. With wait set it
-// returns once the keys are loaded.
 // runVerifier runs a verifier's key refresh until the test ends and, if
 // wait, waits until it has keys.
 func runVerifier(t testing.TB, run func(context.Context) error, ready func() bool, wait bool) {
@@ -51,10 +50,12 @@ func runVerifier(t testing.TB, run func(context.Context) error, ready func() boo
 	go func() { run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	if wait {
-		waitFor(t, 10*time.Second, ready)
+		testwait.Until(t, 10*time.Second, "the verifier's signing keys loaded", ready)
 	}
 }
 
+// newACS returns a running ACS verifier trusting iss. With wait set it
+// returns once the keys are loaded.
 func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait bool) *ingress.ACSVerifier {
 	t.Helper()
 	if cfg.Audiences == nil {
@@ -67,17 +68,6 @@ func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait boo
 	}
 	runVerifier(t, v.Run, v.Ready, wait)
 	return v
-}
-
-func waitFor(t testing.TB, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // fakePublisher records published messages, events decoded, or fails with

@@ -19,6 +19,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/internal/tracing/tracingtest"
 )
 
@@ -224,11 +225,11 @@ func TestTracingThroughProcesses(t *testing.T) {
 		t.Fatalf("status %d\n%s", resp.StatusCode, ing.stderr.String())
 	}
 
-	eventually(t, 20*time.Second, "the first worker to take the delivery", func() bool { return len(backend.got()) == 1 })
+	testwait.Until(t, 20*time.Second, "the first worker to take the delivery", func() bool { return len(backend.got()) == 1 })
 	first.cmd.Process.Kill()
 	first.cmd.Wait()
 	second := startWithEnv(t, env, workerArgs...)
-	eventually(t, 20*time.Second, "the second worker to deliver the event", func() bool { return len(backend.got()) == 2 })
+	testwait.Until(t, 20*time.Second, "the second worker to deliver the event", func() bool { return len(backend.got()) == 2 })
 	got := backend.got()
 	for i, d := range got {
 		if traceID(d.header) != traceID(incoming) || traceID(d.body) != traceID(incoming) {
@@ -315,7 +316,7 @@ func TestTracingOverServiceBus(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d\n%s", resp.StatusCode, ingLog.String())
 	}
-	eventually(t, 20*time.Second, "the delivery", func() bool { return len(backend.got()) == 1 })
+	testwait.Until(t, 20*time.Second, "the delivery", func() bool { return len(backend.got()) == 1 })
 	stop() // flushes what is buffered
 	d := backend.got()[0]
 	spans := inTrace(rcv.Spans(), traceID(d.header))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -114,14 +115,14 @@ func TestWorkerSIGTERMKeepsEachCallInOrder(t *testing.T) {
 		sent <- nil
 	}()
 
-	eventually(t, 30*time.Second, "a third of the events delivered", func() bool { return backendLog.distinct() >= calls*perCall/3 })
+	testwait.Until(t, 30*time.Second, "a third of the events delivered", func() bool { return backendLog.distinct() >= calls*perCall/3 })
 	stopped := time.Now()
 	a.stop(t) // SIGTERM; fails the test unless it exits 0 within 20s
 	t.Logf("worker A stopped in %v after %d events", time.Since(stopped), backendLog.distinct())
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, lock+30*time.Second, fmt.Sprintf("all %d events delivered", calls*perCall), func() bool {
+	testwait.Until(t, lock+30*time.Second, fmt.Sprintf("all %d events delivered", calls*perCall), func() bool {
 		return backendLog.distinct() == calls*perCall
 	})
 	b.stop(t)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -59,7 +60,7 @@ func TestWorkerDoesNotFollowRedirects(t *testing.T) {
 	admin := freePort(t)
 	wrk := startWithEnv(t, os.Environ(), "worker", "--queue", queue, "--deliver", backend.URL+"/ev", "--admin-listen", admin, "--min-backoff", "10ms")
 	waitHTTP(t, "http://"+admin+"/readyz")
-	eventually(t, 20*time.Second, "every redirected event dead-lettered", func() bool {
+	testwait.Until(t, 20*time.Second, "every redirected event dead-lettered", func() bool {
 		return counter(t, "http://"+admin+"/metrics", "hookbridge_worker_deliveries_total", "outcome", "dead_lettered") == float64(len(codes))
 	})
 	if n := counter(t, "http://"+admin+"/metrics", "hookbridge_worker_deliveries_total", "outcome", "completed"); n != 0 {

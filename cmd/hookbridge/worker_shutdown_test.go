@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -55,7 +56,7 @@ func TestWorkerShutdownAbandonsAtOnce(t *testing.T) {
 	args := []string{"worker", "--queue", queue, "--deliver", backend.URL, "--min-backoff", "30s", "--max-backoff", "1m", "--shutdown-timeout", "300ms"}
 	a := startWithEnv(t, os.Environ(), append(args, "--admin-listen", admin)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
-	eventually(t, 20*time.Second, "the first delivery started", func() bool { return requests.Load() == 1 })
+	testwait.Until(t, 20*time.Second, "the first delivery started", func() bool { return requests.Load() == 1 })
 	begin := time.Now()
 	a.stop(t)
 	if d := time.Since(begin); d > 5*time.Second {
@@ -65,7 +66,7 @@ func TestWorkerShutdownAbandonsAtOnce(t *testing.T) {
 		t.Errorf("the cut-off delivery is not logged:\n%s", a.stderr.String())
 	}
 	b := startWithEnv(t, os.Environ(), append(args, "--admin-listen", freePort(t))...)
-	eventually(t, 10*time.Second, "the next worker delivered the event", func() bool { return requests.Load() == 2 })
+	testwait.Until(t, 10*time.Second, "the next worker delivered the event", func() bool { return requests.Load() == 2 })
 	b.stop(t)
 }
 
@@ -88,7 +89,7 @@ func TestWorkerLogsSlowBackend(t *testing.T) {
 	w := startWithEnv(t, os.Environ(), "worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", admin,
 		"--delivery-timeout", "200ms", "--min-backoff", "10ms", "--max-backoff", "20ms")
 	waitHTTP(t, "http://"+admin+"/readyz")
-	eventually(t, 20*time.Second, "delivered on the second try", func() bool {
+	testwait.Until(t, 20*time.Second, "delivered on the second try", func() bool {
 		return counter(t, "http://"+admin+"/metrics", "hookbridge_worker_deliveries_total", "outcome", "completed") == 1
 	})
 	w.stop(t)

@@ -15,6 +15,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -130,14 +131,10 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	var dls []relay.DeadLetter
-	deadline := time.Now().Add(20 * time.Second)
-	for len(dls) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("not dead-lettered")
-		}
-		time.Sleep(50 * time.Millisecond)
+	testwait.Until(t, 20*time.Second, "dead-lettered", func() bool {
 		dls, _ = q.ListDeadLetters(tctx(t), 0, 10)
-	}
+		return len(dls) > 0
+	})
 	cancel()
 	<-done
 	if len(attempts) != 3 {

@@ -13,6 +13,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -21,11 +22,8 @@ import (
 
 var settings = relaytest.Settings{LockDuration: 2 * time.Second, MaxDeliveryCount: 5, DuplicateWindow: time.Minute}
 
-func tctx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+// tctx bounds a blocking call of these tests.
+func tctx(t testing.TB) context.Context { return testwait.Context(t, 30*time.Second) }
 
 func event(t testing.TB, id, key string) relay.Message {
 	t.Helper()

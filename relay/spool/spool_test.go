@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/spool"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -229,22 +230,10 @@ func (h *harness) counts() (int64, int64) {
 	return a, d
 }
 
-// eventually fails the test unless cond holds within 10s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // drained waits until the spool reports it is empty and direct.
 func (h *harness) drained() {
 	h.t.Helper()
-	eventually(h.t, "the spool drained", func() bool {
+	testwait.Until(h.t, 10*time.Second, "the spool drained", func() bool {
 		st := h.sp.State()
 		return st.Mode == spool.ModeDirect && st.Messages == 0
 	})
@@ -382,7 +371,7 @@ func TestSpoolsAndForwards(t *testing.T) {
 			if n := h.spooled(tt.reason) + h.spooled("down") + h.spooled("order"); n != 4 {
 				t.Errorf("spooled{%s}+{down}+{order} = %v, want 4", tt.reason, n)
 			}
-			eventually(t, "the forwarder failed once", func() bool {
+			testwait.Until(t, 10*time.Second, "the forwarder failed once", func() bool {
 				return metric(t, h.reg, "hookbridge_spool_forward_failures_total", "") > 0
 			})
 			p.set(nil)
@@ -704,8 +693,8 @@ func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
 		t.Fatalf("spooled{restart} = %v, want 1", n)
 	}
 	close(oldHeld)
-	eventually(t, "the leftovers were forwarded", func() bool { return h.p.has("old1") && h.p.has("old2") })
-	eventually(t, "recovery ended", func() bool { return !h.sp.State().Recovering })
+	testwait.Until(t, 10*time.Second, "the leftovers were forwarded", func() bool { return h.p.has("old1") && h.p.has("old2") })
+	testwait.Until(t, 10*time.Second, "recovery ended", func() bool { return !h.sp.State().Recovering })
 	h.mustSend(msg("new-k5", "k5"))
 	if !h.p.has("new-k5") || h.spooled("restart") != 1 {
 		t.Errorf("a call with nothing in the spool was still spooled after recovery (restart=%v)", h.spooled("restart"))
@@ -802,7 +791,7 @@ func TestStopReleasesHeldMessages(t *testing.T) {
 	p.set(failAll)
 	first := start(t, p, spool.Config{}, "", time.Hour)
 	first.mustSend(msg("m", "k"))
-	eventually(t, "the forwarder tried", func() bool {
+	testwait.Until(t, 10*time.Second, "the forwarder tried", func() bool {
 		return metric(t, first.reg, "hookbridge_spool_forward_failures_total", "") > 0
 	})
 	first.stop()
@@ -833,7 +822,7 @@ func TestRunAndReadiness(t *testing.T) {
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- sp.Run(rctx) }()
-	eventually(t, "ready", func() bool { return sp.Ready(context.Background()) == nil })
+	testwait.Until(t, 10*time.Second, "ready", func() bool { return sp.Ready(context.Background()) == nil })
 	if err := sp.Run(rctx); err == nil {
 		t.Error("a second Run was accepted")
 	}
@@ -876,7 +865,7 @@ func TestStoreFailure(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- sp.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	eventually(t, "ready", func() bool { return sp.Ready(context.Background()) == nil })
+	testwait.Until(t, 10*time.Second, "ready", func() bool { return sp.Ready(context.Background()) == nil })
 	store.broken.Store(true)
 	err = sp.SendBatch(context.Background(), []relay.Message{msg("m", "k")})
 	if !errors.Is(err, relay.ErrUnavailable) || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "disk full") {
@@ -885,13 +874,13 @@ func TestStoreFailure(t *testing.T) {
 	if err := sp.Ready(context.Background()); err == nil {
 		t.Error("ready right after the spool failed to commit while Service Bus is down")
 	}
-	eventually(t, "ready again after the cooldown", func() bool { return sp.Ready(context.Background()) == nil })
+	testwait.Until(t, 10*time.Second, "ready again after the cooldown", func() bool { return sp.Ready(context.Background()) == nil })
 	store.broken.Store(false)
 	if err := sp.SendBatch(context.Background(), []relay.Message{msg("m2", "k")}); err != nil {
 		t.Fatalf("after the store recovered: %v", err)
 	}
 	p.set(nil)
-	eventually(t, "drained", func() bool { return sp.State().Mode == spool.ModeDirect })
+	testwait.Until(t, 10*time.Second, "drained", func() bool { return sp.State().Mode == spool.ModeDirect })
 	if got := p.order("k"); !slices.Equal(got, []string{"m2"}) {
 		t.Errorf("forwarded %v", got)
 	}

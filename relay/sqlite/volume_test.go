@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -80,7 +81,7 @@ func TestSmallVolume(t *testing.T) {
 	go func() {
 		n := 0
 		for n < total {
-			msgs, err := q.Receive(ctxT(t, 30*time.Second), 64)
+			msgs, err := q.Receive(testwait.Context(t, 30*time.Second), 64)
 			if err != nil {
 				received <- err
 				return
@@ -104,7 +105,7 @@ func TestSmallVolume(t *testing.T) {
 		for j := range batch {
 			batch[j] = kilobyteMsg(fmt.Sprintf("m-%d", i+j), fmt.Sprintf("call-%d", (i+j)%50))
 		}
-		if err := q.SendBatch(ctxT(t, 10*time.Second), batch); err != nil {
+		if err := q.SendBatch(testwait.Context(t, 10*time.Second), batch); err != nil {
 			t.Fatalf("send %d under sustained load: %v", i, err)
 		}
 	}
@@ -139,12 +140,12 @@ func TestSmallVolume(t *testing.T) {
 		for j := range batch {
 			batch[j] = kilobyteMsg(fmt.Sprintf("full-%d", i+j), "call-x")
 		}
-		sendErr = q.SendBatch(ctxT(t, 10*time.Second), batch)
+		sendErr = q.SendBatch(testwait.Context(t, 10*time.Second), batch)
 	}
 	if !errors.Is(sendErr, relay.ErrUnavailable) || !strings.Contains(sendErr.Error(), "disk full") {
 		t.Fatalf("send on a full volume: %v, want ErrUnavailable saying the disk is full", sendErr)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err == nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err == nil {
 		t.Fatal("Ready on a full volume: nil")
 	}
 	t.Logf("on the full volume: %v", sendErr)
@@ -153,10 +154,10 @@ func TestSmallVolume(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err != nil {
 		t.Fatalf("Ready after space was freed: %v", err)
 	}
-	if err := q.SendBatch(ctxT(t, 10*time.Second), []relay.Message{kilobyteMsg("after", "call-y")}); err != nil {
+	if err := q.SendBatch(testwait.Context(t, 10*time.Second), []relay.Message{kilobyteMsg("after", "call-y")}); err != nil {
 		t.Fatalf("send after space was freed: %v", err)
 	}
 }
@@ -173,18 +174,18 @@ func TestImmutableFileExplained(t *testing.T) {
 		t.Skipf("chattr +i needs root and a file system with attributes: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-i", path+"-wal").Run() })
-	err := q.SendBatch(ctxT(t, 10*time.Second), []relay.Message{kilobyteMsg("blocked", "call-1")})
+	err := q.SendBatch(testwait.Context(t, 10*time.Second), []relay.Message{kilobyteMsg("blocked", "call-1")})
 	t.Logf("send to an immutable file: %v", err)
 	if !errors.Is(err, relay.ErrUnavailable) || !strings.Contains(err.Error(), "chattr") {
 		t.Fatalf("send to an immutable file: %v, want ErrUnavailable saying to check attributes (chattr)", err)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err == nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err == nil {
 		t.Fatal("Ready with an immutable log: nil")
 	}
 	if out, err := exec.Command("chattr", "-i", path+"-wal").CombinedOutput(); err != nil {
 		t.Fatalf("chattr -i: %v: %s", err, out)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err != nil {
 		t.Fatalf("Ready after chattr -i: %v", err)
 	}
 	sendAll(t, q, kilobyteMsg("after", "call-1"))
