@@ -11,27 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
-
-func deliveries(reg *prometheus.Registry, outcome string) float64 {
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != "hookbridge_worker_deliveries_total" {
-			continue
-		}
-		for _, metric := range mf.GetMetric() {
-			for _, l := range metric.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == outcome {
-					return metric.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
-}
 
 // TestLastDeliveryDeadLettered: a retryable failure on the last delivery the
 // queue allows is dead-lettered by the worker itself, with the queue's
@@ -79,7 +63,7 @@ func TestLastDeliveryDeadLettered(t *testing.T) {
 			if got.kind != tt.wantKind || got.reason != tt.wantReason || !strings.Contains(got.description, tt.wantInDesc) {
 				t.Errorf("settled %+v, want %s %q with %q in the description", got, tt.wantKind, tt.wantReason, tt.wantInDesc)
 			}
-			if n := deliveries(reg, tt.wantCounted); n != 1 {
+			if n := metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", tt.wantCounted); n != 1 {
 				t.Errorf("deliveries_total{outcome=%q} = %v, want 1", tt.wantCounted, n)
 			}
 			recs := logs.Records(tt.wantLoggedWith)
@@ -122,10 +106,10 @@ func TestShutdownCutOffAbandonsAtOnce(t *testing.T) {
 	if got.kind != "abandon" || got.delay != 0 {
 		t.Errorf("settled %+v, want abandoned with no delay", got)
 	}
-	if n := deliveries(reg, "abandoned"); n != 1 {
+	if n := metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", "abandoned"); n != 1 {
 		t.Errorf("deliveries_total{outcome=abandoned} = %v, want 1", n)
 	}
-	if n := deliveries(reg, "retried"); n != 0 {
+	if n := metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", "retried"); n != 0 {
 		t.Errorf("deliveries_total{outcome=retried} = %v, want 0", n)
 	}
 	if len(logs.Records("cut off by shutdown")) != 1 {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -86,7 +87,7 @@ func TestSignedMalformedEventsAreNeverRefused(t *testing.T) {
 			if r.body["dead_lettered"] != float64(tt.dead) {
 				t.Errorf("answer %s does not count the dead-lettered event", r.raw)
 			}
-			if !strings.Contains(logs.String(), d.ID) || requestsWithCause(t, reg, ingress.CauseMalformedEvent) != 1 {
+			if !strings.Contains(logs.String(), d.ID) || metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseMalformedEvent) != 1 {
 				t.Errorf("dead letter %s not logged or counted:\n%s", d.ID, logs.String())
 			}
 		})
@@ -232,7 +233,7 @@ func TestReplayDefenceWithoutJTI(t *testing.T) {
 			if !strings.Contains(logs.String(), "token_digest") || strings.Contains(logs.String(), tok) || strings.Contains(logs.String(), strings.Split(tok, ".")[2]) {
 				t.Errorf("reuse not logged with a digest, or the token leaked:\n%s", logs.String())
 			}
-			if requestsWithCause(t, reg, ingress.CauseTokenReused) != 1 {
+			if metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseTokenReused) != 1 {
 				t.Error("reuse not counted as token_reused")
 			}
 		})
@@ -253,16 +254,9 @@ func TestReplayEvictionsAreExported(t *testing.T) {
 			t.Fatalf("status %d", r.status)
 		}
 	}
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == "hookbridge_ingress_replay_evictions_total" {
-			if v := mf.GetMetric()[0].GetCounter().GetValue(); v != 3 {
-				t.Errorf("%v evictions, want 3", v)
-			}
-			return
-		}
+	if v := metrictest.Value(t, reg, "hookbridge_ingress_replay_evictions_total"); v != 3 {
+		t.Errorf("%v evictions, want 3", v)
 	}
-	t.Error("hookbridge_ingress_replay_evictions_total not exported")
 }
 
 // TestDrainKeepsServing: once Serve's context ends, readiness fails at
@@ -396,7 +390,7 @@ func TestBodiesInFlightAreBounded(t *testing.T) {
 	if r := do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("a body beyond the budget: %d, want 503 with Retry-After", r.status)
 	}
-	if requestsWithCause(t, reg, ingress.CauseOverloaded) != 1 {
+	if metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseOverloaded) != 1 {
 		t.Error("the wait for the budget is not counted as overloaded")
 	}
 	close(pub.open)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -109,7 +110,7 @@ func TestStatusCodes(t *testing.T) {
 			if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 				t.Errorf("error Content-Type %q", ct)
 			}
-			if requestsWithCause(t, reg, tt.cause) < 1 {
+			if metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", tt.cause) < 1 {
 				t.Errorf("no request counted with cause %q", tt.cause)
 			}
 		})
@@ -117,30 +118,6 @@ func TestStatusCodes(t *testing.T) {
 	if n := pub.count(); n != 4 {
 		t.Errorf("%d events published, want 4", n)
 	}
-}
-
-// requestsWithCause sums hookbridge_ingress_requests_total over series
-// with the given cause label.
-func requestsWithCause(t *testing.T, reg *prometheus.Registry, cause string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != "hookbridge_ingress_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "cause" && l.GetValue() == cause {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
 }
 
 func TestQueueFailureIsNever200(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testwait"
@@ -144,18 +145,7 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	if d.Reason != relay.ReasonMaxDelivery || !strings.Contains(d.Description, "delivery 3 of 3 failed: POST http://backend answered 500") {
 		t.Errorf("dead letter reason %q description %q: the worker did not dead-letter it itself", d.Reason, d.Description)
 	}
-	mfs, _ := reg.Gather()
-	found := false
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if mf.GetName() == "hookbridge_worker_deliveries_total" && l.GetValue() == "dead_lettered" {
-					found = m.GetCounter().GetValue() == 1
-				}
-			}
-		}
-	}
-	if !found {
+	if metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", "dead_lettered") != 1 {
 		t.Error("the dead-lettering was not counted dead_lettered")
 	}
 	if !strings.Contains(logs.String(), `"reason":"MaxDeliveryCountExceeded"`) || !strings.Contains(logs.String(), `"event_id":"poison"`) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/relay"
@@ -135,7 +136,7 @@ func BenchmarkGroupCommit(b *testing.B) {
 					defer func() {
 						n := 0.0
 						for _, r := range []string{"failed", "slow", "down", "order"} {
-							n += metric(b, reg, "hookbridge_spool_spooled_total", r)
+							n += metrictest.Value(b, reg, "hookbridge_spool_spooled_total", "reason", r)
 						}
 						b.ReportMetric(n, "spooled")
 					}()

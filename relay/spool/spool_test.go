@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
@@ -243,33 +244,7 @@ func (h *harness) drained() {
 }
 
 func (h *harness) spooled(reason string) float64 {
-	return metric(h.t, h.reg, "hookbridge_spool_spooled_total", reason)
-}
-
-// metric reads a counter or gauge of reg by name and (optional) reason
-// label.
-func metric(t testing.TB, reg *prometheus.Registry, name, reason string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := reason == ""
-			for _, l := range m.GetLabel() {
-				match = match || (l.GetName() == "reason" && l.GetValue() == reason)
-			}
-			if match {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s{reason=%q}", name, reason)
-	return 0
+	return metrictest.Value(h.t, h.reg, "hookbridge_spool_spooled_total", "reason", reason)
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -372,7 +347,7 @@ func TestSpoolsAndForwards(t *testing.T) {
 				t.Errorf("spooled{%s}+{down}+{order} = %v, want 4", tt.reason, n)
 			}
 			testwait.Until(t, 10*time.Second, "the forwarder failed once", func() bool {
-				return metric(t, h.reg, "hookbridge_spool_forward_failures_total", "") > 0
+				return metrictest.Value(t, h.reg, "hookbridge_spool_forward_failures_total") > 0
 			})
 			p.set(nil)
 			h.drained()
@@ -384,7 +359,7 @@ func TestSpoolsAndForwards(t *testing.T) {
 					t.Errorf("%s never forwarded", id)
 				}
 			}
-			if n := metric(t, h.reg, "hookbridge_spool_forwarded_total", ""); n != 4 {
+			if n := metrictest.Value(t, h.reg, "hookbridge_spool_forwarded_total"); n != 4 {
 				t.Errorf("forwarded_total = %v", n)
 			}
 			logs := h.logs.String()
@@ -588,7 +563,7 @@ func TestFullSpool(t *testing.T) {
 	if err := h.sp.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "full") {
 		t.Errorf("Ready = %v, want a full spool reported", err)
 	}
-	if n := metric(t, h.reg, "hookbridge_spool_refused_total", "full"); n != 1 {
+	if n := metrictest.Value(t, h.reg, "hookbridge_spool_refused_total", "reason", "full"); n != 1 {
 		t.Errorf("refused{full} = %v", n)
 	}
 	p.set(nil)
@@ -753,7 +728,7 @@ func TestTooLargeWhileForwarding(t *testing.T) {
 	if _, d := h.counts(); d != 1 {
 		t.Errorf("the spool's dead-letter queue holds %d, want 1", d)
 	}
-	if n := metric(t, h.reg, "hookbridge_spool_dead_lettered_total", ""); n != 1 {
+	if n := metrictest.Value(t, h.reg, "hookbridge_spool_dead_lettered_total"); n != 1 {
 		t.Errorf("dead_lettered_total = %v", n)
 	}
 	if !strings.Contains(h.logs.String(), spool.ReasonTooLarge) {
@@ -792,7 +767,7 @@ func TestStopReleasesHeldMessages(t *testing.T) {
 	first := start(t, p, spool.Config{}, "", time.Hour)
 	first.mustSend(msg("m", "k"))
 	testwait.Until(t, 10*time.Second, "the forwarder tried", func() bool {
-		return metric(t, first.reg, "hookbridge_spool_forward_failures_total", "") > 0
+		return metrictest.Value(t, first.reg, "hookbridge_spool_forward_failures_total") > 0
 	})
 	first.stop()
 	p.set(nil)
