@@ -19,6 +19,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -30,14 +31,8 @@ func event(t testing.TB, id, key string) relay.Message {
 	if key != "" {
 		data = fmt.Sprintf(`{"correlationId":%q}`, key)
 	}
-	e := schemas.Event{ID: id, Source: "test", Type: "Microsoft.Communication.CallConnected",
-		Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "test"}
-	m, err := relay.NewMessage(&e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.ID = id // tests name messages by their event's id
-	return m
+	return relaytest.EventMessage(t, schemas.Event{ID: id, Source: "test", Type: "Microsoft.Communication.CallConnected",
+		Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "test"})
 }
 
 // settlement is what a fakeSource recorded for one message.

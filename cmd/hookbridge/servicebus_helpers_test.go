@@ -16,6 +16,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -75,14 +76,8 @@ func sbQueue(t *testing.T, emu *sbemu.Server, name string) *servicebus.Queue {
 func callEvent(t *testing.T, typ string, c, seq int) relay.Message {
 	t.Helper()
 	key := fmt.Sprintf("call-%d", c)
-	e := schemas.Event{ID: fmt.Sprintf("c%d-%04d", c, seq), Source: "calling/callConnections/" + key, Type: typ,
-		Data: json.RawMessage(fmt.Sprintf(`{"correlationId":%q,"seq":%d}`, key, seq)), PartitionKey: key, Received: time.Now()}
-	m, err := relay.NewMessage(&e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.ID = e.ID // tests name messages by their event's id
-	return m
+	return relaytest.EventMessage(t, schemas.Event{ID: fmt.Sprintf("c%d-%04d", c, seq), Source: "calling/callConnections/" + key, Type: typ,
+		Data: json.RawMessage(fmt.Sprintf(`{"correlationId":%q,"seq":%d}`, key, seq)), PartitionKey: key, Received: time.Now()})
 }
 
 // counter reads a counter with one label from a Prometheus text page.

@@ -17,7 +17,8 @@
 // message cannot be taken again until it is released); and close.
 //
 // FaultyDeadLetters wraps a queue's dead-letter side and fails chosen calls,
-// for the replay and purge tests of each backend.
+// for the replay and purge tests of each backend. Msg and EventMessage build
+// the messages tests send.
 package relaytest
 
 import (
@@ -31,6 +32,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/schemas"
 )
 
 // Queue is the queue contract under test.
@@ -109,6 +111,19 @@ func Msg(id, session string) relay.Message {
 		Body:        []byte(fmt.Sprintf(`{"specversion":"1.0","id":%q,"source":"test","type":"Test.Event"}`, id)),
 		Properties:  map[string]any{relay.PropType: "Test.Event", relay.PropID: id},
 	}
+}
+
+// EventMessage is e's message as the ingress queues it, except that its
+// MessageID is e.ID (not a digest of source and id), so that tests name
+// messages by their event's id.
+func EventMessage(t testing.TB, e schemas.Event) relay.Message {
+	t.Helper()
+	m, err := relay.NewMessage(&e)
+	if err != nil {
+		t.Fatalf("relaytest: %v", err)
+	}
+	m.ID = e.ID
+	return m
 }
 
 func send(t *testing.T, q Queue, msgs ...relay.Message) {

@@ -31,14 +31,8 @@ func event(t testing.TB, id, key string) relay.Message {
 	if key != "" {
 		data = fmt.Sprintf(`{"correlationId":%q}`, key)
 	}
-	e := schemas.Event{ID: id, Source: "calling/callConnections/c", Type: "Microsoft.Communication.PlayCompleted", Subject: "calling/callConnections/c",
-		Time: "2024-05-14T17:30:12Z", Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "acs-jwt"}
-	m, err := relay.NewMessage(&e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.ID = id // tests name messages by their event's id
-	return m
+	return relaytest.EventMessage(t, schemas.Event{ID: id, Source: "calling/callConnections/c", Type: "Microsoft.Communication.PlayCompleted", Subject: "calling/callConnections/c",
+		Time: "2024-05-14T17:30:12Z", Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "acs-jwt"})
 }
 
 // TestMappingRoundTrip sends an event's message through the SDK and reads
