@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
@@ -170,15 +170,7 @@ func TestSettlementMatrix(t *testing.T) {
 		}
 	}))
 	t.Cleanup(backend.Close)
-	refused := func() string { // a port nobody listens on
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		return "http://" + addr + "/x"
-	}()
+	refused := "http://" + freeport.Addr(t) + "/x" // a port nobody listens on
 
 	tests := []struct {
 		url       string

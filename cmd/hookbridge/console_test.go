@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 func TestConsoleUsageErrors(t *testing.T) {
@@ -55,7 +57,7 @@ func TestConsoleBinary(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	_, port, _ := strings.Cut(addr, ":")
 	p := startWithEnv(t, append(os.Environ(), "HOOKBRIDGE_CONSOLE_TOKEN_FILE="+tokenFile), "console", "--listen", "0.0.0.0:"+port, "--queue", queue)
 	base := "http://" + addr

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 const testACSKey = "front-door-test-key-0123456789"
@@ -21,7 +23,7 @@ const testACSKey = "front-door-test-key-0123456789"
 // and returns the process, its public and admin base URLs.
 func startIngressProcess(t *testing.T, args ...string) (*process, string, string) {
 	t.Helper()
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	args = append([]string{"ingress", "--listen", listen, "--admin-listen", admin,
 		"--queue", "sqlite:" + filepath.Join(t.TempDir(), "q.db")}, args...)
 	p := startWithEnv(t, append(os.Environ(), envACSAPIKeys+"="+testACSKey), args...)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 // TestLoadLoopback measures the ingress and the whole host over loopback,
@@ -162,7 +163,7 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 	if queue == "" {
 		queue = "sqlite:" + filepath.Join(t.TempDir(), "load.db")
 	}
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	p := start(t, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
 		"--acs-audience", "acs-resource", "--acs-oidc-url", lt.iss.DiscoveryURL(), "--log-level", "warn",
 		// The pool of pre-signed tokens is reused with new bodies, which the
@@ -175,7 +176,7 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 // verifyOnly starts this test binary as the verify-only server (see
 // loadRole).
 func (lt *loadTarget) verifyOnly(t *testing.T) *server {
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	p := startRole(t, "verify-only", addr, lt.iss.DiscoveryURL())
 	waitHTTP(t, "http://"+addr+"/ready")
 	return &server{proc: p, url: "http://" + addr + ingress.PathACSCallbacks}
@@ -321,7 +322,7 @@ type loadBackend struct {
 }
 
 func (lt *loadTarget) backend(t *testing.T) *loadBackend {
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	p := startRole(t, "backend", addr, "")
 	waitHTTP(t, "http://"+addr+"/ready")
 	return &loadBackend{proc: p, url: "http://" + addr + "/events", ctl: "http://" + addr}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,8 +24,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -257,30 +258,17 @@ func (p *process) stop(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
+// waitHTTP waits until url answers 200.
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	testwait.Until(t, 20*time.Second, url+" answering 200", func() bool {
 		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s never answered 200", url)
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 }
 
 // TestIngressAndWorkerProcesses runs `hookbridge ingress` and `hookbridge
@@ -315,7 +303,7 @@ func TestIngressAndWorkerProcesses(t *testing.T) {
 	}))
 	defer backend.Close()
 
-	listenAddr, adminAddr := freePort(t), freePort(t)
+	listenAddr, adminAddr := freeport.Addr(t), freeport.Addr(t)
 	ing := start(t, "ingress", "--queue", queue, "--listen", listenAddr, "--admin-listen", adminAddr,
 		"--acs-audience", "acs-resource", "--acs-oidc-url", iss.DiscoveryURL())
 	waitHTTP(t, "http://"+adminAddr+"/readyz")
@@ -560,7 +548,7 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 	defer backend.Close()
 
 	const key = "k1-0123456789abcdef-process"
-	listenAddr, adminAddr := freePort(t), freePort(t)
+	listenAddr, adminAddr := freeport.Addr(t), freeport.Addr(t)
 	env := append(sbEnv(emu), envACSAPIKeys+"="+key)
 	ing := startWithEnv(t, env, "ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listenAddr, "--admin-listen", adminAddr)
 	wrk := startWithEnv(t, env, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")

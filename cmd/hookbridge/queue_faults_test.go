@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -179,7 +180,7 @@ func TestIngressAndWorkerStartTogether(t *testing.T) {
 	}
 	for round := range 10 {
 		queue := "sqlite:" + filepath.Join(t.TempDir(), fmt.Sprintf("new-%d.db", round))
-		ingAdmin, wrkAdmin := freePort(t), freePort(t)
+		ingAdmin, wrkAdmin := freeport.Addr(t), freeport.Addr(t)
 		ing := start(t, "ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", ingAdmin, "--insecure-allow-unauthenticated", "--drain-delay", "0s")
 		wrk := start(t, "worker", "--queue", queue, "--admin-listen", wrkAdmin)
 		waitHTTP(t, "http://"+ingAdmin+"/readyz")

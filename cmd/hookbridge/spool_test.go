@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
@@ -156,7 +157,7 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 		t.Skip("a 20 s outage test, skipped in -short mode")
 	}
 	emu := spoolEmulator(t)
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	environ := map[string]string{envServiceBusConnStr: emu.ConnectionString(), envACSAPIKeys: spoolTestKey}
 	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -270,7 +271,7 @@ func spoolGet(t *testing.T, url string) string {
 // spooledIngress runs `hookbridge ingress` on the emulator with a spool.
 func spooledIngress(t *testing.T, emu *sbemu.Server, spoolURL string, extra ...string) (p *process, listen, admin string) {
 	t.Helper()
-	listen, admin = freePort(t), freePort(t)
+	listen, admin = freeport.Addr(t), freeport.Addr(t)
 	args := append([]string{"ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listen, "--admin-listen", admin,
 		"--spool", spoolURL}, extra...)
 	p = startWithEnv(t, append(sbEnv(emu), envACSAPIKeys+"="+spoolTestKey), args...)
@@ -402,7 +403,7 @@ func TestSpoolUsage(t *testing.T) {
 func TestNoSpoolWarns(t *testing.T) {
 	t.Parallel()
 	emu := spoolEmulator(t)
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

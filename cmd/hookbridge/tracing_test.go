@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
@@ -204,7 +205,7 @@ func TestTracingThroughProcesses(t *testing.T) {
 	backend := newTraceBackend(t, "traced-1")
 	env := append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT="+rcv.URL, "OTEL_BSP_SCHEDULE_DELAY=50", envACSAPIKeys+"="+testKey)
 
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	ing := startWithEnv(t, env, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	workerArgs := []string{"worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0", "--min-backoff", "100ms"}
@@ -282,7 +283,7 @@ func TestTracingOverServiceBus(t *testing.T) {
 		envACSAPIKeys:                 testKey,
 	}
 	getenv := func(k string) string { return environ[k] }
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var ingLog, wrkLog testlog.Buffer

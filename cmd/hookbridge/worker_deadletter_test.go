@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
@@ -42,7 +43,7 @@ func TestWorkerCountsEveryDeadLettering(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	w := startWithEnv(t, sbEnv(emu), "worker", "--queue", "servicebus:///ev?max_delivery=3", "--deliver", backend.URL,
 		"--admin-listen", admin, "--min-backoff", "10ms", "--max-backoff", "20ms", "--log-format", "json")
 	waitHTTP(t, "http://"+admin+"/readyz")

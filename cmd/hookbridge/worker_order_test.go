@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
@@ -91,7 +92,7 @@ func TestWorkerSIGTERMKeepsEachCallInOrder(t *testing.T) {
 		return []string{"worker", "--queue", "servicebus:///ev?session_idle=500ms", "--deliver", backend.URL, "--admin-listen", admin,
 			"--concurrency", "4", "--shutdown-timeout", "10s"}
 	}
-	adminA, adminB := freePort(t), freePort(t)
+	adminA, adminB := freeport.Addr(t), freeport.Addr(t)
 	a := startWithEnv(t, env, args(adminA)...)
 	b := startWithEnv(t, env, args(adminB)...)
 	waitHTTP(t, "http://"+adminA+"/readyz")

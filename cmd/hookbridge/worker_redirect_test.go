@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -57,7 +58,7 @@ func TestWorkerDoesNotFollowRedirects(t *testing.T) {
 	}
 	queue := sqliteWith(t, msgs...)
 
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	wrk := startWithEnv(t, os.Environ(), "worker", "--queue", queue, "--deliver", backend.URL+"/ev", "--admin-listen", admin, "--min-backoff", "10ms")
 	waitHTTP(t, "http://"+admin+"/readyz")
 	testwait.Until(t, 20*time.Second, "every redirected event dead-lettered", func() bool {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -52,7 +53,7 @@ func TestWorkerShutdownAbandonsAtOnce(t *testing.T) {
 	defer close(release)
 	queue := sqliteWith(t, callEvent(t, "Microsoft.Communication.CallConnected", 1, 0))
 
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	args := []string{"worker", "--queue", queue, "--deliver", backend.URL, "--min-backoff", "30s", "--max-backoff", "1m", "--shutdown-timeout", "300ms"}
 	a := startWithEnv(t, os.Environ(), append(args, "--admin-listen", admin)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
@@ -65,7 +66,7 @@ func TestWorkerShutdownAbandonsAtOnce(t *testing.T) {
 	if !strings.Contains(a.stderr.String(), "cut off by shutdown") {
 		t.Errorf("the cut-off delivery is not logged:\n%s", a.stderr.String())
 	}
-	b := startWithEnv(t, os.Environ(), append(args, "--admin-listen", freePort(t))...)
+	b := startWithEnv(t, os.Environ(), append(args, "--admin-listen", freeport.Addr(t))...)
 	testwait.Until(t, 10*time.Second, "the next worker delivered the event", func() bool { return requests.Load() == 2 })
 	b.stop(t)
 }
@@ -85,7 +86,7 @@ func TestWorkerLogsSlowBackend(t *testing.T) {
 	}))
 	defer backend.Close()
 	queue := sqliteWith(t, callEvent(t, "Microsoft.Communication.CallConnected", 1, 0))
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	w := startWithEnv(t, os.Environ(), "worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", admin,
 		"--delivery-timeout", "200ms", "--min-backoff", "10ms", "--max-backoff", "20ms")
 	waitHTTP(t, "http://"+admin+"/readyz")

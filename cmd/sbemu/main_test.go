@@ -2,20 +2,18 @@ package main
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 )
 
 func TestRunServesTheDeployConfig(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeport.Addr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut testlog.Buffer
 	done := make(chan error, 1)
