@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testwait"
@@ -30,15 +31,7 @@ const testAudience = "1b2c3d4e-0000-4000-8000-00000000acs1"
 // newIssuer serves a development issuer on loopback.
 func newIssuer(t testing.TB) *devissuer.Issuer {
 	t.Helper()
-	srv := httptest.NewUnstartedServer(nil)
-	iss, err := devissuer.New("http://"+srv.Listener.Addr().String(), testAudience)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Config.Handler = iss.Handler()
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return iss
+	return devissuertest.NewServer(t, testAudience)
 }
 
 // runVerifier runs a verifier's key refresh until the test ends and, if

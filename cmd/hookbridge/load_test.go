@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
 	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
@@ -126,14 +126,7 @@ type loadTarget struct {
 }
 
 func newLoadTarget(t *testing.T) *loadTarget {
-	issSrv := httptest.NewUnstartedServer(nil)
-	iss, err := devissuer.New("http://"+issSrv.Listener.Addr().String(), "acs-resource")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issSrv.Config.Handler = iss.Handler()
-	issSrv.Start()
-	t.Cleanup(issSrv.Close)
+	iss := devissuertest.NewServer(t, "acs-resource")
 	lt := &loadTarget{iss: iss, toks: make([]string, 4096),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	var wg sync.WaitGroup

@@ -23,7 +23,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
 	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testlog"
@@ -283,14 +283,7 @@ func TestIngressAndWorkerProcesses(t *testing.T) {
 	queue := "sqlite:" + filepath.Join(dir, "shared.db") + "?lock=2s"
 
 	// The development issuer stands in for Microsoft's.
-	issSrv := httptest.NewUnstartedServer(nil)
-	iss, err := devissuer.New("http://"+issSrv.Listener.Addr().String(), "acs-resource")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issSrv.Config.Handler = iss.Handler()
-	issSrv.Start()
-	defer issSrv.Close()
+	iss := devissuertest.NewServer(t, "acs-resource")
 
 	var mu sync.Mutex
 	got := map[string]int{}
