@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -273,26 +272,8 @@ func TestDrainKeepsServing(t *testing.T) {
 	}
 	admin := httptest.NewServer(ingress.AdminHandler(prometheus.NewRegistry(), ingress.Check{Name: "ingress", Check: func(context.Context) error { return s.Ready() }}))
 	defer admin.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, l) }()
-	url := "http://" + l.Addr().String() + "/acs/callbacks"
-	send := func() (int, error) {
-		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(callConnected))
-		req.Header.Set("X-Test-Token", "ok")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, nil
-	}
+	addr, stop := serve(t, s)
+	send := func() (int, error) { return postCallConnected(addr) }
 	readyz := func() int {
 		resp, err := http.Get(admin.URL + "/readyz")
 		if err != nil {
@@ -305,7 +286,8 @@ func TestDrainKeepsServing(t *testing.T) {
 		t.Fatalf("before shutdown: %d %v, readyz %d", s, err, readyz())
 	}
 	stopped := time.Now()
-	cancel(fmt.Errorf("test: rolling restart"))
+	served := make(chan error, 1)
+	go func() { served <- stop(fmt.Errorf("test: rolling restart")) }()
 	for time.Since(stopped) < 400*time.Millisecond {
 		if s, err := send(); s != 200 {
 			t.Fatalf("during the drain delay: %d %v, want 200", s, err)
@@ -338,15 +320,8 @@ func TestSlowBodyIs408(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, l) }()
-	defer func() { cancel(); <-served }()
-	conn, err := net.Dial("tcp", l.Addr().String())
+	addr, _ := serve(t, s)
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -123,6 +124,48 @@ func newQueue(t testing.TB) (*sqlite.Queue, *relay.Batcher) {
 	}
 	t.Cleanup(b.Close)
 	return q, b
+}
+
+// serve runs s on a new loopback listener and returns its address and a
+// stop function: stop ends Serve's context with cause and returns what
+// Serve returned. The test's end stops it too.
+func serve(t *testing.T, s *ingress.Server) (string, func(cause error) error) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, l) }()
+	var (
+		once     sync.Once
+		serveErr error
+	)
+	stop := func(cause error) error {
+		once.Do(func() {
+			cancel(cause)
+			serveErr = <-served
+		})
+		return serveErr
+	}
+	t.Cleanup(func() { stop(nil) })
+	return l.Addr().String(), stop
+}
+
+// postCallConnected posts callConnected with the static verifier's token
+// to the ingress listening on addr, over HTTP, and returns the status.
+func postCallConnected(addr string) (int, error) {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/acs/callbacks", strings.NewReader(callConnected))
+	req.Header.Set("X-Test-Token", "ok")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
 
 // newLogger logs to w as JSON, debug lines included.

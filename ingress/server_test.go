@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -292,33 +290,21 @@ func TestServeDrainsInFlightRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, l) }()
+	addr, stop := serve(t, s)
 	got := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+l.Addr().String()+"/acs/callbacks", strings.NewReader(callConnected))
-		req.Header.Set("X-Test-Token", "ok")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		status, err := postCallConnected(addr)
 		if err != nil {
-			got <- -1
-			return
+			status = -1
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		got <- resp.StatusCode
+		got <- status
 	}()
 	time.Sleep(100 * time.Millisecond) // the request is waiting for its commit
-	cancel()
+	stop(nil)
 	if status := <-got; status != 200 {
 		t.Errorf("request in flight during shutdown: %d, want 200", status)
 	}
-	if err := <-served; err != nil {
+	if err := stop(nil); err != nil {
 		t.Errorf("Serve: %v", err)
 	}
 	if s.Ready() == nil {
