@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/when"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -253,10 +254,10 @@ func (f filterForm) filter(now time.Time, def, most int) (consumer.DeadLetterFil
 		}
 	}
 	var err error
-	if out.Since, err = parseWhen(f.Since, now, "since"); err != nil {
+	if out.Since, err = when.Parse(f.Since, now, "since"); err != nil {
 		return out, err
 	}
-	if out.Until, err = parseWhen(f.Until, now, "until"); err != nil {
+	if out.Until, err = when.Parse(f.Until, now, "until"); err != nil {
 		return out, err
 	}
 	if f.Limit != "" {
@@ -269,21 +270,6 @@ func (f filterForm) filter(now time.Time, def, most int) (consumer.DeadLetterFil
 		}
 	}
 	return out, nil
-}
-
-// parseWhen reads an RFC 3339 time or a duration before now, as hookbridge
-// dlq's --since and --until do.
-func parseWhen(s string, now time.Time, field string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(-d), nil
-	}
-	return time.Time{}, fmt.Errorf("%s %q: use an RFC 3339 time (2024-05-14T17:30:00Z) or a duration ago (2h)", field, s)
 }
 
 type dlqData struct {
