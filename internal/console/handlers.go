@@ -393,6 +393,15 @@ type actionData struct {
 	Elapsed time.Duration
 }
 
+// browsedOf is dead letters as the pages list them.
+func browsedOf(dls []relay.DeadLetter) []relay.BrowsedMessage {
+	var out []relay.BrowsedMessage
+	for _, dl := range dls {
+		out = append(out, relay.FromDeadLetter(dl))
+	}
+	return out
+}
+
 // past is the verb's past participle, for logs and pages.
 func past(verb string) string {
 	if verb == "purge" {
@@ -438,16 +447,21 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 	if verb == "purge" {
 		run = consumer.Purge
 	}
-
-	if !confirm {
+	// preview selects what the action would act on now, without acting.
+	preview := func() (consumer.ReplayResult, error) {
 		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 		defer cancel()
 		res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{DryRun: true})
+		if err == nil {
+			d.Selected = browsedOf(res.Selected)
+		}
+		return res, err
+	}
+
+	if !confirm {
+		res, err := preview()
 		if err != nil {
 			return err
-		}
-		for _, dl := range res.Selected {
-			d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
 		}
 		d.More = seqs == nil && len(res.Selected) == f.Limit
 		s.log.Info("console: "+verb+" previewed", append(r.who(), "selected", len(res.Selected), "filter", d.Filter.Values().Encode())...)
@@ -457,14 +471,8 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 
 	if verb == "purge" && strings.TrimSpace(form.Get("confirm_count")) != strconv.Itoa(len(seqs)) {
 		// Show the preview again, asking for the count.
-		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
-		defer cancel()
-		res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{DryRun: true})
-		if err != nil {
+		if _, err := preview(); err != nil {
 			return err
-		}
-		for _, dl := range res.Selected {
-			d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
 		}
 		d.Error = fmt.Sprintf("To delete these messages for good, type their number, %d, in the box.", len(d.Selected))
 		s.render(w, r, http.StatusBadRequest, "preview", "Purge preview", d)
@@ -478,9 +486,7 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 	start := s.now()
 	res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{})
 	d.Result, d.Elapsed = res, s.now().Sub(start)
-	for _, dl := range res.Selected {
-		d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
-	}
+	d.Selected = browsedOf(res.Selected)
 	attrs := append(r.who(), "confirmed", len(seqs), "selected", len(res.Selected), "done", res.Done,
 		"vanished", res.Vanished, "failed", res.Failed, "duplicated", res.Duplicated, "filter", d.Filter.Values().Encode())
 	if err != nil {
