@@ -39,6 +39,8 @@ type host struct {
 	admin net.Listener
 	// tp traces the parts; nil when tracing is off (see addTracing).
 	tp trace.TracerProvider
+	// ran is set once run starts: from then on run closes the parts.
+	ran bool
 }
 
 func newHost(log *slog.Logger) *host {
@@ -56,8 +58,7 @@ func (h *host) check(c ingress.Check) { h.checks = append(h.checks, c) }
 // closer adds something to close once every loop has returned.
 func (h *host) closer(fn func() error) { h.closers = append(h.closers, fn) }
 
-// close closes what was added, newest first; it is for the paths where run
-// is never reached.
+// close closes what was added, newest first.
 func (h *host) close() error {
 	var errs []error
 	for i := len(h.closers) - 1; i >= 0; i-- {
@@ -65,6 +66,15 @@ func (h *host) close() error {
 	}
 	h.closers = nil
 	return errors.Join(errs...)
+}
+
+// closeUnlessRun closes what was added if run was never reached: a command
+// defers it once it has a host, so that a part failing to build never
+// leaves the parts built before it open.
+func (h *host) closeUnlessRun() {
+	if !h.ran {
+		h.close()
+	}
 }
 
 // errShutdownTimeout: the parts did not stop within the grace period.
@@ -85,6 +95,7 @@ func (h *host) listenAdmin(addr string) (string, error) {
 // everything must be done within h.grace; past it run returns
 // errShutdownTimeout and leaves the rest to the process's exit.
 func (h *host) run(ctx context.Context) error {
+	h.ran = true
 	adm := h.admin
 	g, gctx := errgroup.WithContext(ctx)
 	for _, fn := range h.loops {
