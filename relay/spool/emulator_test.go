@@ -127,10 +127,8 @@ func BenchmarkGroupCommit(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					ctx, cancel := context.WithCancel(context.Background())
-					done := make(chan error, 1)
-					go func() { done <- sp.Run(ctx) }()
-					defer func() { cancel(); <-done }()
+					stop := runSpool(sp)
+					defer stop()
 					// A send slower than --spool-after (a machine too busy)
 					// is spooled: say so, since it is not the direct path.
 					defer func() {
@@ -210,14 +208,11 @@ func BenchmarkWrapperOverhead(b *testing.B) {
 	// Let Run read the (empty) store, then stop it: the direct path needs
 	// nothing of it afterwards, and an idle forwarder's polling would be
 	// counted too.
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
+	stop := runSpool(sp)
 	for sp.Ready(context.Background()) != nil {
 		time.Sleep(time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		b.Fatal(err)
 	}
 	for _, size := range []int{1, 16} {
@@ -262,10 +257,8 @@ func BenchmarkDrain(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- sp.Run(ctx) }()
-			defer func() { cancel(); <-done }()
+			stop := runSpool(sp)
+			defer stop()
 			e.emu.RefuseConnections(true)
 			const chunk = 512
 			for start := 0; start < b.N; start += chunk {

@@ -173,6 +173,18 @@ func openStore(t *testing.T, path string, lock time.Duration) *sqlite.Queue {
 	return q
 }
 
+// runSpool runs sp's forwarder until stop is called, once; stop returns
+// what Run returned.
+func runSpool(sp *spool.Spool) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
 // start runs a spool over the store at path (a new one if empty).
 func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Duration) *harness {
 	t.Helper()
@@ -189,14 +201,11 @@ func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Du
 		t.Fatal(err)
 	}
 	h.sp = sp
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
+	stopRun := runSpool(sp)
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
+			if err := stopRun(); err != nil {
 				t.Errorf("Run: %v", err)
 			}
 			if err := h.store.Close(); err != nil {
@@ -836,10 +845,8 @@ func TestStoreFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stop := runSpool(sp)
+	defer stop()
 	testwait.Until(t, 10*time.Second, "ready", func() bool { return sp.Ready(context.Background()) == nil })
 	store.broken.Store(true)
 	err = sp.SendBatch(context.Background(), []relay.Message{msg("m", "k")})
