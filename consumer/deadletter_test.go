@@ -11,6 +11,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -43,7 +44,7 @@ func TestReplayEndToEnd(t *testing.T) {
 		return nil
 	})
 	w, _ := consumer.New(q, handler, consumer.Config{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	waitDeadLetters(t, q, 2)
 
 	var listed []relay.DeadLetter

@@ -13,6 +13,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -56,7 +57,7 @@ func TestLastDeliveryDeadLettered(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			stop := runWorker(t, w)
+			stop := testrun.Start(t, w.Run)
 			waitSettled(t, src, 1)
 			stop() // every settlement is counted once Run returns
 			got := src.settled["evt-last"]
@@ -97,7 +98,7 @@ func TestShutdownCutOffAbandonsAtOnce(t *testing.T) {
 		return ctx.Err()
 	}), consumer.Config{ShutdownTimeout: 100 * time.Millisecond, MinBackoff: 10 * time.Second, MaxBackoff: time.Minute,
 		Metrics: metrics, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	<-started
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -132,7 +133,7 @@ func TestSlowBackendLoggedAsDeliveryTimeout(t *testing.T) {
 		return ctx.Err()
 	}), consumer.Config{DeliveryTimeout: 50 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	waitSettled(t, src, 2)
 	stop()
 	if got := src.settled["slow"]; got.kind != "abandon" {

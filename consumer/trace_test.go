@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -103,7 +104,7 @@ func TestTracedDelivery(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			stop := runWorker(t, w)
+			stop := testrun.Start(t, w.Run)
 			var process, settle, post sdktrace.ReadOnlySpan
 			testwait.Until(t, 10*time.Second, "the process, settle and POST spans", func() bool {
 				for _, s := range rec.Ended() {
@@ -199,7 +200,7 @@ func TestTracingOffSendsNoTraceparent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 1)
 	if got := backend.received(); len(got) != 1 || got[0] != "" {
 		t.Errorf("backend received traceparent %q with tracing off", got)

@@ -18,6 +18,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -101,22 +102,6 @@ func (f *fakeSource) RenewLock(_ context.Context, m *relay.Received) error {
 	}
 	m.LockedUntil = time.Now().Add(200 * time.Millisecond)
 	return nil
-}
-
-// runWorker runs w until stop is called; stop waits for Run to return.
-func runWorker(t *testing.T, w *consumer.Worker) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- w.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-errc })
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return stop
 }
 
 func waitSettled(t *testing.T, f *fakeSource, n int) {
@@ -210,7 +195,7 @@ func TestSettlementMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			runWorker(t, w)
+			testrun.Start(t, w.Run)
 			waitSettled(t, src, 1)
 			got := src.settled["e-"+name]
 			if got.kind != tt.kind || got.reason != tt.reason {
@@ -238,7 +223,7 @@ func TestInvalidMessageIsDeadLettered(t *testing.T) {
 		t.Error("handler called for an invalid message")
 		return nil
 	}), consumer.Config{})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 1)
 	if got := src.settled["bad"]; got.kind != "deadletter" || got.reason != consumer.ReasonInvalidMessage {
 		t.Errorf("settled %+v", got)
@@ -254,7 +239,7 @@ func TestPermanentHandlerError(t *testing.T) {
 		}
 		return consumer.Permanent("", errors.New("nope"))
 	}), consumer.Config{})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 2)
 	if got := src.settled["p1"]; got.reason != "UnknownCustomer" || got.description != "no customer for this number" {
 		t.Errorf("p1 settled %+v", got)
@@ -276,7 +261,7 @@ func TestLockRenewedDuringLongDelivery(t *testing.T) {
 			return ctx.Err()
 		}
 	}), consumer.Config{})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 1)
 	if got := src.settled["long"]; got.kind != "complete" {
 		t.Errorf("settled %+v", got)
@@ -297,7 +282,7 @@ func TestLockLostCancelsDeliveryWithoutSettling(t *testing.T) {
 		close(cancelled)
 		return ctx.Err()
 	}), consumer.Config{})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	select {
 	case <-cancelled:
 	case <-time.After(10 * time.Second):
@@ -360,7 +345,7 @@ func TestOrderPerKeyWithConcurrency(t *testing.T) {
 		}
 		return nil
 	}), consumer.Config{Concurrency: 4})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	select {
 	case <-all:
 	case <-time.After(60 * time.Second):
@@ -400,7 +385,7 @@ func TestRetryThenDeliver(t *testing.T) {
 		}
 		return nil
 	}), consumer.Config{MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
@@ -425,7 +410,7 @@ func TestMaxDeliveryDeadLetters(t *testing.T) {
 		delivered <- e.ID
 		return nil
 	}), consumer.Config{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	select {
 	case id := <-delivered:
 		if id != "after" {
@@ -454,7 +439,7 @@ func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 		<-release
 		return nil
 	}), consumer.Config{ShutdownTimeout: 10 * time.Second})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	<-started
 	<-started
 	stopped := make(chan error)
@@ -484,7 +469,7 @@ func TestShutdownTimeoutAbandonsStuckDeliveries(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}), consumer.Config{ShutdownTimeout: 200 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	<-started
 	begin := time.Now()
 	if err := stop(); err != nil {

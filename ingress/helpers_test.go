@@ -21,6 +21,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -39,10 +40,7 @@ func newIssuer(t testing.TB) *devissuer.Issuer {
 // wait, waits until it has keys.
 func runVerifier(t testing.TB, run func(context.Context) error, ready func() bool, wait bool) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testrun.Start(t, run)
 	if wait {
 		testwait.Until(t, 10*time.Second, "the verifier's signing keys loaded", ready)
 	}

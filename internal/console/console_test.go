@@ -22,6 +22,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/console"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -502,12 +503,9 @@ func TestOverviewSpoolAndRates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	stop := testrun.Start(t, c.Run)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()

@@ -16,6 +16,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
@@ -128,16 +129,13 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	stop := testrun.Start(t, w.Run)
 	var dls []relay.DeadLetter
 	testwait.Until(t, 20*time.Second, "dead-lettered", func() bool {
 		dls, _ = q.ListDeadLetters(tctx(t), 0, 10)
 		return len(dls) > 0
 	})
-	cancel()
-	<-done
+	stop()
 	if len(attempts) != 3 {
 		t.Errorf("%d attempts, want 3", len(attempts))
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 )
@@ -67,12 +68,9 @@ func openEmulatedIdle(t testing.TB, emu *sbemu.Server, want relaytest.Settings, 
 // ends, as the worker command's errgroup does, and closes q.
 func runQueue(t testing.TB, q *servicebus.Queue) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- q.Run(ctx) }()
+	stop := testrun.Start(t, q.Run)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 		q.Close()

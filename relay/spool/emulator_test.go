@@ -15,6 +15,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/relay/spool"
@@ -127,7 +128,7 @@ func BenchmarkGroupCommit(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					stop := runSpool(sp)
+					stop := testrun.Start(b, sp.Run)
 					defer stop()
 					// A send slower than --spool-after (a machine too busy)
 					// is spooled: say so, since it is not the direct path.
@@ -208,7 +209,7 @@ func BenchmarkWrapperOverhead(b *testing.B) {
 	// Let Run read the (empty) store, then stop it: the direct path needs
 	// nothing of it afterwards, and an idle forwarder's polling would be
 	// counted too.
-	stop := runSpool(sp)
+	stop := testrun.Start(b, sp.Run)
 	for sp.Ready(context.Background()) != nil {
 		time.Sleep(time.Millisecond)
 	}
@@ -257,7 +258,7 @@ func BenchmarkDrain(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			stop := runSpool(sp)
+			stop := testrun.Start(b, sp.Run)
 			defer stop()
 			e.emu.RefuseConnections(true)
 			const chunk = 512

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/spool"
@@ -173,18 +174,6 @@ func openStore(t *testing.T, path string, lock time.Duration) *sqlite.Queue {
 	return q
 }
 
-// runSpool runs sp's forwarder until stop is called, once; stop returns
-// what Run returned.
-func runSpool(sp *spool.Spool) (stop func() error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
-	return func() error {
-		cancel()
-		return <-done
-	}
-}
-
 // start runs a spool over the store at path (a new one if empty).
 func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Duration) *harness {
 	t.Helper()
@@ -201,7 +190,7 @@ func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Du
 		t.Fatal(err)
 	}
 	h.sp = sp
-	stopRun := runSpool(sp)
+	stopRun := testrun.Start(t, sp.Run)
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {
@@ -845,7 +834,7 @@ func TestStoreFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := runSpool(sp)
+	stop := testrun.Start(t, sp.Run)
 	defer stop()
 	testwait.Until(t, 10*time.Second, "ready", func() bool { return sp.Ready(context.Background()) == nil })
 	store.broken.Store(true)
