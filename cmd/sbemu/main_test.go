@@ -10,16 +10,15 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 )
 
 func TestRunServesTheDeployConfig(t *testing.T) {
 	addr := freeport.Addr(t)
-	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut testlog.Buffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--listen", addr, "--config", "../../deploy/servicebus/Config.json"}, func(string) string { return "" }, &out, &errOut)
-	}()
+	stop := testrun.Start(t, func(ctx context.Context) error {
+		return run(ctx, []string{"--listen", addr, "--config", "../../deploy/servicebus/Config.json"}, func(string) string { return "" }, &out, &errOut)
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "Endpoint=") {
 		if time.Now().After(deadline) {
@@ -40,8 +39,7 @@ func TestRunServesTheDeployConfig(t *testing.T) {
 		t.Fatalf("send to the configured queue: %v", err)
 	}
 	client.Close(sctx)
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("run: %v", err)
 	}
 	if err := run(context.Background(), []string{"--listen", addr}, func(string) string { return "" }, &out, &errOut); err == nil {
