@@ -69,10 +69,7 @@ scan:
 			break scan
 		}
 		m := msgs[0]
-		seq := int64(-1)
-		if m.SequenceNumber != nil {
-			seq = *m.SequenceNumber
-		}
+		seq := valueOr(m.SequenceNumber, -1)
 		if want[seq] {
 			taken = append(taken, &relay.DeadLetterLock{DeadLetter: deadLetter(m), LockToken: uuid.UUID(m.LockToken).String(), Backend: m})
 			delete(want, seq)
@@ -116,11 +113,7 @@ func (q *Queue) giveBackDeadLetters(ctx context.Context, r *azservicebus.Receive
 	var errs []error
 	for _, m := range msgs {
 		if err := r.AbandonMessage(actx, m, nil); err != nil {
-			seq := int64(-1)
-			if m.SequenceNumber != nil {
-				seq = *m.SequenceNumber
-			}
-			errs = append(errs, fmt.Errorf("give dead letter %d back (it stays locked until its lock expires): %w", seq, mapErr("abandon", err)))
+			errs = append(errs, fmt.Errorf("give dead letter %d back (it stays locked until its lock expires): %w", valueOr(m.SequenceNumber, -1), mapErr("abandon", err)))
 		}
 	}
 	return errors.Join(errs...)
