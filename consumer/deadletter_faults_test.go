@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -15,7 +16,7 @@ import (
 // deadLettered makes a queue holding n dead-lettered events dl-0 … dl-(n-1).
 func deadLettered(t *testing.T, n int) *sqlite.Queue {
 	t.Helper()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	for i := range n {
 		sendAll(t, q, event(t, fmt.Sprintf("dl-%d", i), fmt.Sprintf("call-%d", i)))
 	}

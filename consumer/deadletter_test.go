@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -21,7 +23,7 @@ import (
 // and sees the events delivered.
 func TestReplayEndToEnd(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{MaxDeliveryCount: 2})
+	q := sqlitetest.Open(t, sqlite.Config{MaxDeliveryCount: 2})
 	sendAll(t, q, event(t, "e-404", "call-a"), event(t, "e-500", "call-b"), event(t, "e-ok", "call-c"))
 
 	var mu sync.Mutex
@@ -42,7 +44,7 @@ func TestReplayEndToEnd(t *testing.T) {
 		return nil
 	})
 	w, _ := consumer.New(q, handler, consumer.Config{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	waitDeadLetters(t, q, 2)
 
 	var listed []relay.DeadLetter
@@ -130,7 +132,7 @@ func (f failingComplete) CompleteDeadLetter(context.Context, *relay.DeadLetterLo
 
 func TestInterruptedReplayDuplicatesNeverLoses(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{MaxDeliveryCount: 1})
+	q := sqlitetest.Open(t, sqlite.Config{MaxDeliveryCount: 1})
 	sendAll(t, q, event(t, "e1", "call-1"))
 	msgs, err := q.Receive(context.Background(), 1)
 	if err != nil {
@@ -156,7 +158,7 @@ func TestInterruptedReplayDuplicatesNeverLoses(t *testing.T) {
 		t.Errorf("replayed copy: %+v (event %v, err %v)", got[0].Message, e, err)
 	}
 	// A send that fails removes nothing.
-	q2 := openQueue(t, sqlite.Config{MaxDeliveryCount: 1})
+	q2 := sqlitetest.Open(t, sqlite.Config{MaxDeliveryCount: 1})
 	sendAll(t, q2, event(t, "e2", "call-2"))
 	m2, _ := q2.Receive(context.Background(), 1)
 	q2.DeadLetter(context.Background(), m2[0], "Test", "poisoned")
@@ -180,7 +182,7 @@ func (f failingSend) SendBatch(context.Context, []relay.Message) error {
 
 func TestPurge(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	for i := range 5 {
 		sendAll(t, q, event(t, fmt.Sprintf("p%d", i), ""))
 	}
@@ -235,7 +237,7 @@ func TestDeadLetterFilter(t *testing.T) {
 // leaves it in the dead-letter queue and says so, and replays the rest.
 func TestReplayLeavesMalformedEvents(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	bad := relay.Message{ID: "malformed-1", Subject: "x", ContentType: "application/json", Body: []byte(`{"id":1}`),
 		DeadLetterReason: relay.ReasonMalformedEvent, DeadLetterDescription: `attribute "id" must be a string`}
 	good := event(t, "good-1", "call-1")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 )
 
 // TestRedirectsAreNotFollowed: a backend answering a 3xx is a wrong delivery
@@ -55,7 +56,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				runWorker(t, w)
+				testrun.Start(t, w.Run)
 				waitSettled(t, src, 1)
 				got := src.settled[id]
 				if got.kind != "deadletter" || got.reason != consumer.ReasonBackendRejected {

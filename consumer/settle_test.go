@@ -1,65 +1,22 @@
 package consumer_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/schemas"
 )
-
-// logBuffer collects JSON log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines returns the log records whose message contains msg.
-func (l *logBuffer) lines(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(rec["msg"].(string), msg) {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
-func deliveries(reg *prometheus.Registry, outcome string) float64 {
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != "hookbridge_worker_deliveries_total" {
-			continue
-		}
-		for _, metric := range mf.GetMetric() {
-			for _, l := range metric.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == outcome {
-					return metric.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
-}
 
 // TestLastDeliveryDeadLettered: a retryable failure on the last delivery the
 // queue allows is dead-lettered by the worker itself, with the queue's
@@ -91,7 +48,7 @@ func TestLastDeliveryDeadLettered(t *testing.T) {
 			t.Parallel()
 			src := newFakeSource(event(t, "evt-last", "call-1"))
 			src.pending[0].DeliveryCount, src.pending[0].MaxDeliveryCount = tt.count, tt.max
-			var logs logBuffer
+			var logs testlog.Buffer
 			reg := prometheus.NewRegistry()
 			metrics := consumer.NewMetrics(reg)
 			w, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *schemas.Event) error { return tt.handlerErr }),
@@ -100,19 +57,19 @@ func TestLastDeliveryDeadLettered(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			stop := runWorker(t, w)
+			stop := testrun.Start(t, w.Run)
 			waitSettled(t, src, 1)
 			stop() // every settlement is counted once Run returns
 			got := src.settled["evt-last"]
 			if got.kind != tt.wantKind || got.reason != tt.wantReason || !strings.Contains(got.description, tt.wantInDesc) {
 				t.Errorf("settled %+v, want %s %q with %q in the description", got, tt.wantKind, tt.wantReason, tt.wantInDesc)
 			}
-			if n := deliveries(reg, tt.wantCounted); n != 1 {
+			if n := metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", tt.wantCounted); n != 1 {
 				t.Errorf("deliveries_total{outcome=%q} = %v, want 1", tt.wantCounted, n)
 			}
-			recs := logs.lines(tt.wantLoggedWith)
+			recs := logs.Records(tt.wantLoggedWith)
 			if len(recs) != 1 {
-				t.Fatalf("%d log lines with %q, want 1:\n%s", len(recs), tt.wantLoggedWith, logs.b.String())
+				t.Fatalf("%d log lines with %q, want 1:\n%s", len(recs), tt.wantLoggedWith, logs.String())
 			}
 			if recs[0]["event_id"] != "evt-last" || recs[0]["message_id"] != "evt-last" {
 				t.Errorf("log line lacks the event and message id: %v", recs[0])
@@ -134,14 +91,14 @@ func TestShutdownCutOffAbandonsAtOnce(t *testing.T) {
 	started := make(chan struct{})
 	reg := prometheus.NewRegistry()
 	metrics := consumer.NewMetrics(reg)
-	var logs logBuffer
+	var logs testlog.Buffer
 	w, _ := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, _ *schemas.Event) error {
 		close(started)
 		<-ctx.Done()
 		return ctx.Err()
 	}), consumer.Config{ShutdownTimeout: 100 * time.Millisecond, MinBackoff: 10 * time.Second, MaxBackoff: time.Minute,
 		Metrics: metrics, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	<-started
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -150,14 +107,14 @@ func TestShutdownCutOffAbandonsAtOnce(t *testing.T) {
 	if got.kind != "abandon" || got.delay != 0 {
 		t.Errorf("settled %+v, want abandoned with no delay", got)
 	}
-	if n := deliveries(reg, "abandoned"); n != 1 {
+	if n := metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", "abandoned"); n != 1 {
 		t.Errorf("deliveries_total{outcome=abandoned} = %v, want 1", n)
 	}
-	if n := deliveries(reg, "retried"); n != 0 {
+	if n := metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", "retried"); n != 0 {
 		t.Errorf("deliveries_total{outcome=retried} = %v, want 0", n)
 	}
-	if len(logs.lines("cut off by shutdown")) != 1 {
-		t.Errorf("no log line for the cut-off delivery:\n%s", logs.b.String())
+	if len(logs.Records("cut off by shutdown")) != 1 {
+		t.Errorf("no log line for the cut-off delivery:\n%s", logs.String())
 	}
 }
 
@@ -167,7 +124,7 @@ func TestShutdownCutOffAbandonsAtOnce(t *testing.T) {
 func TestSlowBackendLoggedAsDeliveryTimeout(t *testing.T) {
 	t.Parallel()
 	src := newFakeSource(event(t, "slow", "call-1"), event(t, "failing", "call-2"))
-	var logs logBuffer
+	var logs testlog.Buffer
 	w, _ := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, e *schemas.Event) error {
 		if e.ID == "failing" {
 			return errors.New("connection refused")
@@ -176,17 +133,17 @@ func TestSlowBackendLoggedAsDeliveryTimeout(t *testing.T) {
 		return ctx.Err()
 	}), consumer.Config{DeliveryTimeout: 50 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	waitSettled(t, src, 2)
 	stop()
 	if got := src.settled["slow"]; got.kind != "abandon" {
 		t.Errorf("slow delivery settled %+v, want abandoned for a retry", got)
 	}
-	recs := logs.lines("delivery timeout")
+	recs := logs.Records("delivery timeout")
 	if len(recs) != 1 || recs[0]["cause"] != "delivery_timeout" || recs[0]["event_id"] != "slow" {
-		t.Fatalf("delivery-timeout log lines %v, want one with cause=delivery_timeout for event slow:\n%s", recs, logs.b.String())
+		t.Fatalf("delivery-timeout log lines %v, want one with cause=delivery_timeout for event slow:\n%s", recs, logs.String())
 	}
-	if recs := logs.lines("delivery failed; will retry"); len(recs) != 1 || recs[0]["event_id"] != "failing" {
+	if recs := logs.Records("delivery failed; will retry"); len(recs) != 1 || recs[0]["event_id"] != "failing" {
 		t.Errorf("an ordinary failure is not logged as a failure: %v", recs)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +16,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -86,11 +88,7 @@ func TestTracedDelivery(t *testing.T) {
 			t.Parallel()
 			rec := tracetest.NewSpanRecorder()
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-			q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { q.Close() })
+			q := sqlitetest.Open(t, sqlite.Config{})
 			m := event(t, "evt-"+strings.ReplaceAll(tt.name, " ", "-"), "call-7")
 			tt.carry(&m)
 			if err := q.SendBatch(context.Background(), []relay.Message{m}); err != nil {
@@ -106,9 +104,9 @@ func TestTracedDelivery(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			stop := runWorker(t, w)
+			stop := testrun.Start(t, w.Run)
 			var process, settle, post sdktrace.ReadOnlySpan
-			waitFor(t, 10*time.Second, func() bool {
+			testwait.Until(t, 10*time.Second, "the process, settle and POST spans", func() bool {
 				for _, s := range rec.Ended() {
 					switch s.Name() {
 					case "process q.db":
@@ -202,21 +200,9 @@ func TestTracingOffSendsNoTraceparent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 1)
 	if got := backend.received(); len(got) != 1 || got[0] != "" {
 		t.Errorf("backend received traceparent %q with tracing off", got)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,7 +16,11 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/freeport"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -30,14 +32,8 @@ func event(t testing.TB, id, key string) relay.Message {
 	if key != "" {
 		data = fmt.Sprintf(`{"correlationId":%q}`, key)
 	}
-	e := schemas.Event{ID: id, Source: "test", Type: "Microsoft.Communication.CallConnected",
-		Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "test"}
-	m, err := relay.NewMessage(&e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.ID = id // tests name messages by their event's id
-	return m
+	return relaytest.EventMessage(t, schemas.Event{ID: id, Source: "test", Type: "Microsoft.Communication.CallConnected",
+		Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "test"})
 }
 
 // settlement is what a fakeSource recorded for one message.
@@ -108,22 +104,6 @@ func (f *fakeSource) RenewLock(_ context.Context, m *relay.Received) error {
 	return nil
 }
 
-// runWorker runs w until stop is called; stop waits for Run to return.
-func runWorker(t *testing.T, w *consumer.Worker) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- w.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-errc })
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return stop
-}
-
 func waitSettled(t *testing.T, f *fakeSource, n int) {
 	t.Helper()
 	for i := range n {
@@ -175,15 +155,7 @@ func TestSettlementMatrix(t *testing.T) {
 		}
 	}))
 	t.Cleanup(backend.Close)
-	refused := func() string { // a port nobody listens on
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		return "http://" + addr + "/x"
-	}()
+	refused := "http://" + freeport.Addr(t) + "/x" // a port nobody listens on
 
 	tests := []struct {
 		url       string
@@ -223,7 +195,7 @@ func TestSettlementMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			runWorker(t, w)
+			testrun.Start(t, w.Run)
 			waitSettled(t, src, 1)
 			got := src.settled["e-"+name]
 			if got.kind != tt.kind || got.reason != tt.reason {
@@ -251,7 +223,7 @@ func TestInvalidMessageIsDeadLettered(t *testing.T) {
 		t.Error("handler called for an invalid message")
 		return nil
 	}), consumer.Config{})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 1)
 	if got := src.settled["bad"]; got.kind != "deadletter" || got.reason != consumer.ReasonInvalidMessage {
 		t.Errorf("settled %+v", got)
@@ -267,7 +239,7 @@ func TestPermanentHandlerError(t *testing.T) {
 		}
 		return consumer.Permanent("", errors.New("nope"))
 	}), consumer.Config{})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 2)
 	if got := src.settled["p1"]; got.reason != "UnknownCustomer" || got.description != "no customer for this number" {
 		t.Errorf("p1 settled %+v", got)
@@ -289,7 +261,7 @@ func TestLockRenewedDuringLongDelivery(t *testing.T) {
 			return ctx.Err()
 		}
 	}), consumer.Config{})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	waitSettled(t, src, 1)
 	if got := src.settled["long"]; got.kind != "complete" {
 		t.Errorf("settled %+v", got)
@@ -310,7 +282,7 @@ func TestLockLostCancelsDeliveryWithoutSettling(t *testing.T) {
 		close(cancelled)
 		return ctx.Err()
 	}), consumer.Config{})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	select {
 	case <-cancelled:
 	case <-time.After(10 * time.Second):
@@ -322,17 +294,6 @@ func TestLockLostCancelsDeliveryWithoutSettling(t *testing.T) {
 	}
 }
 
-func openQueue(t *testing.T, cfg sqlite.Config) *sqlite.Queue {
-	t.Helper()
-	cfg.Path = filepath.Join(t.TempDir(), "q.db")
-	q, err := sqlite.Open(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	return q
-}
-
 func sendAll(t *testing.T, q *sqlite.Queue, msgs ...relay.Message) {
 	t.Helper()
 	if err := q.SendBatch(context.Background(), msgs); err != nil {
@@ -342,7 +303,7 @@ func sendAll(t *testing.T, q *sqlite.Queue, msgs ...relay.Message) {
 
 func TestOrderPerKeyWithConcurrency(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	const keys, perKey = 6, 20
 	var msgs []relay.Message
 	for i := range perKey {
@@ -384,7 +345,7 @@ func TestOrderPerKeyWithConcurrency(t *testing.T) {
 		}
 		return nil
 	}), consumer.Config{Concurrency: 4})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	select {
 	case <-all:
 	case <-time.After(60 * time.Second):
@@ -407,7 +368,7 @@ func TestOrderPerKeyWithConcurrency(t *testing.T) {
 
 func TestRetryThenDeliver(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	sendAll(t, q, event(t, "flaky", "k"), event(t, "next", "k"))
 	var calls []string
 	var mu sync.Mutex
@@ -424,7 +385,7 @@ func TestRetryThenDeliver(t *testing.T) {
 		}
 		return nil
 	}), consumer.Config{MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
@@ -439,7 +400,7 @@ func TestRetryThenDeliver(t *testing.T) {
 
 func TestMaxDeliveryDeadLetters(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{MaxDeliveryCount: 3})
+	q := sqlitetest.Open(t, sqlite.Config{MaxDeliveryCount: 3})
 	sendAll(t, q, event(t, "poison", "k"), event(t, "after", "k"))
 	delivered := make(chan string, 10)
 	w, _ := consumer.New(q, consumer.HandlerFunc(func(_ context.Context, e *schemas.Event) error {
@@ -449,7 +410,7 @@ func TestMaxDeliveryDeadLetters(t *testing.T) {
 		delivered <- e.ID
 		return nil
 	}), consumer.Config{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
-	runWorker(t, w)
+	testrun.Start(t, w.Run)
 	select {
 	case id := <-delivered:
 		if id != "after" {
@@ -469,7 +430,7 @@ func TestMaxDeliveryDeadLetters(t *testing.T) {
 
 func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	sendAll(t, q, event(t, "a", "ka"), event(t, "b", "kb"))
 	started := make(chan struct{}, 2)
 	release := make(chan struct{})
@@ -478,7 +439,7 @@ func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 		<-release
 		return nil
 	}), consumer.Config{ShutdownTimeout: 10 * time.Second})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	<-started
 	<-started
 	stopped := make(chan error)
@@ -500,7 +461,7 @@ func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 
 func TestShutdownTimeoutAbandonsStuckDeliveries(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	sendAll(t, q, event(t, "stuck", "k"))
 	started := make(chan struct{})
 	w, _ := consumer.New(q, consumer.HandlerFunc(func(ctx context.Context, _ *schemas.Event) error {
@@ -508,7 +469,7 @@ func TestShutdownTimeoutAbandonsStuckDeliveries(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}), consumer.Config{ShutdownTimeout: 200 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
-	stop := runWorker(t, w)
+	stop := testrun.Start(t, w.Run)
 	<-started
 	begin := time.Now()
 	if err := stop(); err != nil {
@@ -528,7 +489,7 @@ func TestShutdownTimeoutAbandonsStuckDeliveries(t *testing.T) {
 
 func TestRunReturnsWhenSourceCloses(t *testing.T) {
 	t.Parallel()
-	q := openQueue(t, sqlite.Config{})
+	q := sqlitetest.Open(t, sqlite.Config{})
 	w, _ := consumer.New(q, consumer.NewStdout(&strings.Builder{}), consumer.Config{})
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(context.Background()) }()

@@ -2,7 +2,6 @@ package ingress
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -44,18 +43,14 @@ type ACSConfig struct {
 
 // Validate reports the first invalid setting.
 func (c ACSConfig) Validate() error {
-	if err := checkAudiences("acs verifier", c.Audiences, "set --acs-audience to your ACS resource's immutable resource ID"); err != nil {
-		return err
-	}
-	if err := checkLeeway("acs verifier", c.Leeway); err != nil {
-		return err
-	}
-	if c.OIDCURL != "" {
-		if err := checkFetchURL(c.OIDCURL); err != nil {
-			return fmt.Errorf("acs verifier: --acs-oidc-url: %w", err)
-		}
-	}
-	return nil
+	return jwtSettings{
+		verifier:     "acs verifier",
+		audiences:    c.Audiences,
+		audienceHint: "set --acs-audience to your ACS resource's immutable resource ID",
+		leeway:       c.Leeway,
+		url:          c.OIDCURL,
+		urlFlag:      "--acs-oidc-url",
+	}.check()
 }
 
 // ACSVerifier checks the JWT Call Automation puts in the Authorization
@@ -77,7 +72,7 @@ func NewACSVerifier(cfg ACSConfig) (*ACSVerifier, error) {
 		cfg.OIDCURL = DefaultACSOIDCURL
 	}
 	if cfg.Leeway == 0 {
-		cfg.Leeway = 30 * time.Second
+		cfg.Leeway = defaultLeeway
 	}
 	keys, err := newKeySource(keySourceConfig{
 		name:            VerifierACS,

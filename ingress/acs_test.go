@@ -17,6 +17,8 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 )
 
 var jti atomic.Int64
@@ -153,7 +155,7 @@ func TestUnknownKIDRefreshesThenAccepts(t *testing.T) {
 	t.Parallel()
 	iss := newIssuer(t)
 	const every = 300 * time.Millisecond
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	v := newACS(t, iss, ingress.ACSConfig{UnknownKIDRefreshEvery: every, Logger: slog.New(slog.NewTextHandler(logs, nil))}, true)
 	defer func() {
 		if t.Failed() {
@@ -224,7 +226,7 @@ func TestJWKSDownAtStartThenRecovers(t *testing.T) {
 		t.Fatal("ready without keys")
 	}
 	iss.SetJWKSStatus(0)
-	waitFor(t, 10*time.Second, v.Ready)
+	testwait.Until(t, 10*time.Second, "the signing keys loaded once the JWKS answers", v.Ready)
 	if r := post(t, h, "/acs/callbacks", tok, "application/json", callConnected); r.status != 200 {
 		t.Fatalf("after recovery: %d %s", r.status, r.raw)
 	}

@@ -52,22 +52,14 @@ func benchTokens(b *testing.B, iss *devissuer.Issuer, n int) []string {
 // Compare the two with benchstat; the target is durable ≥ 0.7 × verify-only.
 func BenchmarkACSCallbacks(b *testing.B) {
 	benchACS(b, func(b *testing.B, toks []string, h http.Handler) {
-		var seq atomic.Int64
-		b.ReportAllocs()
-		b.SetParallelism(64)
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				i := seq.Add(1)
-				body := strings.Replace(callConnected, "evt-1", fmt.Sprintf("evt-%d", i), 1)
-				req := httptest.NewRequest(http.MethodPost, "/acs/callbacks", strings.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+toks[i%int64(len(toks))])
-				req.Header.Set("Content-Type", "application/json")
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
-				if rec.Code != http.StatusOK {
-					b.Fatalf("status %d: %s", rec.Code, rec.Body.String())
-				}
+		postInParallel(b, 64, toks, func(body, tok string) {
+			req := httptest.NewRequest(http.MethodPost, "/acs/callbacks", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				b.Fatalf("status %d: %s", rec.Code, rec.Body.String())
 			}
 		})
 	})
@@ -83,28 +75,35 @@ func BenchmarkACSCallbacksLoopback(b *testing.B) {
 		defer srv.Close()
 		client := &http.Client{Transport: &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512}}
 		defer client.CloseIdleConnections()
-		var seq atomic.Int64
-		b.ReportAllocs()
-		b.SetParallelism(128)
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				i := seq.Add(1)
-				body := strings.Replace(callConnected, "evt-1", fmt.Sprintf("evt-%d", i), 1)
-				req, _ := http.NewRequest(http.MethodPost, srv.URL+"/acs/callbacks", strings.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+toks[i%int64(len(toks))])
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
-				if err != nil {
-					b.Fatal(err)
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					b.Fatalf("status %d", resp.StatusCode)
-				}
+		postInParallel(b, 128, toks, func(body, tok string) {
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/acs/callbacks", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("status %d", resp.StatusCode)
 			}
 		})
+	})
+}
+
+// postInParallel posts b.N callbacks from parallelism goroutines per
+// processor: each a new event, with the next of toks. post sends one.
+func postInParallel(b *testing.B, parallelism int, toks []string, post func(body, tok string)) {
+	var seq atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := seq.Add(1)
+			post(strings.Replace(callConnected, "evt-1", fmt.Sprintf("evt-%d", i), 1), toks[i%int64(len(toks))])
+		}
 	})
 }
 

@@ -64,18 +64,14 @@ func (c EntraConfig) Validate() error {
 	if strings.TrimSpace(c.Tenant) == "" || strings.ContainsAny(c.Tenant, "/?#") {
 		return errors.New("entra verifier: set --eventgrid-entra-tenant to the tenant ID of the webhook's Entra application")
 	}
-	if err := checkAudiences("entra verifier", c.Audiences, "set --eventgrid-entra-audience to the webhook application's client ID or application ID URI"); err != nil {
-		return err
-	}
-	if err := checkLeeway("entra verifier", c.Leeway); err != nil {
-		return err
-	}
-	if c.Authority != "" {
-		if err := checkFetchURL(c.Authority); err != nil {
-			return fmt.Errorf("entra verifier: --entra-authority: %w", err)
-		}
-	}
-	return nil
+	return jwtSettings{
+		verifier:     "entra verifier",
+		audiences:    c.Audiences,
+		audienceHint: "set --eventgrid-entra-audience to the webhook application's client ID or application ID URI",
+		leeway:       c.Leeway,
+		url:          c.Authority,
+		urlFlag:      "--entra-authority",
+	}.check()
 }
 
 // EntraVerifier checks the Microsoft Entra token Event Grid sends with every
@@ -106,7 +102,7 @@ func NewEntraVerifier(cfg EntraConfig) (*EntraVerifier, error) {
 		cfg.AppID = EventGridAppID
 	}
 	if cfg.Leeway == 0 {
-		cfg.Leeway = 30 * time.Second
+		cfg.Leeway = defaultLeeway
 	}
 	if cfg.CacheSize == 0 {
 		cfg.CacheSize = DefaultEntraCacheSize

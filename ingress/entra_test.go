@@ -1,9 +1,6 @@
 package ingress_test
 
 import (
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -94,10 +91,7 @@ func TestEntraTokenMatrix(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req := httptest.NewRequest(http.MethodPost, "/eventgrid", strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+entraToken(t, iss, tt.change))
-			r := do(t, h, req)
+			r := post(t, h, "/eventgrid", entraToken(t, iss, tt.change), "application/json", body)
 			if r.status != tt.status {
 				t.Fatalf("status %d, want %d: %s", r.status, tt.status, r.raw)
 			}
@@ -110,10 +104,7 @@ func TestEntraTokenMatrix(t *testing.T) {
 	// algorithm than RS256.
 	hs := signWith(t, jwt.SigningMethodHS256, []byte("secret"), nil, jwt.MapClaims{"iss": "https://sts.windows.net/" + testTenant + "/",
 		"aud": testApp, "tid": testTenant, "appid": ingress.EventGridAppID, "exp": now.Add(time.Hour).Unix()})
-	req := httptest.NewRequest(http.MethodPost, "/eventgrid", strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+hs)
-	if r := do(t, h, req); r.status != 401 {
+	if r := post(t, h, "/eventgrid", hs, "application/json", body); r.status != 401 {
 		t.Errorf("HS256: %d", r.status)
 	}
 }
@@ -125,10 +116,7 @@ func TestEntraCacheHonoursExpiryAndFailures(t *testing.T) {
 	h, _ := newServer(t, ingress.Config{Publisher: &fakePublisher{}, EventGridVerifiers: []ingress.Verifier{v}})
 	body := readTestdata(t, "eventgrid/IncomingCall.json")
 	send := func(tok string) int {
-		req := httptest.NewRequest(http.MethodPost, "/eventgrid", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+tok)
-		return do(t, h, req).status
+		return post(t, h, "/eventgrid", tok, "application/json", body).status
 	}
 	// A failed token stays failed: failures are never cached as successes.
 	bad := entraToken(t, iss, func(c map[string]any) { c["appid"] = "not-event-grid" })

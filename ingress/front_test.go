@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -19,8 +16,9 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
 // signedMalformed are events a verified sender may post that break an
@@ -88,7 +86,7 @@ func TestSignedMalformedEventsAreNeverRefused(t *testing.T) {
 			if r.body["dead_lettered"] != float64(tt.dead) {
 				t.Errorf("answer %s does not count the dead-lettered event", r.raw)
 			}
-			if !strings.Contains(logs.String(), d.ID) || requestsWithCause(t, reg, ingress.CauseMalformedEvent) != 1 {
+			if !strings.Contains(logs.String(), d.ID) || metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseMalformedEvent) != 1 {
 				t.Errorf("dead letter %s not logged or counted:\n%s", d.ID, logs.String())
 			}
 		})
@@ -101,17 +99,7 @@ func TestSignedMalformedEventsAreNeverRefused(t *testing.T) {
 // findable by its event id.
 func TestSignedMalformedEndToEnd(t *testing.T) {
 	t.Parallel()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go b.Run(context.Background())
-	defer b.Close()
+	q, b := newQueue(t)
 	h, _ := newServer(t, ingress.Config{Publisher: b,
 		ACSVerifiers: []ingress.Verifier{staticVerifier{true}}, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	var queued, dead int64
@@ -158,17 +146,7 @@ func TestSignedMalformedEndToEnd(t *testing.T) {
 // their events alike are two events; a redelivery of either is one.
 func TestSameIDFromTwoSources(t *testing.T) {
 	t.Parallel()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go b.Run(context.Background())
-	defer b.Close()
+	q, b := newQueue(t)
 	h, _ := newServer(t, ingress.Config{Publisher: b, EventGridVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	event := func(topic string) string {
 		return `[{"id":"1","topic":"` + topic + `","eventType":"Contoso.Order","data":{}}]`
@@ -254,7 +232,7 @@ func TestReplayDefenceWithoutJTI(t *testing.T) {
 			if !strings.Contains(logs.String(), "token_digest") || strings.Contains(logs.String(), tok) || strings.Contains(logs.String(), strings.Split(tok, ".")[2]) {
 				t.Errorf("reuse not logged with a digest, or the token leaked:\n%s", logs.String())
 			}
-			if requestsWithCause(t, reg, ingress.CauseTokenReused) != 1 {
+			if metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseTokenReused) != 1 {
 				t.Error("reuse not counted as token_reused")
 			}
 			// A reuse whose body also holds a malformed event is still
@@ -262,7 +240,7 @@ func TestReplayDefenceWithoutJTI(t *testing.T) {
 			if s := send(`[{"specversion":"1.0","id":"m3","type":"t"}]`); s != 200 {
 				t.Fatalf("reuse with a malformed event: %d", s)
 			}
-			if n := requestsWithCause(t, reg, ingress.CauseTokenReused); n != 2 {
+			if n := metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseTokenReused); n != 2 {
 				t.Errorf("%v requests counted as token_reused, want 2: a malformed event hid the reuse", n)
 			}
 		})
@@ -283,16 +261,9 @@ func TestReplayEvictionsAreExported(t *testing.T) {
 			t.Fatalf("status %d", r.status)
 		}
 	}
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == "hookbridge_ingress_replay_evictions_total" {
-			if v := mf.GetMetric()[0].GetCounter().GetValue(); v != 3 {
-				t.Errorf("%v evictions, want 3", v)
-			}
-			return
-		}
+	if v := metrictest.Value(t, reg, "hookbridge_ingress_replay_evictions_total"); v != 3 {
+		t.Errorf("%v evictions, want 3", v)
 	}
-	t.Error("hookbridge_ingress_replay_evictions_total not exported")
 }
 
 // TestDrainKeepsServing: once Serve's context ends, readiness fails at
@@ -301,7 +272,7 @@ func TestReplayEvictionsAreExported(t *testing.T) {
 func TestDrainKeepsServing(t *testing.T) {
 	t.Parallel()
 	pub := &fakePublisher{}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	s, err := ingress.New(ingress.Config{Publisher: pub, ACSVerifiers: []ingress.Verifier{staticVerifier{true}},
 		DrainDelay: 700 * time.Millisecond, Logger: newLogger(logs)})
 	if err != nil {
@@ -309,26 +280,8 @@ func TestDrainKeepsServing(t *testing.T) {
 	}
 	admin := httptest.NewServer(ingress.AdminHandler(prometheus.NewRegistry(), ingress.Check{Name: "ingress", Check: func(context.Context) error { return s.Ready() }}))
 	defer admin.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, l) }()
-	url := "http://" + l.Addr().String() + "/acs/callbacks"
-	send := func() (int, error) {
-		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(callConnected))
-		req.Header.Set("X-Test-Token", "ok")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, nil
-	}
+	addr, stop := serve(t, s)
+	send := func() (int, error) { return postCallConnected(addr) }
 	readyz := func() int {
 		resp, err := http.Get(admin.URL + "/readyz")
 		if err != nil {
@@ -341,7 +294,8 @@ func TestDrainKeepsServing(t *testing.T) {
 		t.Fatalf("before shutdown: %d %v, readyz %d", s, err, readyz())
 	}
 	stopped := time.Now()
-	cancel(fmt.Errorf("test: rolling restart"))
+	served := make(chan error, 1)
+	go func() { served <- stop(fmt.Errorf("test: rolling restart")) }()
 	for time.Since(stopped) < 400*time.Millisecond {
 		if s, err := send(); s != 200 {
 			t.Fatalf("during the drain delay: %d %v, want 200", s, err)
@@ -374,15 +328,8 @@ func TestSlowBodyIs408(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, l) }()
-	defer func() { cancel(); <-served }()
-	conn, err := net.Dial("tcp", l.Addr().String())
+	addr, _ := serve(t, s)
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +373,7 @@ func TestBodiesInFlightAreBounded(t *testing.T) {
 	if r := do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("a body beyond the budget: %d, want 503 with Retry-After", r.status)
 	}
-	if requestsWithCause(t, reg, ingress.CauseOverloaded) != 1 {
+	if metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseOverloaded) != 1 {
 		t.Error("the wait for the budget is not counted as overloaded")
 	}
 	close(pub.open)
@@ -455,8 +402,4 @@ func TestRateBurstNeedsRateLimit(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-}
-
-func newLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -1,12 +1,12 @@
 package ingress_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -18,7 +18,13 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 
@@ -27,32 +33,21 @@ const testAudience = "1b2c3d4e-0000-4000-8000-00000000acs1"
 // newIssuer serves a development issuer on loopback.
 func newIssuer(t testing.TB) *devissuer.Issuer {
 	t.Helper()
-	srv := httptest.NewUnstartedServer(nil)
-	iss, err := devissuer.New("http://"+srv.Listener.Addr().String(), testAudience)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Config.Handler = iss.Handler()
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return iss
+	return devissuertest.NewServer(t, testAudience)
 }
 
-// newACS returns a running ACS verifier trusting iss. With wait set it
-// returns once the keys are loaded.
 // runVerifier runs a verifier's key refresh until the test ends and, if
 // wait, waits until it has keys.
 func runVerifier(t testing.TB, run func(context.Context) error, ready func() bool, wait bool) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testrun.Start(t, run)
 	if wait {
-		waitFor(t, 10*time.Second, ready)
+		testwait.Until(t, 10*time.Second, "the verifier's signing keys loaded", ready)
 	}
 }
 
+// newACS returns a running ACS verifier trusting iss. With wait set it
+// returns once the keys are loaded.
 func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait bool) *ingress.ACSVerifier {
 	t.Helper()
 	if cfg.Audiences == nil {
@@ -65,17 +60,6 @@ func newACS(t testing.TB, iss *devissuer.Issuer, cfg ingress.ACSConfig, wait boo
 	}
 	runVerifier(t, v.Run, v.Ready, wait)
 	return v
-}
-
-func waitFor(t testing.TB, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // fakePublisher records published messages, events decoded, or fails with
@@ -127,30 +111,73 @@ func (p *fakePublisher) count() int {
 	return len(p.events)
 }
 
-// syncBuffer is a concurrency-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// newQueue opens an embedded queue in a new file with a group commit in
+// front of it, as the ingress publishes; both close when the test ends.
+func newQueue(t testing.TB) (*sqlite.Queue, *relay.Batcher) {
+	t.Helper()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Run(context.Background())
+	t.Cleanup(b.Close)
+	return q, b
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+// serve runs s on a new loopback listener and returns its address and a
+// stop function: stop ends Serve's context with cause and returns what
+// Serve returned. The test's end stops it too.
+func serve(t *testing.T, s *ingress.Server) (string, func(cause error) error) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, l) }()
+	var (
+		once     sync.Once
+		serveErr error
+	)
+	stop := func(cause error) error {
+		once.Do(func() {
+			cancel(cause)
+			serveErr = <-served
+		})
+		return serveErr
+	}
+	t.Cleanup(func() { stop(nil) })
+	return l.Addr().String(), stop
 }
 
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// postCallConnected posts callConnected with the static verifier's token
+// to the ingress listening on addr, over HTTP, and returns the status.
+func postCallConnected(addr string) (int, error) {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/acs/callbacks", strings.NewReader(callConnected))
+	req.Header.Set("X-Test-Token", "ok")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// newLogger logs to w as JSON, debug lines included.
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // newServer builds an ingress with the given verifiers and publisher and
 // returns its handler and log.
-func newServer(t testing.TB, cfg ingress.Config) (http.Handler, *syncBuffer) {
+func newServer(t testing.TB, cfg ingress.Config) (http.Handler, *testlog.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
-	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &testlog.Buffer{}
+	cfg.Logger = newLogger(logs)
 	s, err := ingress.New(cfg)
 	if err != nil {
 		t.Fatal(err)

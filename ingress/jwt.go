@@ -22,23 +22,38 @@ func newParser(leeway time.Duration, audiences []string) *jwt.Parser {
 	)
 }
 
-// checkAudiences and checkLeeway validate the settings both JWT verifiers
-// share; what names the verifier in messages.
-func checkAudiences(what string, audiences []string, hint string) error {
-	if len(audiences) == 0 {
-		return fmt.Errorf("%s: no audience; %s", what, hint)
-	}
-	for _, a := range audiences {
-		if strings.TrimSpace(a) == "" {
-			return fmt.Errorf("%s: an audience is empty", what)
-		}
-	}
-	return nil
+// defaultLeeway is the JWT verifiers' clock skew when their configuration
+// sets none.
+const defaultLeeway = 30 * time.Second
+
+// jwtSettings are the settings both JWT verifiers' configurations share,
+// checked the same way for both.
+type jwtSettings struct {
+	verifier     string // names the verifier in messages
+	audiences    []string
+	audienceHint string // how to set an audience
+	leeway       time.Duration
+	url          string // where keys are discovered; "" for the default
+	urlFlag      string // the flag that sets url
 }
 
-func checkLeeway(what string, leeway time.Duration) error {
-	if leeway < 0 || leeway > MaxLeeway {
-		return fmt.Errorf("%s: leeway %s: must be between 0 and %s", what, leeway, MaxLeeway)
+// check reports the first invalid setting.
+func (s jwtSettings) check() error {
+	if len(s.audiences) == 0 {
+		return fmt.Errorf("%s: no audience; %s", s.verifier, s.audienceHint)
+	}
+	for _, a := range s.audiences {
+		if strings.TrimSpace(a) == "" {
+			return fmt.Errorf("%s: an audience is empty", s.verifier)
+		}
+	}
+	if s.leeway < 0 || s.leeway > MaxLeeway {
+		return fmt.Errorf("%s: leeway %s: must be between 0 and %s", s.verifier, s.leeway, MaxLeeway)
+	}
+	if s.url != "" {
+		if err := checkFetchURL(s.url); err != nil {
+			return fmt.Errorf("%s: %s: %w", s.verifier, s.urlFlag, err)
+		}
 	}
 	return nil
 }

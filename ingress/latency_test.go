@@ -15,6 +15,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -202,9 +203,7 @@ func BenchmarkEndToEndLatency(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(ctx) }()
+			stop := testrun.Start(b, w.Run)
 			b.ResetTimer()
 			for range b.N {
 				openLoop(rate, 5*time.Second, func() { st.request(b) })
@@ -218,8 +217,7 @@ func BenchmarkEndToEndLatency(b *testing.B) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			b.StopTimer()
-			cancel()
-			<-done
+			stop()
 			b.ReportMetric(rate, "offered-req/s")
 			b.ReportMetric(float64(st.refused.Load()), "refused-overloaded")
 			e2e.report(b, "e2e")

@@ -84,12 +84,11 @@ func TestAPIKeyTogetherWithJWT(t *testing.T) {
 		if withKey {
 			path += "?key=" + url.QueryEscape(keyCurrent)
 		}
-		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(callConnected))
-		req.Header.Set("Content-Type", "application/json")
+		tok := ""
 		if withToken {
-			req.Header.Set("Authorization", "Bearer "+sign(t, iss, claims(iss)))
+			tok = sign(t, iss, claims(iss))
 		}
-		return do(t, h, req).status
+		return post(t, h, path, tok, "application/json", callConnected).status
 	}
 	if s := send(true, true); s != 200 {
 		t.Errorf("key and token: %d", s)
@@ -179,10 +178,7 @@ func TestReplayDefence(t *testing.T) {
 	pub := &fakePublisher{}
 	h, _ := newServer(t, ingress.Config{Publisher: pub, ACSVerifiers: []ingress.Verifier{acs}})
 	send := func(tok, body string) int {
-		req := httptest.NewRequest(http.MethodPost, "/acs/callbacks", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+tok)
-		return do(t, h, req).status
+		return post(t, h, "/acs/callbacks", tok, "application/json", body).status
 	}
 	tok := sign(t, iss, claims(iss))
 	if s := send(tok, callConnected); s != 200 {
@@ -219,10 +215,7 @@ func TestReplayDefence(t *testing.T) {
 	h2, _ := newServer(t, ingress.Config{Publisher: &fakePublisher{}, ACSVerifiers: []ingress.Verifier{acs}, ReplayCacheSize: -1})
 	tok3 := sign(t, iss, claims(iss))
 	for _, body := range []string{callConnected, forged} {
-		req := httptest.NewRequest(http.MethodPost, "/acs/callbacks", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+tok3)
-		if r := do(t, h2, req); r.status != 200 {
+		if r := post(t, h2, "/acs/callbacks", tok3, "application/json", body); r.status != 200 {
 			t.Errorf("defence off: %d", r.status)
 		}
 	}

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookbridge/hookbridge/ingress"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
 
@@ -111,7 +108,7 @@ func TestStatusCodes(t *testing.T) {
 			if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 				t.Errorf("error Content-Type %q", ct)
 			}
-			if requestsWithCause(t, reg, tt.cause) < 1 {
+			if metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", tt.cause) < 1 {
 				t.Errorf("no request counted with cause %q", tt.cause)
 			}
 		})
@@ -119,30 +116,6 @@ func TestStatusCodes(t *testing.T) {
 	if n := pub.count(); n != 4 {
 		t.Errorf("%d events published, want 4", n)
 	}
-}
-
-// requestsWithCause sums hookbridge_ingress_requests_total over series
-// with the given cause label.
-func requestsWithCause(t *testing.T, reg *prometheus.Registry, cause string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != "hookbridge_ingress_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "cause" && l.GetValue() == cause {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
 }
 
 func TestQueueFailureIsNever200(t *testing.T) {
@@ -198,17 +171,7 @@ func (failingSender) SendBatch(context.Context, []relay.Message) error {
 // queue, then through a failing backend.
 func TestRealQueuePath(t *testing.T) {
 	t.Parallel()
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go b.Run(context.Background())
-	defer b.Close()
+	q, b := newQueue(t)
 	h, _ := newServer(t, ingress.Config{Publisher: b, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}})
 	var wg sync.WaitGroup
 	for i := range 20 {
@@ -328,33 +291,21 @@ func TestServeDrainsInFlightRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, l) }()
+	addr, stop := serve(t, s)
 	got := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+l.Addr().String()+"/acs/callbacks", strings.NewReader(callConnected))
-		req.Header.Set("X-Test-Token", "ok")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		status, err := postCallConnected(addr)
 		if err != nil {
-			got <- -1
-			return
+			status = -1
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		got <- resp.StatusCode
+		got <- status
 	}()
 	time.Sleep(100 * time.Millisecond) // the request is waiting for its commit
-	cancel()
+	stop(nil)
 	if status := <-got; status != 200 {
 		t.Errorf("request in flight during shutdown: %d, want 200", status)
 	}
-	if err := <-served; err != nil {
+	if err := stop(nil); err != nil {
 		t.Errorf("Serve: %v", err)
 	}
 	if s.Ready() == nil {

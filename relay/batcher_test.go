@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 )
 
 // gateSender records every SendBatch and, while its gate is closed, holds
@@ -277,33 +279,12 @@ func TestBatcherFailureReachesEveryCaller(t *testing.T) {
 			t.Fatalf("later publish: %v", err)
 		}
 	}
-	if got := histogramCount(t, reg, "hookbridge_enqueue_duration_seconds", "error"); got != 1 {
+	if got := metrictest.SampleCount(t, reg, "hookbridge_enqueue_duration_seconds", "result", "error"); got != 1 {
 		t.Fatalf("error observations %d, want 1", got)
 	}
-	if got := histogramCount(t, reg, "hookbridge_enqueue_duration_seconds", "ok"); got != callers {
+	if got := metrictest.SampleCount(t, reg, "hookbridge_enqueue_duration_seconds", "result", "ok"); got != callers {
 		t.Fatalf("ok observations %d, want %d", got, callers)
 	}
-}
-
-func histogramCount(t *testing.T, g prometheus.Gatherer, name, result string) uint64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					return m.GetHistogram().GetSampleCount()
-				}
-			}
-		}
-	}
-	return 0
 }
 
 func TestBatcherMaxInFlight(t *testing.T) {

@@ -71,6 +71,7 @@ tunnel) when it is not on loopback.`,
 			}
 			ctx := cmd.Context()
 			h := newHost(log)
+			defer h.closeUnlessRun()
 			q, err := openQueue(ctx, queueURL, getenv, log, 0, nil)
 			if err != nil {
 				return err
@@ -81,7 +82,6 @@ tunnel) when it is not on loopback.`,
 			h.addQueue(q, false, false)
 			cq, ok := q.(console.Queue)
 			if !ok {
-				h.close()
 				return fmt.Errorf("--queue %s: this backend cannot be browsed", redactQueueURL(queueURL))
 			}
 			cfg := console.Config{
@@ -92,7 +92,6 @@ tunnel) when it is not on loopback.`,
 			if spoolURL != "" {
 				sp, err := openQueue(ctx, spoolURL, getenv, log, 0, nil)
 				if err != nil {
-					h.close()
 					return fmt.Errorf("--spool: %w", err)
 				}
 				h.addQueue(sp, false, false)
@@ -100,12 +99,10 @@ tunnel) when it is not on loopback.`,
 			}
 			srv, err := console.New(cfg)
 			if err != nil {
-				h.close()
 				return usageError{err}
 			}
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
-				h.close()
 				return fmt.Errorf("console listener: %w", err)
 			}
 			h.closer(closeListener(l))

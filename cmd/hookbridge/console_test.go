@@ -7,13 +7,14 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 func TestConsoleUsageErrors(t *testing.T) {
@@ -56,18 +57,9 @@ func TestConsoleBinary(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	_, port, _ := strings.Cut(addr, ":")
-	p := &process{cmd: exec.Command(binary, "console", "--listen", "0.0.0.0:"+port, "--queue", queue), stderr: &syncBuffer{}}
-	p.cmd.Env = append(os.Environ(), "HOOKBRIDGE_CONSOLE_TOKEN_FILE="+tokenFile)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
+	p := startWithEnv(t, append(os.Environ(), "HOOKBRIDGE_CONSOLE_TOKEN_FILE="+tokenFile), "console", "--listen", "0.0.0.0:"+port, "--queue", queue)
 	base := "http://" + addr
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar}

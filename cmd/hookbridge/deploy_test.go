@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -141,14 +142,7 @@ func TestDeploymentFilesAgree(t *testing.T) {
 	}
 
 	// The same Config.json serves our emulator, reached as the stack does.
-	s, err := sbemu.New(sbemu.Config{Namespace: ns, Queues: queues})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := sbemutest.NewServerConfig(t, sbemu.Config{Namespace: ns, Queues: queues})
 	env := map[string]string{envServiceBusConnStr: s.ConnectionString()}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

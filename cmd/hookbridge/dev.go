@@ -50,21 +50,19 @@ delivered in order (non-zero otherwise).`,
 			if err != nil {
 				return err
 			}
+			defer h.closeUnlessRun()
 			target, err := w.target(cmd.OutOrStdout(), h)
 			if err != nil {
-				h.close()
 				return err
 			}
 			iss, issuerAddr, vs, err := addDevIssuer(h)
 			if err != nil {
-				h.close()
 				return err
 			}
 			ctx, stop := context.WithCancel(cmd.Context())
 			defer stop()
 			q, err := common.openQueue(ctx, getenv, h, w.concurrency)
 			if err != nil {
-				h.close()
 				return err
 			}
 			h.addQueue(q, true, !sf.enabled())
@@ -73,7 +71,6 @@ delivered in order (non-zero otherwise).`,
 			w.shutdownTimeout = f.shutdownTimeout
 			st, err := buildIngress(ctx, h, &f, &sf, q, vs)
 			if err != nil {
-				h.close()
 				return err
 			}
 			var rec *recorder
@@ -82,11 +79,9 @@ delivered in order (non-zero otherwise).`,
 				target = rec
 			}
 			if _, err := buildWorker(h, &w, q, target); err != nil {
-				h.close()
 				return err
 			}
 			if _, err := h.listenAdmin(common.adminListen); err != nil {
-				h.close()
 				return err
 			}
 			base := "http://" + st.addr()

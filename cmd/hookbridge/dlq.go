@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/when"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -42,30 +43,16 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 func (f *filterFlags) filter(now time.Time) (consumer.DeadLetterFilter, error) {
 	out := consumer.DeadLetterFilter{IDs: f.ids, Type: f.typ, Reason: f.reason, PartitionKey: f.partitionKey, Limit: f.limit}
 	var err error
-	if out.Since, err = parseWhen(f.since, now, "--since"); err != nil {
-		return out, err
+	if out.Since, err = when.Parse(f.since, now, "--since"); err != nil {
+		return out, usageError{err}
 	}
-	if out.Until, err = parseWhen(f.until, now, "--until"); err != nil {
-		return out, err
+	if out.Until, err = when.Parse(f.until, now, "--until"); err != nil {
+		return out, usageError{err}
 	}
 	if f.limit < 0 {
 		return out, usageError{errors.New("--limit must not be negative")}
 	}
 	return out, nil
-}
-
-// parseWhen reads an RFC 3339 time or a duration before now.
-func parseWhen(s string, now time.Time, flag string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(-d), nil
-	}
-	return time.Time{}, usageError{fmt.Errorf("%s %q: use an RFC 3339 time (2024-05-14T17:30:00Z) or a duration ago (2h)", flag, s)}
 }
 
 func dlqCommand(getenv env) *cobra.Command {

@@ -45,6 +45,8 @@ type host struct {
 	admin net.Listener
 	// tp traces the parts; nil when tracing is off (see addTracing).
 	tp trace.TracerProvider
+	// ran is set once run starts: from then on run closes the parts.
+	ran bool
 }
 
 func newHost(log *slog.Logger) *host {
@@ -65,8 +67,7 @@ func (h *host) check(c ingress.Check) { h.checks = append(h.checks, c) }
 // closer adds something to close once every loop has returned.
 func (h *host) closer(fn func() error) { h.closers = append(h.closers, fn) }
 
-// close closes what was added, newest first; it is for the paths where run
-// is never reached.
+// close closes what was added, newest first.
 func (h *host) close() error {
 	var errs []error
 	for i := len(h.closers) - 1; i >= 0; i-- {
@@ -74,6 +75,15 @@ func (h *host) close() error {
 	}
 	h.closers = nil
 	return errors.Join(errs...)
+}
+
+// closeUnlessRun closes what was added if run was never reached: a command
+// defers it once it has a host, so that a part failing to build never
+// leaves the parts built before it open.
+func (h *host) closeUnlessRun() {
+	if !h.ran {
+		h.close()
+	}
 }
 
 // errShutdownTimeout: the parts did not stop within the grace period.
@@ -94,6 +104,7 @@ func (h *host) listenAdmin(addr string) (string, error) {
 // has ended, everything must be done within h.grace; past it run returns
 // errShutdownTimeout and leaves the rest to the process's exit.
 func (h *host) run(ctx context.Context) error {
+	h.ran = true
 	g, gctx := errgroup.WithContext(ctx)
 	// Background loops end once the serving loops have all returned (which
 	// they do only after gctx ends: the command stopped, or a loop failed).

@@ -181,25 +181,22 @@ same variables with _FILE appended.`,
 			if err != nil {
 				return err
 			}
+			defer h.closeUnlessRun()
 			vs, err := vf.build(getenv, h.log)
 			if err != nil {
-				h.close()
 				return err
 			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, 0)
 			if err != nil {
-				h.close()
 				return err
 			}
 			h.addQueue(q, false, !sf.enabled())
 			st, err := buildIngress(cmd.Context(), h, &f, &sf, q, vs)
 			if err != nil {
-				h.close()
 				return err
 			}
 			admin, err := h.listenAdmin(common.adminListen)
 			if err != nil {
-				h.close()
 				return err
 			}
 			h.log.Info("hookbridge ingress started", "listen", st.addr(), "admin", admin, "queue", common.queueURL, "version", version)

@@ -7,13 +7,14 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 const testACSKey = "front-door-test-key-0123456789"
@@ -22,19 +23,10 @@ const testACSKey = "front-door-test-key-0123456789"
 // and returns the process, its public and admin base URLs.
 func startIngressProcess(t *testing.T, args ...string) (*process, string, string) {
 	t.Helper()
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	args = append([]string{"ingress", "--listen", listen, "--admin-listen", admin,
 		"--queue", "sqlite:" + filepath.Join(t.TempDir(), "q.db")}, args...)
-	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
-	p.cmd.Env = append(os.Environ(), envACSAPIKeys+"="+testACSKey)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
+	p := startWithEnv(t, append(os.Environ(), envACSAPIKeys+"="+testACSKey), args...)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	return p, "http://" + listen, "http://" + admin
 }

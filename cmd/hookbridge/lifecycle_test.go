@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 // TestStrayArgumentIsUsageError: a positional argument no command takes is
@@ -80,7 +82,7 @@ func TestShutdownTimeoutHonoured(t *testing.T) {
 		{"second signal", []string{"--drain-delay", "60s"}, true, 3 * time.Second},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			admin := freePort(t)
+			admin := freeport.Addr(t)
 			args := append([]string{"ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", admin,
 				"--insecure-allow-unauthenticated"}, tt.args...)
 			p := start(t, args...)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -26,6 +25,8 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
+	"github.com/hookbridge/hookbridge/internal/freeport"
 )
 
 // TestLoadLoopback measures the ingress and the whole host over loopback,
@@ -125,14 +126,7 @@ type loadTarget struct {
 }
 
 func newLoadTarget(t *testing.T) *loadTarget {
-	issSrv := httptest.NewUnstartedServer(nil)
-	iss, err := devissuer.New("http://"+issSrv.Listener.Addr().String(), "acs-resource")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issSrv.Config.Handler = iss.Handler()
-	issSrv.Start()
-	t.Cleanup(issSrv.Close)
+	iss := devissuertest.NewServer(t, "acs-resource")
 	lt := &loadTarget{iss: iss, toks: make([]string, 4096),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	var wg sync.WaitGroup
@@ -162,7 +156,7 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 	if queue == "" {
 		queue = "sqlite:" + filepath.Join(t.TempDir(), "load.db")
 	}
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	p := start(t, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
 		"--acs-audience", "acs-resource", "--acs-oidc-url", lt.iss.DiscoveryURL(), "--log-level", "warn",
 		// The pool of pre-signed tokens is reused with new bodies, which the
@@ -175,7 +169,7 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 // verifyOnly starts this test binary as the verify-only server (see
 // loadRole).
 func (lt *loadTarget) verifyOnly(t *testing.T) *server {
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	p := startRole(t, "verify-only", addr, lt.iss.DiscoveryURL())
 	waitHTTP(t, "http://"+addr+"/ready")
 	return &server{proc: p, url: "http://" + addr + ingress.PathACSCallbacks}
@@ -321,7 +315,7 @@ type loadBackend struct {
 }
 
 func (lt *loadTarget) backend(t *testing.T) *loadBackend {
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	p := startRole(t, "backend", addr, "")
 	waitHTTP(t, "http://"+addr+"/ready")
 	return &loadBackend{proc: p, url: "http://" + addr + "/events", ctl: "http://" + addr}
@@ -382,17 +376,9 @@ const (
 // startRole starts this test binary as the given role, listening on addr.
 func startRole(t *testing.T, role, addr, oidc string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &syncBuffer{}}
-	p.cmd.Env = append(os.Environ(), roleEnv+"="+role, "HOOKBRIDGE_TEST_LOAD_ADDR="+addr, "HOOKBRIDGE_TEST_LOAD_OIDC="+oidc)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
-	return p
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, "HOOKBRIDGE_TEST_LOAD_ADDR="+addr, "HOOKBRIDGE_TEST_LOAD_OIDC="+oidc)
+	return startProcess(t, cmd)
 }
 
 // loadRole runs the role named by roleEnv, if any, and reports whether it

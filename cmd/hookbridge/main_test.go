@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,8 +23,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/hookbridge/hookbridge/internal/devissuer"
+	"github.com/hookbridge/hookbridge/internal/devissuer/devissuertest"
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -210,32 +212,18 @@ func TestSecretFromFile(t *testing.T) {
 	}
 }
 
-// process is a hookbridge child process with its stderr captured.
+// process is a child process (the hookbridge binary, or this test binary
+// in a role) with its stderr captured.
 type process struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testlog.Buffer
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func start(t *testing.T, args ...string) *process {
+// startProcess starts cmd with its stderr captured; it is killed, if still
+// running, when the test ends.
+func startProcess(t *testing.T, cmd *exec.Cmd) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
+	p := &process{cmd: cmd, stderr: &testlog.Buffer{}}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -245,6 +233,13 @@ func start(t *testing.T, args ...string) *process {
 		p.cmd.Wait()
 	})
 	return p
+}
+
+// start starts the hookbridge binary with args, in this process's
+// environment.
+func start(t *testing.T, args ...string) *process {
+	t.Helper()
+	return startWithEnv(t, nil, args...)
 }
 
 // stop sends SIGTERM and waits for a clean exit.
@@ -263,30 +258,17 @@ func (p *process) stop(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
+// waitHTTP waits until url answers 200.
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	testwait.Until(t, 20*time.Second, url+" answering 200", func() bool {
 		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s never answered 200", url)
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 }
 
 // TestIngressAndWorkerProcesses runs `hookbridge ingress` and `hookbridge
@@ -301,14 +283,7 @@ func TestIngressAndWorkerProcesses(t *testing.T) {
 	queue := "sqlite:" + filepath.Join(dir, "shared.db") + "?lock=2s"
 
 	// The development issuer stands in for Microsoft's.
-	issSrv := httptest.NewUnstartedServer(nil)
-	iss, err := devissuer.New("http://"+issSrv.Listener.Addr().String(), "acs-resource")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issSrv.Config.Handler = iss.Handler()
-	issSrv.Start()
-	defer issSrv.Close()
+	iss := devissuertest.NewServer(t, "acs-resource")
 
 	var mu sync.Mutex
 	got := map[string]int{}
@@ -321,7 +296,7 @@ func TestIngressAndWorkerProcesses(t *testing.T) {
 	}))
 	defer backend.Close()
 
-	listenAddr, adminAddr := freePort(t), freePort(t)
+	listenAddr, adminAddr := freeport.Addr(t), freeport.Addr(t)
 	ing := start(t, "ingress", "--queue", queue, "--listen", listenAddr, "--admin-listen", adminAddr,
 		"--acs-audience", "acs-resource", "--acs-oidc-url", iss.DiscoveryURL())
 	waitHTTP(t, "http://"+adminAddr+"/readyz")
@@ -548,15 +523,8 @@ func TestDLQCommands(t *testing.T) {
 // order per call.
 func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 	t.Parallel()
-	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "hookbridge-events", RequiresSession: true,
-		RequiresDuplicateDetection: true, LockDuration: 10 * time.Second}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	defer emu.Close()
+	emu := emulate(t, sbemu.QueueConfig{Name: "hookbridge-events", RequiresSession: true,
+		RequiresDuplicateDetection: true, LockDuration: 10 * time.Second})
 
 	var mu sync.Mutex
 	got := map[string][]string{}
@@ -573,20 +541,10 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 	defer backend.Close()
 
 	const key = "k1-0123456789abcdef-process"
-	listenAddr, adminAddr := freePort(t), freePort(t)
-	envs := []string{envServiceBusConnStr + "=" + emu.ConnectionString(), envACSAPIKeys + "=" + key}
-	ing := exec.Command(binary, "ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listenAddr, "--admin-listen", adminAddr)
-	ing.Env = append(os.Environ(), envs...)
-	wrk := exec.Command(binary, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")
-	wrk.Env = append(os.Environ(), envs...)
-	var ingErr, wrkErr syncBuffer
-	ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
-	for _, c := range []*exec.Cmd{ing, wrk} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { c.Process.Signal(syscall.SIGTERM); c.Wait() }()
-	}
+	listenAddr, adminAddr := freeport.Addr(t), freeport.Addr(t)
+	env := append(sbEnv(emu), envACSAPIKeys+"="+key)
+	ing := startWithEnv(t, env, "ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listenAddr, "--admin-listen", adminAddr)
+	wrk := startWithEnv(t, env, "worker", "--queue", "servicebus:///hookbridge-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0")
 	waitHTTP(t, "http://"+adminAddr+"/readyz")
 	const calls, perCall = 3, 5
 	for i := range perCall {
@@ -599,7 +557,7 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
-				t.Fatalf("status %d\n%s", resp.StatusCode, ingErr.String())
+				t.Fatalf("status %d\n%s", resp.StatusCode, ing.stderr.String())
 			}
 		}
 	}
@@ -615,7 +573,7 @@ func TestIngressAndWorkerOverServiceBus(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d delivered\ningress:\n%s\nworker:\n%s", n, calls*perCall, ingErr.String(), wrkErr.String())
+			t.Fatalf("%d of %d delivered\ningress:\n%s\nworker:\n%s", n, calls*perCall, ing.stderr.String(), wrk.stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -179,24 +180,12 @@ func TestIngressAndWorkerStartTogether(t *testing.T) {
 	}
 	for round := range 10 {
 		queue := "sqlite:" + filepath.Join(t.TempDir(), fmt.Sprintf("new-%d.db", round))
-		ingAdmin, wrkAdmin := freePort(t), freePort(t)
-		ing := exec.Command(binary, "ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", ingAdmin, "--insecure-allow-unauthenticated", "--drain-delay", "0s")
-		wrk := exec.Command(binary, "worker", "--queue", queue, "--admin-listen", wrkAdmin)
-		var ingErr, wrkErr syncBuffer
-		ing.Stderr, wrk.Stderr = &ingErr, &wrkErr
-		if err := ing.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if err := wrk.Start(); err != nil {
-			t.Fatal(err)
-		}
+		ingAdmin, wrkAdmin := freeport.Addr(t), freeport.Addr(t)
+		ing := start(t, "ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", ingAdmin, "--insecure-allow-unauthenticated", "--drain-delay", "0s")
+		wrk := start(t, "worker", "--queue", queue, "--admin-listen", wrkAdmin)
 		waitHTTP(t, "http://"+ingAdmin+"/readyz")
 		waitHTTP(t, "http://"+wrkAdmin+"/readyz")
-		for _, p := range []*exec.Cmd{ing, wrk} {
-			p.Process.Signal(syscall.SIGTERM)
-			if err := p.Wait(); err != nil {
-				t.Errorf("round %d: %s: %v\ningress:\n%s\nworker:\n%s", round, p.Args[1], err, ingErr.String(), wrkErr.String())
-			}
-		}
+		ing.stop(t)
+		wrk.stop(t)
 	}
 }

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -22,15 +24,7 @@ import (
 // emulate starts an in-process Service Bus emulator with the given queues.
 func emulate(t *testing.T, queues ...sbemu.QueueConfig) *sbemu.Server {
 	t.Helper()
-	emu, err := sbemu.New(sbemu.Config{Queues: queues})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	return emu
+	return sbemutest.NewServer(t, queues...).Server
 }
 
 // sbEnv is the environment of a hookbridge process reaching emu.
@@ -38,20 +32,13 @@ func sbEnv(emu *sbemu.Server) []string {
 	return append(os.Environ(), envServiceBusConnStr+"="+emu.ConnectionString())
 }
 
-// startWithEnv starts the hookbridge binary with env; stdout is discarded.
+// startWithEnv starts the hookbridge binary with env (nil: this process's);
+// stdout is discarded.
 func startWithEnv(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
-	p.cmd.Env = env
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
-	return p
+	cmd := exec.Command(binary, args...)
+	cmd.Env = env
+	return startProcess(t, cmd)
 }
 
 // runBinary runs the hookbridge binary to completion and returns its
@@ -89,14 +76,8 @@ func sbQueue(t *testing.T, emu *sbemu.Server, name string) *servicebus.Queue {
 func callEvent(t *testing.T, typ string, c, seq int) relay.Message {
 	t.Helper()
 	key := fmt.Sprintf("call-%d", c)
-	e := schemas.Event{ID: fmt.Sprintf("c%d-%04d", c, seq), Source: "calling/callConnections/" + key, Type: typ,
-		Data: json.RawMessage(fmt.Sprintf(`{"correlationId":%q,"seq":%d}`, key, seq)), PartitionKey: key, Received: time.Now()}
-	m, err := relay.NewMessage(&e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.ID = e.ID // tests name messages by their event's id
-	return m
+	return relaytest.EventMessage(t, schemas.Event{ID: fmt.Sprintf("c%d-%04d", c, seq), Source: "calling/callConnections/" + key, Type: typ,
+		Data: json.RawMessage(fmt.Sprintf(`{"correlationId":%q,"seq":%d}`, key, seq)), PartitionKey: key, Received: time.Now()})
 }
 
 // counter reads a counter with one label from a Prometheus text page.
@@ -119,16 +100,4 @@ func counter(t *testing.T, metricsURL, name, label, value string) float64 {
 		}
 	}
 	return -1
-}
-
-// eventually polls cond every 50ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,9 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
-
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -29,16 +28,8 @@ const spoolTestKey = "spool-test-key-0123456789abcdef"
 // queue the deployment uses.
 func spoolEmulator(t *testing.T) *sbemu.Server {
 	t.Helper()
-	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "hookbridge-events", RequiresSession: true,
-		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	return emu
+	return emulate(t, sbemu.QueueConfig{Name: "hookbridge-events", RequiresSession: true,
+		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second})
 }
 
 // spoolCallEvent is the body of one Call Automation callback of call c.
@@ -108,31 +99,12 @@ func waitSpoolDrained(t *testing.T, admin string, timeout time.Duration, logs fm
 // emulator's queue and returns their events' ids (cloudEvents_id) in order.
 func spoolSessionIDs(t *testing.T, emu *sbemu.Server, key string) []string {
 	t.Helper()
-	c, err := azservicebus.NewClientFromConnectionString(emu.ConnectionString(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r, err := c.AcceptSessionForQueue(ctx, "hookbridge-events", key, &azservicebus.SessionReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
-	if err != nil {
-		t.Fatalf("accept session %s: %v", key, err)
-	}
-	defer r.Close(context.Background())
 	var ids []string
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		msgs, err := r.ReceiveMessages(rctx, 1000, nil)
-		cancel()
-		if err != nil || len(msgs) == 0 {
-			return ids
-		}
-		for _, m := range msgs {
-			id, _ := m.ApplicationProperties[relay.PropID].(string)
-			ids = append(ids, id)
-		}
+	for _, m := range sbemutest.DrainSession(t, emu, "hookbridge-events", key) {
+		id, _ := m.ApplicationProperties[relay.PropID].(string)
+		ids = append(ids, id)
 	}
+	return ids
 }
 
 // checkSpooledCalls compares what each call's session holds with what was
@@ -185,9 +157,9 @@ func TestIngressSpoolsThroughOutage(t *testing.T) {
 		t.Skip("a 20 s outage test, skipped in -short mode")
 	}
 	emu := spoolEmulator(t)
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	environ := map[string]string{envServiceBusConnStr: emu.ConnectionString(), envACSAPIKeys: spoolTestKey}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -299,19 +271,10 @@ func spoolGet(t *testing.T, url string) string {
 // spooledIngress runs `hookbridge ingress` on the emulator with a spool.
 func spooledIngress(t *testing.T, emu *sbemu.Server, spoolURL string, extra ...string) (p *process, listen, admin string) {
 	t.Helper()
-	listen, admin = freePort(t), freePort(t)
+	listen, admin = freeport.Addr(t), freeport.Addr(t)
 	args := append([]string{"ingress", "--queue", "servicebus:///hookbridge-events", "--listen", listen, "--admin-listen", admin,
 		"--spool", spoolURL}, extra...)
-	p = &process{cmd: exec.Command(binary, args...), stderr: &syncBuffer{}}
-	p.cmd.Env = append(os.Environ(), envServiceBusConnStr+"="+emu.ConnectionString(), envACSAPIKeys+"="+spoolTestKey)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	})
+	p = startWithEnv(t, append(sbEnv(emu), envACSAPIKeys+"="+spoolTestKey), args...)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	return p, listen, admin
 }
@@ -440,8 +403,8 @@ func TestSpoolUsage(t *testing.T) {
 func TestNoSpoolWarns(t *testing.T) {
 	t.Parallel()
 	emu := spoolEmulator(t)
-	admin := freePort(t)
-	logs := &syncBuffer{}
+	admin := freeport.Addr(t)
+	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	environ := map[string]string{envServiceBusConnStr: emu.ConnectionString(), envACSAPIKeys: spoolTestKey}

@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/internal/tracing/tracingtest"
 )
 
@@ -202,7 +205,7 @@ func TestTracingThroughProcesses(t *testing.T) {
 	backend := newTraceBackend(t, "traced-1")
 	env := append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT="+rcv.URL, "OTEL_BSP_SCHEDULE_DELAY=50", envACSAPIKeys+"="+testKey)
 
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	ing := startWithEnv(t, env, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	workerArgs := []string{"worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0", "--min-backoff", "100ms"}
@@ -223,11 +226,11 @@ func TestTracingThroughProcesses(t *testing.T) {
 		t.Fatalf("status %d\n%s", resp.StatusCode, ing.stderr.String())
 	}
 
-	eventually(t, 20*time.Second, "the first worker to take the delivery", func() bool { return len(backend.got()) == 1 })
+	testwait.Until(t, 20*time.Second, "the first worker to take the delivery", func() bool { return len(backend.got()) == 1 })
 	first.cmd.Process.Kill()
 	first.cmd.Wait()
 	second := startWithEnv(t, env, workerArgs...)
-	eventually(t, 20*time.Second, "the second worker to deliver the event", func() bool { return len(backend.got()) == 2 })
+	testwait.Until(t, 20*time.Second, "the second worker to deliver the event", func() bool { return len(backend.got()) == 2 })
 	got := backend.got()
 	for i, d := range got {
 		if traceID(d.header) != traceID(incoming) || traceID(d.body) != traceID(incoming) {
@@ -280,10 +283,10 @@ func TestTracingOverServiceBus(t *testing.T) {
 		envACSAPIKeys:                 testKey,
 	}
 	getenv := func(k string) string { return environ[k] }
-	listen, admin := freePort(t), freePort(t)
+	listen, admin := freeport.Addr(t), freeport.Addr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	var ingLog, wrkLog syncBuffer
+	var ingLog, wrkLog testlog.Buffer
 	for _, args := range [][]string{
 		{"ingress", "--queue", "servicebus:///traced-events", "--listen", listen, "--admin-listen", admin, "--drain-delay", "0"},
 		{"worker", "--queue", "servicebus:///traced-events", "--deliver", backend.URL, "--admin-listen", "127.0.0.1:0"},
@@ -314,7 +317,7 @@ func TestTracingOverServiceBus(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d\n%s", resp.StatusCode, ingLog.String())
 	}
-	eventually(t, 20*time.Second, "the delivery", func() bool { return len(backend.got()) == 1 })
+	testwait.Until(t, 20*time.Second, "the delivery", func() bool { return len(backend.got()) == 1 })
 	stop() // flushes what is buffered
 	d := backend.got()[0]
 	spans := inTrace(rcv.Spans(), traceID(d.header))

@@ -157,24 +157,21 @@ exits once everything it held is settled.`,
 			if err != nil {
 				return err
 			}
+			defer h.closeUnlessRun()
 			target, err := f.target(cmd.OutOrStdout(), h)
 			if err != nil {
-				h.close()
 				return err
 			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, f.concurrency)
 			if err != nil {
-				h.close()
 				return err
 			}
 			h.addQueue(q, true, true)
 			if _, err := buildWorker(h, &f, q, target); err != nil {
-				h.close()
 				return err
 			}
 			admin, err := h.listenAdmin(common.adminListen)
 			if err != nil {
-				h.close()
 				return err
 			}
 			h.log.Info("hookbridge worker started", "queue", common.queueURL, "deliver", consumer.Redact(f.deliver),

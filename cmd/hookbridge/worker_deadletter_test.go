@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -41,12 +43,12 @@ func TestWorkerCountsEveryDeadLettering(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	w := startWithEnv(t, sbEnv(emu), "worker", "--queue", "servicebus:///ev?max_delivery=3", "--deliver", backend.URL,
 		"--admin-listen", admin, "--min-backoff", "10ms", "--max-backoff", "20ms", "--log-format", "json")
 	waitHTTP(t, "http://"+admin+"/readyz")
 	metrics := "http://" + admin + "/metrics"
-	eventually(t, 30*time.Second, "every failing event dead-lettered", func() bool {
+	testwait.Until(t, 30*time.Second, "every failing event dead-lettered", func() bool {
 		return counter(t, metrics, "hookbridge_worker_deliveries_total", "outcome", "dead_lettered") == failing
 	})
 	if n := counter(t, metrics, "hookbridge_servicebus_dead_lettered_on_arrival_total", "reason", relay.ReasonMalformedEvent); n != 1 {

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -90,7 +92,7 @@ func TestWorkerSIGTERMKeepsEachCallInOrder(t *testing.T) {
 		return []string{"worker", "--queue", "servicebus:///ev?session_idle=500ms", "--deliver", backend.URL, "--admin-listen", admin,
 			"--concurrency", "4", "--shutdown-timeout", "10s"}
 	}
-	adminA, adminB := freePort(t), freePort(t)
+	adminA, adminB := freeport.Addr(t), freeport.Addr(t)
 	a := startWithEnv(t, env, args(adminA)...)
 	b := startWithEnv(t, env, args(adminB)...)
 	waitHTTP(t, "http://"+adminA+"/readyz")
@@ -114,14 +116,14 @@ func TestWorkerSIGTERMKeepsEachCallInOrder(t *testing.T) {
 		sent <- nil
 	}()
 
-	eventually(t, 30*time.Second, "a third of the events delivered", func() bool { return backendLog.distinct() >= calls*perCall/3 })
+	testwait.Until(t, 30*time.Second, "a third of the events delivered", func() bool { return backendLog.distinct() >= calls*perCall/3 })
 	stopped := time.Now()
 	a.stop(t) // SIGTERM; fails the test unless it exits 0 within 20s
 	t.Logf("worker A stopped in %v after %d events", time.Since(stopped), backendLog.distinct())
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, lock+30*time.Second, fmt.Sprintf("all %d events delivered", calls*perCall), func() bool {
+	testwait.Until(t, lock+30*time.Second, fmt.Sprintf("all %d events delivered", calls*perCall), func() bool {
 		return backendLog.distinct() == calls*perCall
 	})
 	b.stop(t)

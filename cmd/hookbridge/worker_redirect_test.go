@@ -1,20 +1,19 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
-	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
 // TestWorkerDoesNotFollowRedirects runs `hookbridge worker` against a
@@ -49,11 +48,6 @@ func TestWorkerDoesNotFollowRedirects(t *testing.T) {
 	}))
 	defer backend.Close()
 
-	path := filepath.Join(t.TempDir(), "q.db")
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	codes := []int{301, 302, 303, 307, 308}
 	var msgs []relay.Message
 	for i, code := range codes {
@@ -62,16 +56,12 @@ func TestWorkerDoesNotFollowRedirects(t *testing.T) {
 		m.Body = []byte(strings.Replace(string(m.Body), `"id":"c`+fmt.Sprint(i)+`-0000"`, `"id":"`+m.ID+`"`, 1))
 		msgs = append(msgs, m)
 	}
-	if err := q.SendBatch(context.Background(), msgs); err != nil {
-		t.Fatal(err)
-	}
-	q.Close()
+	queue := sqliteWith(t, msgs...)
 
-	admin := freePort(t)
-	queue := "sqlite:" + path
+	admin := freeport.Addr(t)
 	wrk := startWithEnv(t, os.Environ(), "worker", "--queue", queue, "--deliver", backend.URL+"/ev", "--admin-listen", admin, "--min-backoff", "10ms")
 	waitHTTP(t, "http://"+admin+"/readyz")
-	eventually(t, 20*time.Second, "every redirected event dead-lettered", func() bool {
+	testwait.Until(t, 20*time.Second, "every redirected event dead-lettered", func() bool {
 		return counter(t, "http://"+admin+"/metrics", "hookbridge_worker_deliveries_total", "outcome", "dead_lettered") == float64(len(codes))
 	})
 	if n := counter(t, "http://"+admin+"/metrics", "hookbridge_worker_deliveries_total", "outcome", "completed"); n != 0 {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/freeport"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -51,11 +53,11 @@ func TestWorkerShutdownAbandonsAtOnce(t *testing.T) {
 	defer close(release)
 	queue := sqliteWith(t, callEvent(t, "Microsoft.Communication.CallConnected", 1, 0))
 
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	args := []string{"worker", "--queue", queue, "--deliver", backend.URL, "--min-backoff", "30s", "--max-backoff", "1m", "--shutdown-timeout", "300ms"}
 	a := startWithEnv(t, os.Environ(), append(args, "--admin-listen", admin)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
-	eventually(t, 20*time.Second, "the first delivery started", func() bool { return requests.Load() == 1 })
+	testwait.Until(t, 20*time.Second, "the first delivery started", func() bool { return requests.Load() == 1 })
 	begin := time.Now()
 	a.stop(t)
 	if d := time.Since(begin); d > 5*time.Second {
@@ -64,8 +66,8 @@ func TestWorkerShutdownAbandonsAtOnce(t *testing.T) {
 	if !strings.Contains(a.stderr.String(), "cut off by shutdown") {
 		t.Errorf("the cut-off delivery is not logged:\n%s", a.stderr.String())
 	}
-	b := startWithEnv(t, os.Environ(), append(args, "--admin-listen", freePort(t))...)
-	eventually(t, 10*time.Second, "the next worker delivered the event", func() bool { return requests.Load() == 2 })
+	b := startWithEnv(t, os.Environ(), append(args, "--admin-listen", freeport.Addr(t))...)
+	testwait.Until(t, 10*time.Second, "the next worker delivered the event", func() bool { return requests.Load() == 2 })
 	b.stop(t)
 }
 
@@ -84,11 +86,11 @@ func TestWorkerLogsSlowBackend(t *testing.T) {
 	}))
 	defer backend.Close()
 	queue := sqliteWith(t, callEvent(t, "Microsoft.Communication.CallConnected", 1, 0))
-	admin := freePort(t)
+	admin := freeport.Addr(t)
 	w := startWithEnv(t, os.Environ(), "worker", "--queue", queue, "--deliver", backend.URL, "--admin-listen", admin,
 		"--delivery-timeout", "200ms", "--min-backoff", "10ms", "--max-backoff", "20ms")
 	waitHTTP(t, "http://"+admin+"/readyz")
-	eventually(t, 20*time.Second, "delivered on the second try", func() bool {
+	testwait.Until(t, 20*time.Second, "delivered on the second try", func() bool {
 		return counter(t, "http://"+admin+"/metrics", "hookbridge_worker_deliveries_total", "outcome", "completed") == 1
 	})
 	w.stop(t)

@@ -1,44 +1,24 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+
+	"github.com/hookbridge/hookbridge/internal/freeport"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestRunServesTheDeployConfig(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--listen", addr, "--config", "../../deploy/servicebus/Config.json"}, func(string) string { return "" }, &out, &errOut)
-	}()
+	addr := freeport.Addr(t)
+	var out, errOut testlog.Buffer
+	stop := testrun.Start(t, func(ctx context.Context) error {
+		return run(ctx, []string{"--listen", addr, "--config", "../../deploy/servicebus/Config.json"}, func(string) string { return "" }, &out, &errOut)
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "Endpoint=") {
 		if time.Now().After(deadline) {
@@ -59,8 +39,7 @@ func TestRunServesTheDeployConfig(t *testing.T) {
 		t.Fatalf("send to the configured queue: %v", err)
 	}
 	client.Close(sctx)
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("run: %v", err)
 	}
 	if err := run(context.Background(), []string{"--listen", addr}, func(string) string { return "" }, &out, &errOut); err == nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/console"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -238,8 +239,6 @@ func TestBrowser(t *testing.T) {
 
 	// A real worker delivers the replayed event.
 	delivered := make(chan string, 16)
-	wctx, stop := context.WithCancel(context.Background())
-	defer stop()
 	w, err := consumer.New(q, consumer.HandlerFunc(func(_ context.Context, e *schemas.Event) error {
 		delivered <- e.ID
 		return nil
@@ -247,8 +246,7 @@ func TestBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
+	stop := testrun.Start(t, w.Run)
 	deadline := time.After(30 * time.Second)
 	for got := false; !got; {
 		select {
@@ -258,8 +256,7 @@ func TestBrowser(t *testing.T) {
 			t.Fatal("the worker did not deliver the replayed IncomingCall within 30s")
 		}
 	}
-	stop()
-	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+	if err := stop(); err != nil && !errors.Is(err, context.Canceled) {
 		t.Errorf("worker: %v", err)
 	}
 	if _, dead := countsOf(t, q); dead != 2 {

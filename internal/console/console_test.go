@@ -1,7 +1,6 @@
 package console_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,8 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/console"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
@@ -72,28 +72,10 @@ func fill(t testing.TB, q *sqlite.Queue) {
 	}
 }
 
-// logBuffer collects the console's log lines, safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 type fixture struct {
 	q    *sqlite.Queue
 	srv  *httptest.Server
-	logs *logBuffer
+	logs *testlog.Buffer
 	c    *http.Client
 }
 
@@ -101,7 +83,7 @@ func newFixture(t *testing.T, tokens ...console.Token) *fixture {
 	t.Helper()
 	q := sqlitetest.Open(t, sqlite.Config{})
 	fill(t, q)
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	c, err := console.New(console.Config{Queue: q, QueueName: "sqlite:test.db", Tokens: tokens,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
@@ -525,12 +507,9 @@ func TestOverviewSpoolAndRates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	stop := testrun.Start(t, c.Run)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/when"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -253,10 +254,10 @@ func (f filterForm) filter(now time.Time, def, most int) (consumer.DeadLetterFil
 		}
 	}
 	var err error
-	if out.Since, err = parseWhen(f.Since, now, "since"); err != nil {
+	if out.Since, err = when.Parse(f.Since, now, "since"); err != nil {
 		return out, err
 	}
-	if out.Until, err = parseWhen(f.Until, now, "until"); err != nil {
+	if out.Until, err = when.Parse(f.Until, now, "until"); err != nil {
 		return out, err
 	}
 	if f.Limit != "" {
@@ -269,21 +270,6 @@ func (f filterForm) filter(now time.Time, def, most int) (consumer.DeadLetterFil
 		}
 	}
 	return out, nil
-}
-
-// parseWhen reads an RFC 3339 time or a duration before now, as hookbridge
-// dlq's --since and --until do.
-func parseWhen(s string, now time.Time, field string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(-d), nil
-	}
-	return time.Time{}, fmt.Errorf("%s %q: use an RFC 3339 time (2024-05-14T17:30:00Z) or a duration ago (2h)", field, s)
 }
 
 type dlqData struct {
@@ -407,6 +393,15 @@ type actionData struct {
 	Elapsed time.Duration
 }
 
+// browsedOf is dead letters as the pages list them.
+func browsedOf(dls []relay.DeadLetter) []relay.BrowsedMessage {
+	var out []relay.BrowsedMessage
+	for _, dl := range dls {
+		out = append(out, relay.FromDeadLetter(dl))
+	}
+	return out
+}
+
 // past is the verb's past participle, for logs and pages.
 // seqList is the sequence numbers an action was confirmed for, for its log
 // line: the first 50, then how many more.
@@ -469,16 +464,21 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 	if verb == "purge" {
 		run = consumer.Purge
 	}
-
-	if !confirm {
+	// preview selects what the action would act on now, without acting.
+	preview := func() (consumer.ReplayResult, error) {
 		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 		defer cancel()
 		res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{DryRun: true})
+		if err == nil {
+			d.Selected = browsedOf(res.Selected)
+		}
+		return res, err
+	}
+
+	if !confirm {
+		res, err := preview()
 		if err != nil {
 			return err
-		}
-		for _, dl := range res.Selected {
-			d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
 		}
 		d.More = seqs == nil && len(res.Selected) == f.Limit
 		s.log.Info("console: "+verb+" previewed", append(r.who(), "selected", len(res.Selected), "filter", d.Filter.Values().Encode())...)
@@ -488,14 +488,8 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 
 	if verb == "purge" && strings.TrimSpace(form.Get("confirm_count")) != strconv.Itoa(len(seqs)) {
 		// Show the preview again, asking for the count.
-		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
-		defer cancel()
-		res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{DryRun: true})
-		if err != nil {
+		if _, err := preview(); err != nil {
 			return err
-		}
-		for _, dl := range res.Selected {
-			d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
 		}
 		d.Error = fmt.Sprintf("To delete these messages for good, type their number, %d, in the box.", len(d.Selected))
 		s.render(w, r, http.StatusBadRequest, "preview", "Purge preview", d)
@@ -509,9 +503,7 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 	start := s.now()
 	res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{})
 	d.Result, d.Elapsed = res, s.now().Sub(start)
-	for _, dl := range res.Selected {
-		d.Selected = append(d.Selected, relay.FromDeadLetter(dl))
-	}
+	d.Selected = browsedOf(res.Selected)
 	attrs := append(r.who(), "confirmed", len(seqs), "selected", len(res.Selected), "done", res.Done,
 		"vanished", res.Vanished, "failed", res.Failed, "duplicated", res.Duplicated, "filter", d.Filter.Values().Encode(),
 		"sequence_numbers", seqList(seqs))

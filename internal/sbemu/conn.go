@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"net"
 	"time"
 )
@@ -331,14 +332,25 @@ func (c *conn) begin(channel uint16, p perf) error {
 	return nil
 }
 
+// links yields the attached links of every session of the connection.
+func (c *conn) links() iter.Seq[*link] {
+	return func(yield func(*link) bool) {
+		for _, ss := range c.sessions {
+			for _, l := range ss.links {
+				if !yield(l) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // linkByName finds an attached link of this connection by name (requests
 // to $management name the receiver they act for in associated-link-name).
 func (c *conn) linkByName(name string) *link {
-	for _, ss := range c.sessions {
-		for _, l := range ss.links {
-			if l.name == name {
-				return l
-			}
+	for l := range c.links() {
+		if l.name == name {
+			return l
 		}
 	}
 	return nil

@@ -81,13 +81,9 @@ func (s *Server) WithholdCredit(on bool) {
 	defer s.mu.Unlock()
 	s.faults.withholdCredit = on
 	if !on {
-		for c := range s.conns {
-			for _, ss := range c.sessions {
-				for _, l := range ss.links {
-					if !l.clientRx && l.kind == kindEntity && l.creditLeft == 0 {
-						l.grantCredit()
-					}
-				}
+		for l := range s.links() {
+			if !l.clientRx && l.kind == kindEntity && l.creditLeft == 0 {
+				l.grantCredit()
 			}
 		}
 	}
@@ -122,18 +118,15 @@ func (s *Server) DetachLinks(entity string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for c := range s.conns {
-		for _, ss := range c.sessions {
-			for h, l := range ss.links {
-				if l.kind != kindEntity || (entity != "" && !strings.EqualFold(l.address, entity)) {
-					continue
-				}
-				ss.c.send(ss.channel, described(codeDetach, h, true, amqpError("amqp:link:detach-forced", "fault injected by the emulator")), nil)
-				delete(ss.links, h)
-				s.dropLink(l)
-				n++
-			}
+	for l := range s.links() {
+		if l.kind != kindEntity || (entity != "" && !strings.EqualFold(l.address, entity)) {
+			continue
 		}
+		ss := l.sess
+		ss.c.send(ss.channel, described(codeDetach, l.handle, true, amqpError("amqp:link:detach-forced", "fault injected by the emulator")), nil)
+		delete(ss.links, l.handle)
+		s.dropLink(l)
+		n++
 	}
 	s.events.add(Event{Kind: EventFault, Entity: entity, Detail: fmt.Sprintf("detached %d links", n)})
 	return n

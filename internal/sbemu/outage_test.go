@@ -8,20 +8,13 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
 )
 
 // outageServer starts a server with queue q for one test.
 func outageServer(t *testing.T) *sbemu.Server {
 	t.Helper()
-	s, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "q"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"}).Server
 }
 
 // outageSender opens a sender to q with the given SDK retries.

@@ -96,17 +96,15 @@ func (s *Server) rpc(l *link, body []byte) Described {
 // routes by either.
 func (c *conn) replyLink(replyTo string) *link {
 	var byName *link
-	for _, ss := range c.sessions {
-		for _, rl := range ss.links {
-			if !rl.clientRx || rl.kind == kindEntity {
-				continue
-			}
-			if rl.replyTo == replyTo {
-				return rl
-			}
-			if byName == nil && rl.name == replyTo {
-				byName = rl
-			}
+	for rl := range c.links() {
+		if !rl.clientRx || rl.kind == kindEntity {
+			continue
+		}
+		if rl.replyTo == replyTo {
+			return rl
+		}
+		if byName == nil && rl.name == replyTo {
+			byName = rl
 		}
 	}
 	return byName

@@ -10,13 +10,11 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 )
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
+// ctx bounds a blocking call of these tests.
+func ctx(t *testing.T) context.Context { return testwait.Context(t, 20*time.Second) }
 
 func TestSendReceiveComplete(t *testing.T) {
 	s := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})

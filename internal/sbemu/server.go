@@ -3,6 +3,7 @@ package sbemu
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net"
 	"strings"
@@ -191,19 +192,29 @@ func (s *Server) tick() {
 // with credit (the caller holds mu).
 func (s *Server) dispatch() {
 	now := s.now()
-	for c := range s.conns {
-		for _, ss := range c.sessions {
-			for _, l := range ss.links {
-				if l.pendingAccept {
-					if id := l.q.availableSession(now); id != "" {
-						s.bindSession(l, id, now)
-					} else if !now.Before(l.acceptBy) {
-						l.refuseAccept()
-						continue
-					}
-				}
-				if l.clientRx && l.kind == kindEntity && l.credit > 0 {
-					s.deliverTo(l)
+	for l := range s.links() {
+		if l.pendingAccept {
+			if id := l.q.availableSession(now); id != "" {
+				s.bindSession(l, id, now)
+			} else if !now.Before(l.acceptBy) {
+				l.refuseAccept()
+				continue
+			}
+		}
+		if l.clientRx && l.kind == kindEntity && l.credit > 0 {
+			s.deliverTo(l)
+		}
+	}
+}
+
+// links yields the attached links of every connection (the caller holds
+// mu).
+func (s *Server) links() iter.Seq[*link] {
+	return func(yield func(*link) bool) {
+		for c := range s.conns {
+			for l := range c.links() {
+				if !yield(l) {
+					return
 				}
 			}
 		}
@@ -225,13 +236,9 @@ func (s *Server) OpenLinks() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for c := range s.conns {
-		for _, ss := range c.sessions {
-			for _, l := range ss.links {
-				if l.kind == kindEntity {
-					n++
-				}
-			}
+	for l := range s.links() {
+		if l.kind == kindEntity {
+			n++
 		}
 	}
 	return n

@@ -7,9 +7,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
@@ -25,18 +25,11 @@ func Open(t testing.TB, cfg sqlite.Config) *sqlite.Queue {
 	if err != nil {
 		t.Fatalf("open sqlite queue: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := q.Run(ctx); err != nil {
+	stop := testrun.Start(t, q.Run)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
 			t.Errorf("sqlite queue background work: %v", err)
 		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
 		if err := q.Close(); err != nil {
 			t.Errorf("close sqlite queue: %v", err)
 		}

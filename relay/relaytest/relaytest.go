@@ -17,7 +17,8 @@
 // message cannot be taken again until it is released); and close.
 //
 // FaultyDeadLetters wraps a queue's dead-letter side and fails chosen calls,
-// for the replay and purge tests of each backend.
+// for the replay and purge tests of each backend. Msg and EventMessage build
+// the messages tests send.
 package relaytest
 
 import (
@@ -29,7 +30,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/schemas"
 )
 
 // Queue is the queue contract under test.
@@ -98,13 +101,6 @@ func openQueue(t *testing.T, open Opener, want Settings) (Queue, Settings) {
 	return q, got
 }
 
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // Msg builds a test message.
 func Msg(id, session string) relay.Message {
 	return relay.Message{
@@ -117,9 +113,22 @@ func Msg(id, session string) relay.Message {
 	}
 }
 
+// EventMessage is e's message as the ingress queues it, except that its
+// MessageID is e.ID (not a digest of source and id), so that tests name
+// messages by their event's id.
+func EventMessage(t testing.TB, e schemas.Event) relay.Message {
+	t.Helper()
+	m, err := relay.NewMessage(&e)
+	if err != nil {
+		t.Fatalf("relaytest: %v", err)
+	}
+	m.ID = e.ID
+	return m
+}
+
 func send(t *testing.T, q Queue, msgs ...relay.Message) {
 	t.Helper()
-	if err := q.SendBatch(ctxTimeout(t, 10*time.Second), msgs); err != nil {
+	if err := q.SendBatch(testwait.Context(t, 10*time.Second), msgs); err != nil {
 		t.Fatalf("SendBatch: %v", err)
 	}
 }
@@ -127,7 +136,7 @@ func send(t *testing.T, q Queue, msgs ...relay.Message) {
 // receiveOne waits up to d for one message.
 func receiveOne(t *testing.T, q Queue, d time.Duration) *relay.Received {
 	t.Helper()
-	msgs, err := q.Receive(ctxTimeout(t, d), 1)
+	msgs, err := q.Receive(testwait.Context(t, d), 1)
 	if err != nil {
 		t.Fatalf("Receive: %v", err)
 	}
@@ -140,7 +149,7 @@ func receiveOne(t *testing.T, q Queue, d time.Duration) *relay.Received {
 // expectNothing asserts no message becomes available within d.
 func expectNothing(t *testing.T, q Queue, d time.Duration) {
 	t.Helper()
-	msgs, err := q.Receive(ctxTimeout(t, d), 10)
+	msgs, err := q.Receive(testwait.Context(t, d), 10)
 	if err == nil || len(msgs) > 0 {
 		ids := []string{}
 		for _, m := range msgs {
@@ -155,7 +164,7 @@ func expectNothing(t *testing.T, q Queue, d time.Duration) {
 
 func complete(t *testing.T, q Queue, m *relay.Received) {
 	t.Helper()
-	if err := q.Complete(ctxTimeout(t, 10*time.Second), m); err != nil {
+	if err := q.Complete(testwait.Context(t, 10*time.Second), m); err != nil {
 		t.Fatalf("Complete %s: %v", m.ID, err)
 	}
 }
@@ -170,12 +179,12 @@ func testPublishReceive(t *testing.T, open Opener) {
 	tc := relay.TraceContext{Parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", State: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"}
 	tc.Apply(&m)
 	send(t, q, m, Msg("pr-2", ""))
-	got, err := q.Receive(ctxTimeout(t, 10*time.Second), 2)
+	got, err := q.Receive(testwait.Context(t, 10*time.Second), 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for len(got) < 2 {
-		more, err := q.Receive(ctxTimeout(t, 10*time.Second), 2-len(got))
+		more, err := q.Receive(testwait.Context(t, 10*time.Second), 2-len(got))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +229,7 @@ func testComplete(t *testing.T, open Opener) {
 	r := receiveOne(t, q, 10*time.Second)
 	complete(t, q, r)
 	expectNothing(t, q, 500*time.Millisecond)
-	if err := q.Complete(ctxTimeout(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
+	if err := q.Complete(testwait.Context(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
 		t.Errorf("second Complete: err = %v, want ErrLockLost", err)
 	}
 }
@@ -229,7 +238,7 @@ func testAbandon(t *testing.T, open Opener) {
 	q, _ := openQueue(t, open, defaults)
 	send(t, q, Msg("a-1", "k"))
 	r := receiveOne(t, q, 10*time.Second)
-	if err := q.Abandon(ctxTimeout(t, 10*time.Second), r, 0); err != nil {
+	if err := q.Abandon(testwait.Context(t, 10*time.Second), r, 0); err != nil {
 		t.Fatal(err)
 	}
 	r2 := receiveOne(t, q, 10*time.Second)
@@ -239,7 +248,7 @@ func testAbandon(t *testing.T, open Opener) {
 	if r2.DeliveryCount != 2 {
 		t.Errorf("DeliveryCount after abandon = %d, want 2", r2.DeliveryCount)
 	}
-	if err := q.Complete(ctxTimeout(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
+	if err := q.Complete(testwait.Context(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
 		t.Errorf("Complete with the abandoned lock: err = %v, want ErrLockLost", err)
 	}
 	complete(t, q, r2)
@@ -251,7 +260,7 @@ func testAbandonDelay(t *testing.T, open Opener) {
 	r := receiveOne(t, q, 10*time.Second)
 	start := time.Now()
 	const delay = 700 * time.Millisecond
-	if err := q.Abandon(ctxTimeout(t, 10*time.Second), r, delay); err != nil {
+	if err := q.Abandon(testwait.Context(t, 10*time.Second), r, delay); err != nil {
 		t.Fatal(err)
 	}
 	// The session stays blocked by its head while the head waits.
@@ -277,10 +286,10 @@ func testLockExpiry(t *testing.T, open Opener) {
 	if time.Since(r.LockedUntil) < -100*time.Millisecond {
 		t.Errorf("redelivered %v before the lock expired", -time.Since(r.LockedUntil))
 	}
-	if err := q.Complete(ctxTimeout(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
+	if err := q.Complete(testwait.Context(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
 		t.Errorf("Complete with an expired lock: err = %v, want ErrLockLost", err)
 	}
-	if err := q.RenewLock(ctxTimeout(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
+	if err := q.RenewLock(testwait.Context(t, 10*time.Second), r); !errors.Is(err, relay.ErrLockLost) {
 		t.Errorf("RenewLock of an expired lock: err = %v, want ErrLockLost", err)
 	}
 	complete(t, q, r2)
@@ -294,7 +303,7 @@ func testRenewLock(t *testing.T, open Opener) {
 	deadline := time.Now().Add(s.LockDuration * 2)
 	for time.Now().Before(deadline) {
 		time.Sleep(s.LockDuration / 3)
-		if err := q.RenewLock(ctxTimeout(t, 10*time.Second), r); err != nil {
+		if err := q.RenewLock(testwait.Context(t, 10*time.Second), r); err != nil {
 			t.Fatalf("RenewLock: %v", err)
 		}
 	}
@@ -309,7 +318,7 @@ func findDeadLetter(t *testing.T, q Queue, id string) relay.DeadLetter {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		dls, err := q.ListDeadLetters(ctxTimeout(t, 10*time.Second), 0, 100)
+		dls, err := q.ListDeadLetters(testwait.Context(t, 10*time.Second), 0, 100)
 		if err != nil {
 			t.Fatalf("ListDeadLetters: %v", err)
 		}
@@ -329,7 +338,7 @@ func testDeadLetter(t *testing.T, open Opener) {
 	q, _ := openQueue(t, open, defaults)
 	send(t, q, Msg("dl-1", "k"), Msg("dl-2", "k"))
 	r := receiveOne(t, q, 10*time.Second)
-	if err := q.DeadLetter(ctxTimeout(t, 10*time.Second), r, "BackendRejected", "POST http://backend answered 400 Bad Request"); err != nil {
+	if err := q.DeadLetter(testwait.Context(t, 10*time.Second), r, "BackendRejected", "POST http://backend answered 400 Bad Request"); err != nil {
 		t.Fatal(err)
 	}
 	d := findDeadLetter(t, q, "dl-1")
@@ -359,7 +368,7 @@ func testMaxDelivery(t *testing.T, open Opener) {
 		if r.ID != "md-1" || r.DeliveryCount != i {
 			t.Fatalf("delivery %d: got %s count %d", i, r.ID, r.DeliveryCount)
 		}
-		if err := q.Abandon(ctxTimeout(t, 10*time.Second), r, 0); err != nil {
+		if err := q.Abandon(testwait.Context(t, 10*time.Second), r, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -417,7 +426,7 @@ func testSessionOrder(t *testing.T, open Opener) {
 		done     = 0
 		failures []string
 	)
-	ctx := ctxTimeout(t, 60*time.Second)
+	ctx := testwait.Context(t, 60*time.Second)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Add(1)
@@ -483,12 +492,12 @@ func testSessionOrder(t *testing.T, open Opener) {
 func testSessionHead(t *testing.T, open Opener) {
 	q, _ := openQueue(t, open, defaults)
 	send(t, q, Msg("h-1", "k"), Msg("h-2", "k"), Msg("other-1", "j"))
-	msgs, err := q.Receive(ctxTimeout(t, 10*time.Second), 10)
+	msgs, err := q.Receive(testwait.Context(t, 10*time.Second), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for len(msgs) < 2 {
-		more, err := q.Receive(ctxTimeout(t, 10*time.Second), 10)
+		more, err := q.Receive(testwait.Context(t, 10*time.Second), 10)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,7 +516,7 @@ func testSessionHead(t *testing.T, open Opener) {
 	expectNothing(t, q, 300*time.Millisecond)
 	for _, m := range msgs {
 		if m.ID == "h-1" {
-			if err := q.Abandon(ctxTimeout(t, 10*time.Second), m, 0); err != nil {
+			if err := q.Abandon(testwait.Context(t, 10*time.Second), m, 0); err != nil {
 				t.Fatal(err)
 			}
 		} else {
@@ -535,7 +544,7 @@ func testNoSession(t *testing.T, open Opener) {
 	send(t, q, batch...)
 	var got []*relay.Received
 	for len(got) < 5 {
-		msgs, err := q.Receive(ctxTimeout(t, 10*time.Second), 5)
+		msgs, err := q.Receive(testwait.Context(t, 10*time.Second), 5)
 		if err != nil {
 			t.Fatalf("with %d of 5 in flight: %v", len(got), err)
 		}
@@ -556,7 +565,7 @@ func testReceiveContext(t *testing.T, open Opener) {
 	// A message sent while a receiver waits wakes it promptly.
 	got := make(chan time.Duration, 1)
 	go func() {
-		msgs, err := q.Receive(ctxTimeout(t, 10*time.Second), 1)
+		msgs, err := q.Receive(testwait.Context(t, 10*time.Second), 1)
 		if err != nil || len(msgs) != 1 {
 			got <- -1
 			return
@@ -582,7 +591,7 @@ func deadLetterAll(t *testing.T, q Queue, ids ...string) {
 		want[id] = true
 	}
 	for len(want) > 0 {
-		msgs, err := q.Receive(ctxTimeout(t, 10*time.Second), len(want))
+		msgs, err := q.Receive(testwait.Context(t, 10*time.Second), len(want))
 		if err != nil {
 			t.Fatalf("Receive: %v", err)
 		}
@@ -591,7 +600,7 @@ func deadLetterAll(t *testing.T, q Queue, ids ...string) {
 				t.Fatalf("received %s, want one of %v", m.ID, want)
 			}
 			delete(want, m.ID)
-			if err := q.DeadLetter(ctxTimeout(t, 10*time.Second), m, "Test", m.ID); err != nil {
+			if err := q.DeadLetter(testwait.Context(t, 10*time.Second), m, "Test", m.ID); err != nil {
 				t.Fatalf("DeadLetter %s: %v", m.ID, err)
 			}
 		}
@@ -605,7 +614,7 @@ func deadLetterSeqs(t *testing.T, q Queue, ids ...string) map[string]int64 {
 	for _, id := range ids {
 		findDeadLetter(t, q, id) // waits for it
 	}
-	dls, err := q.ListDeadLetters(ctxTimeout(t, 10*time.Second), 0, 100)
+	dls, err := q.ListDeadLetters(testwait.Context(t, 10*time.Second), 0, 100)
 	if err != nil {
 		t.Fatalf("ListDeadLetters: %v", err)
 	}
@@ -623,7 +632,7 @@ func deadLetterSeqs(t *testing.T, q Queue, ids ...string) map[string]int64 {
 
 func take(t *testing.T, q Queue, seqs ...int64) map[string]*relay.DeadLetterLock {
 	t.Helper()
-	locks, err := q.TakeDeadLetters(ctxTimeout(t, 20*time.Second), seqs)
+	locks, err := q.TakeDeadLetters(testwait.Context(t, 20*time.Second), seqs)
 	if err != nil {
 		t.Fatalf("TakeDeadLetters(%v): %v", seqs, err)
 	}
@@ -655,7 +664,7 @@ func testDeadLetterTake(t *testing.T, open Opener) {
 		t.Errorf("took dlt-1 a second time while it was taken: %v", again)
 	}
 	// Released, it can.
-	if err := q.ReleaseDeadLetter(ctxTimeout(t, 10*time.Second), locks["dlt-1"]); err != nil {
+	if err := q.ReleaseDeadLetter(testwait.Context(t, 10*time.Second), locks["dlt-1"]); err != nil {
 		t.Fatalf("ReleaseDeadLetter: %v", err)
 	}
 	retaken := take(t, q, seqs["dlt-1"])
@@ -663,10 +672,10 @@ func testDeadLetterTake(t *testing.T, open Opener) {
 		t.Fatalf("after its release dlt-1 could not be taken: %v", retaken)
 	}
 	// Completed, it is gone from the listing; the others stay.
-	if err := q.CompleteDeadLetter(ctxTimeout(t, 10*time.Second), locks["dlt-2"]); err != nil {
+	if err := q.CompleteDeadLetter(testwait.Context(t, 10*time.Second), locks["dlt-2"]); err != nil {
 		t.Fatalf("CompleteDeadLetter: %v", err)
 	}
-	if err := q.CompleteDeadLetter(ctxTimeout(t, 10*time.Second), retaken["dlt-1"]); err != nil {
+	if err := q.CompleteDeadLetter(testwait.Context(t, 10*time.Second), retaken["dlt-1"]); err != nil {
 		t.Fatalf("CompleteDeadLetter after a release and a new take: %v", err)
 	}
 	left := deadLetterSeqs(t, q, "dlt-3")
@@ -679,7 +688,7 @@ func testDeadLetterTake(t *testing.T, open Opener) {
 	// A removed message cannot be taken.
 	if gone := take(t, q, seqs["dlt-2"], seqs["dlt-3"]); len(gone) != 1 || gone["dlt-3"] == nil {
 		t.Errorf("took %v, want only dlt-3", gone)
-	} else if err := q.ReleaseDeadLetter(ctxTimeout(t, 10*time.Second), gone["dlt-3"]); err != nil {
+	} else if err := q.ReleaseDeadLetter(testwait.Context(t, 10*time.Second), gone["dlt-3"]); err != nil {
 		t.Errorf("ReleaseDeadLetter: %v", err)
 	}
 }
@@ -703,10 +712,10 @@ func testClose(t *testing.T, open Opener) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("blocked Receive did not return after Close")
 	}
-	if err := q.SendBatch(ctxTimeout(t, 5*time.Second), []relay.Message{Msg("after-close", "")}); !errors.Is(err, relay.ErrClosed) {
+	if err := q.SendBatch(testwait.Context(t, 5*time.Second), []relay.Message{Msg("after-close", "")}); !errors.Is(err, relay.ErrClosed) {
 		t.Errorf("SendBatch after Close: %v, want ErrClosed", err)
 	}
-	if _, err := q.Receive(ctxTimeout(t, 5*time.Second), 1); !errors.Is(err, relay.ErrClosed) {
+	if _, err := q.Receive(testwait.Context(t, 5*time.Second), 1); !errors.Is(err, relay.ErrClosed) {
 		t.Errorf("Receive after Close: %v, want ErrClosed", err)
 	}
 	if err := q.Close(); err != nil {

@@ -78,14 +78,9 @@ func partitionKey(m *relay.Message) {
 
 // browsed is the browse view of a peeked message of the queue.
 func browsed(sm *azservicebus.ReceivedMessage) relay.BrowsedMessage {
-	m := relay.BrowsedMessage{Message: fromMessage(sm), State: stateOf(sm), DeliveryCount: int(sm.DeliveryCount)}
+	m := relay.BrowsedMessage{Message: fromMessage(sm), State: stateOf(sm), DeliveryCount: int(sm.DeliveryCount),
+		SequenceNumber: valueOr(sm.SequenceNumber, 0), EnqueuedTime: valueOr(sm.EnqueuedTime, time.Time{})}
 	partitionKey(&m.Message)
-	if sm.SequenceNumber != nil {
-		m.SequenceNumber = *sm.SequenceNumber
-	}
-	if sm.EnqueuedTime != nil {
-		m.EnqueuedTime = *sm.EnqueuedTime
-	}
 	if sm.ScheduledEnqueueTime != nil && m.State == relay.StateScheduled {
 		m.VisibleAt = *sm.ScheduledEnqueueTime
 	}

@@ -69,10 +69,7 @@ scan:
 			break scan
 		}
 		m := msgs[0]
-		seq := int64(-1)
-		if m.SequenceNumber != nil {
-			seq = *m.SequenceNumber
-		}
+		seq := valueOr(m.SequenceNumber, -1)
 		if want[seq] {
 			taken = append(taken, &relay.DeadLetterLock{DeadLetter: deadLetter(m), LockToken: uuid.UUID(m.LockToken).String(), Backend: m})
 			delete(want, seq)
@@ -116,11 +113,7 @@ func (q *Queue) giveBackDeadLetters(ctx context.Context, r *azservicebus.Receive
 	var errs []error
 	for _, m := range msgs {
 		if err := r.AbandonMessage(actx, m, nil); err != nil {
-			seq := int64(-1)
-			if m.SequenceNumber != nil {
-				seq = *m.SequenceNumber
-			}
-			errs = append(errs, fmt.Errorf("give dead letter %d back (it stays locked until its lock expires): %w", seq, mapErr("abandon", err)))
+			errs = append(errs, fmt.Errorf("give dead letter %d back (it stays locked until its lock expires): %w", valueOr(m.SequenceNumber, -1), mapErr("abandon", err)))
 		}
 	}
 	return errors.Join(errs...)
@@ -141,36 +134,31 @@ func (q *Queue) drainStray(ctx context.Context, r *azservicebus.Receiver) error 
 	return q.giveBackDeadLetters(ctx, r, msgs)
 }
 
-func dlqMessage(l *relay.DeadLetterLock) (*azservicebus.ReceivedMessage, error) {
-	m, ok := l.Backend.(*azservicebus.ReceivedMessage)
-	if !ok {
-		return nil, errNotFromServiceBus(fmt.Sprintf("dead letter %d", l.SequenceNumber))
-	}
-	return m, nil
-}
-
 // CompleteDeadLetter removes a taken dead-lettered message.
 func (q *Queue) CompleteDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
-	m, err := dlqMessage(l)
-	if err != nil {
-		return err
-	}
-	r, err := q.getDLQ()
-	if err != nil {
-		return err
-	}
-	return mapErr("complete dead letter", r.CompleteMessage(ctx, m, nil))
+	return q.settleDeadLetter(l, "complete dead letter", func(r *azservicebus.Receiver, m *azservicebus.ReceivedMessage) error {
+		return r.CompleteMessage(ctx, m, nil)
+	})
 }
 
 // ReleaseDeadLetter gives a taken dead-lettered message back.
 func (q *Queue) ReleaseDeadLetter(ctx context.Context, l *relay.DeadLetterLock) error {
-	m, err := dlqMessage(l)
-	if err != nil {
-		return err
+	return q.settleDeadLetter(l, "release dead letter", func(r *azservicebus.Receiver, m *azservicebus.ReceivedMessage) error {
+		return r.AbandonMessage(ctx, m, nil)
+	})
+}
+
+// settleDeadLetter settles a message TakeDeadLetters locked, on the
+// dead-letter receiver that holds its lock; op names the settlement in
+// errors.
+func (q *Queue) settleDeadLetter(l *relay.DeadLetterLock, op string, settle func(*azservicebus.Receiver, *azservicebus.ReceivedMessage) error) error {
+	m, ok := l.Backend.(*azservicebus.ReceivedMessage)
+	if !ok {
+		return errNotFromServiceBus(fmt.Sprintf("dead letter %d", l.SequenceNumber))
 	}
 	r, err := q.getDLQ()
 	if err != nil {
 		return err
 	}
-	return mapErr("release dead letter", r.AbandonMessage(ctx, m, nil))
+	return mapErr(op, settle(r, m))
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,30 +13,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/schemas"
 )
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestMarkedMessagesDeadLetteredOnArrival: a message the ingress sends
 // with a DeadLetterReason (a signed but malformed event) goes to the queue
@@ -54,7 +39,7 @@ func TestMarkedMessagesDeadLetteredOnArrival(t *testing.T) {
 			if err := emu.CreateQueue(sbemu.QueueConfig{Name: name, RequiresSession: sessions, LockDuration: 5 * time.Second}); err != nil {
 				t.Fatal(err)
 			}
-			var logs syncBuffer
+			var logs testlog.Buffer
 			q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: name, ConnectionString: emu.ConnectionString(),
 				Sessions: &sessions, SessionIdle: 200 * time.Millisecond}, slog.New(slog.NewJSONHandler(&logs, nil)))
 			if err != nil {
@@ -135,7 +120,7 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	metrics := consumer.NewMetrics(reg)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	attempts := make(chan int, 10)
 	w, err := consumer.New(q, consumer.HandlerFunc(func(context.Context, *schemas.Event) error {
 		attempts <- 1
@@ -144,20 +129,13 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	stop := testrun.Start(t, w.Run)
 	var dls []relay.DeadLetter
-	deadline := time.Now().Add(20 * time.Second)
-	for len(dls) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("not dead-lettered")
-		}
-		time.Sleep(50 * time.Millisecond)
+	testwait.Until(t, 20*time.Second, "dead-lettered", func() bool {
 		dls, _ = q.ListDeadLetters(tctx(t), 0, 10)
-	}
-	cancel()
-	<-done
+		return len(dls) > 0
+	})
+	stop()
 	if len(attempts) != 3 {
 		t.Errorf("%d attempts, want 3", len(attempts))
 	}
@@ -165,18 +143,7 @@ func TestMaxDeliveryFromTheQueueURL(t *testing.T) {
 	if d.Reason != relay.ReasonMaxDelivery || !strings.Contains(d.Description, "delivery 3 of 3 failed: POST http://backend answered 500") {
 		t.Errorf("dead letter reason %q description %q: the worker did not dead-letter it itself", d.Reason, d.Description)
 	}
-	mfs, _ := reg.Gather()
-	found := false
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if mf.GetName() == "hookbridge_worker_deliveries_total" && l.GetValue() == "dead_lettered" {
-					found = m.GetCounter().GetValue() == 1
-				}
-			}
-		}
-	}
-	if !found {
+	if metrictest.Value(t, reg, "hookbridge_worker_deliveries_total", "outcome", "dead_lettered") != 1 {
 		t.Error("the dead-lettering was not counted dead_lettered")
 	}
 	if !strings.Contains(logs.String(), `"reason":"MaxDeliveryCountExceeded"`) || !strings.Contains(logs.String(), `"event_id":"poison"`) {

@@ -80,15 +80,10 @@ func deadLetterMark(sm *azservicebus.ReceivedMessage) (reason, description strin
 // key. Service Bus's and hookbridge's dead-letter properties are left out:
 // the relay types carry them as fields.
 func fromMessage(sm *azservicebus.ReceivedMessage) relay.Message {
-	m := relay.Message{ID: sm.MessageID, Body: sm.Body, Properties: sm.ApplicationProperties}
+	m := relay.Message{ID: sm.MessageID, Body: sm.Body, Properties: sm.ApplicationProperties,
+		Subject: valueOr(sm.Subject, ""), ContentType: valueOr(sm.ContentType, "")}
 	if sm.SessionID != nil && *sm.SessionID != sm.MessageID {
 		m.SessionID = *sm.SessionID
-	}
-	if sm.Subject != nil {
-		m.Subject = *sm.Subject
-	}
-	if sm.ContentType != nil {
-		m.ContentType = *sm.ContentType
 	}
 	for _, k := range []string{sbDeadLetterReason, sbDeadLetterDescription, PropDeadLetterReason, PropDeadLetterDescription} {
 		if _, ok := m.Properties[k]; ok {
@@ -104,38 +99,27 @@ func fromMessage(sm *azservicebus.ReceivedMessage) relay.Message {
 
 // received builds the relay view of a locked message.
 func received(sm *azservicebus.ReceivedMessage, h *handle, maxDelivery int) *relay.Received {
-	r := &relay.Received{Message: fromMessage(sm), DeliveryCount: int(sm.DeliveryCount), MaxDeliveryCount: maxDelivery,
-		LockToken: uuid.UUID(sm.LockToken).String(), Backend: h}
-	if sm.SequenceNumber != nil {
-		r.SequenceNumber = *sm.SequenceNumber
-	}
-	if sm.EnqueuedTime != nil {
-		r.EnqueuedTime = *sm.EnqueuedTime
-	}
-	if sm.LockedUntil != nil {
-		r.LockedUntil = *sm.LockedUntil
-	}
-	return r
+	return &relay.Received{Message: fromMessage(sm), DeliveryCount: int(sm.DeliveryCount), MaxDeliveryCount: maxDelivery,
+		LockToken: uuid.UUID(sm.LockToken).String(), Backend: h, SequenceNumber: valueOr(sm.SequenceNumber, 0),
+		EnqueuedTime: valueOr(sm.EnqueuedTime, time.Time{}), LockedUntil: valueOr(sm.LockedUntil, time.Time{})}
 }
 
 // deadLetter builds the relay view of a dead-lettered message.
 func deadLetter(sm *azservicebus.ReceivedMessage) relay.DeadLetter {
-	d := relay.DeadLetter{Message: fromMessage(sm), DeliveryCount: int(sm.DeliveryCount)}
-	if sm.SequenceNumber != nil {
-		d.SequenceNumber = *sm.SequenceNumber
+	// Service Bus does not record when a message was dead-lettered: no
+	// DeadLetteredTime.
+	return relay.DeadLetter{Message: fromMessage(sm), DeliveryCount: int(sm.DeliveryCount),
+		SequenceNumber: valueOr(sm.SequenceNumber, 0), EnqueuedTime: valueOr(sm.EnqueuedTime, time.Time{}),
+		Reason: valueOr(sm.DeadLetterReason, ""), Description: valueOr(sm.DeadLetterErrorDescription, "")}
+}
+
+// valueOr is *p, or def when p is nil: the SDK leaves the properties a
+// message does not carry nil.
+func valueOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
 	}
-	if sm.EnqueuedTime != nil {
-		d.EnqueuedTime = *sm.EnqueuedTime
-	}
-	if sm.DeadLetterReason != nil {
-		d.Reason = *sm.DeadLetterReason
-	}
-	if sm.DeadLetterErrorDescription != nil {
-		d.Description = *sm.DeadLetterErrorDescription
-	}
-	// Service Bus does not record when a message was dead-lettered.
-	d.DeadLetteredTime = time.Time{}
-	return d
+	return *p
 }
 
 // eventID is the CloudEvent id a message carries, for logs.

@@ -558,10 +558,7 @@ func (q *Queue) deadLetterOnArrival(ctx context.Context, h *handle, sm *azservic
 	log := q.log.With("message_id", sm.MessageID, "event_id", eventID(sm), "reason", reason, "delivery_count", sm.DeliveryCount)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
-	seq := int64(0)
-	if sm.SequenceNumber != nil {
-		seq = *sm.SequenceNumber
-	}
+	seq := valueOr(sm.SequenceNumber, 0)
 	err := h.settle(sctx, seq, "dead-letter", deadLetterFn(reason, description))
 	if err == nil {
 		q.metrics.deadLetteredOnArrival.WithLabelValues(reason).Inc()

@@ -12,6 +12,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 )
@@ -21,15 +23,7 @@ var queueSeq atomic.Int64
 // emulator starts an in-process Service Bus emulator for the test.
 func emulator(t testing.TB) *sbemu.Server {
 	t.Helper()
-	s, err := sbemu.New(sbemu.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return sbemutest.NewServer(t).Server
 }
 
 // openEmulated creates a fresh queue with want's settings on emu, opens it
@@ -74,12 +68,9 @@ func openEmulatedIdle(t testing.TB, emu *sbemu.Server, want relaytest.Settings, 
 // ends, as the worker command's errgroup does, and closes q.
 func runQueue(t testing.TB, q *servicebus.Queue) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- q.Run(ctx) }()
+	stop := testrun.Start(t, q.Run)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 		q.Close()

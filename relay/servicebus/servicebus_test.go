@@ -13,6 +13,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"github.com/hookbridge/hookbridge/consumer"
+	"github.com/hookbridge/hookbridge/internal/testrun"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -21,11 +23,8 @@ import (
 
 var settings = relaytest.Settings{LockDuration: 2 * time.Second, MaxDeliveryCount: 5, DuplicateWindow: time.Minute}
 
-func tctx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+// tctx bounds a blocking call of these tests.
+func tctx(t testing.TB) context.Context { return testwait.Context(t, 30*time.Second) }
 
 func event(t testing.TB, id, key string) relay.Message {
 	t.Helper()
@@ -33,14 +32,8 @@ func event(t testing.TB, id, key string) relay.Message {
 	if key != "" {
 		data = fmt.Sprintf(`{"correlationId":%q}`, key)
 	}
-	e := schemas.Event{ID: id, Source: "calling/callConnections/c", Type: "Microsoft.Communication.PlayCompleted", Subject: "calling/callConnections/c",
-		Time: "2024-05-14T17:30:12Z", Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "acs-jwt"}
-	m, err := relay.NewMessage(&e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.ID = id // tests name messages by their event's id
-	return m
+	return relaytest.EventMessage(t, schemas.Event{ID: id, Source: "calling/callConnections/c", Type: "Microsoft.Communication.PlayCompleted", Subject: "calling/callConnections/c",
+		Time: "2024-05-14T17:30:12Z", Data: json.RawMessage(data), PartitionKey: key, Received: time.Now(), Route: schemas.RouteACSCallbacks, Verifier: "acs-jwt"})
 }
 
 // TestMappingRoundTrip sends an event's message through the SDK and reads
@@ -186,9 +179,7 @@ func TestConsumerThroughServiceBus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- w.Run(ctx) }()
+	stop := testrun.Start(t, w.Run)
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
@@ -215,8 +206,7 @@ func TestConsumerThroughServiceBus(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	cancel()
-	if err := <-stopped; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("Run: %v", err)
 	}
 	mu.Lock()

@@ -214,11 +214,7 @@ func (p *sessionPool) catchInFlight(ctx context.Context, log *slog.Logger, s *se
 	msgs, _ := s.sr.ReceiveMessages(rctx, 1, nil)
 	cancel()
 	for _, sm := range msgs {
-		seq := int64(0)
-		if sm.SequenceNumber != nil {
-			seq = *sm.SequenceNumber
-		}
-		p.giveBack(ctx, log, newHandle(sm, nil, s), seq, sm.MessageID)
+		p.giveBack(ctx, log, newHandle(sm, nil, s), valueOr(sm.SequenceNumber, 0), sm.MessageID)
 	}
 }
 

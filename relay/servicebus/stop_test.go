@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -24,25 +25,6 @@ func openSecond(t *testing.T, emu *sbemu.Server, name string, lock time.Duration
 	}
 	runQueue(t, q)
 	return q
-}
-
-// startRun runs q until the returned stop is called; stop returns Run's
-// error once it has returned.
-func startRun(t *testing.T, q *servicebus.Queue) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- q.Run(ctx) }()
-	return func() error {
-		cancel()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(20 * time.Second):
-			t.Fatal("Run did not return after its context ended")
-			return nil
-		}
-	}
 }
 
 // receiveIDs receives n messages from q, completing each, and returns their
@@ -82,7 +64,7 @@ func TestStoppingPoolGivesBackInOrder(t *testing.T) {
 			if err := q1.SendBatch(tctx(t), []relay.Message{event(t, "e1", "call-1"), event(t, "e2", "call-1"), event(t, "e3", "call-1")}); err != nil {
 				t.Fatal(err)
 			}
-			stop := startRun(t, q1)
+			stop := testrun.Start(t, q1.Run)
 			abandoned := make(chan error, 1)
 			if held == "received, not handed out" {
 				// The pool takes the session's head and waits for a Receive
@@ -146,7 +128,7 @@ func TestRunLifecycle(t *testing.T) {
 	t.Parallel()
 	emu := emulator(t)
 	q, _ := openEmulatedIdle(t, emu, settings, true)
-	stop := startRun(t, q)
+	stop := testrun.Start(t, q.Run)
 	time.Sleep(100 * time.Millisecond)
 	if err := q.Run(context.Background()); err == nil {
 		t.Error("a second Run was accepted")
@@ -158,7 +140,7 @@ func TestRunLifecycle(t *testing.T) {
 		t.Errorf("Receive after Run stopped: %v, want ErrClosed", err)
 	}
 	q2, _ := openEmulatedIdle(t, emu, settings, true)
-	stop2 := startRun(t, q2)
+	stop2 := testrun.Start(t, q2.Run)
 	time.Sleep(100 * time.Millisecond)
 	q2.Close()
 	if err := stop2(); err != nil {

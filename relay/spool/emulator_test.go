@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/sbemu/sbemutest"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
 	"github.com/hookbridge/hookbridge/relay/spool"
@@ -30,15 +32,8 @@ type emulated struct {
 
 func openEmulator(tb testing.TB) *emulated {
 	tb.Helper()
-	emu, err := sbemu.New(sbemu.Config{Queues: []sbemu.QueueConfig{{Name: "events", RequiresSession: true,
-		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := emu.Start("127.0.0.1:0"); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { emu.Close() })
+	emu := sbemutest.NewServer(tb, sbemu.QueueConfig{Name: "events", RequiresSession: true,
+		RequiresDuplicateDetection: true, DuplicateDetectionHistoryTimeWindow: 10 * time.Minute, LockDuration: 10 * time.Second}).Server
 	q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: "events", ConnectionString: emu.ConnectionString(),
 		MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond}, nil)
 	if err != nil {
@@ -52,30 +47,11 @@ func openEmulator(tb testing.TB) *emulated {
 // message IDs in order.
 func (e *emulated) session(tb testing.TB, key string) []string {
 	tb.Helper()
-	c, err := azservicebus.NewClientFromConnectionString(e.emu.ConnectionString(), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	r, err := c.AcceptSessionForQueue(ctx, e.name, key, &azservicebus.SessionReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer r.Close(context.Background())
 	var out []string
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		msgs, err := r.ReceiveMessages(rctx, 1000, nil)
-		cancel()
-		if len(msgs) == 0 || err != nil {
-			return out
-		}
-		for _, m := range msgs {
-			out = append(out, m.MessageID)
-		}
+	for _, m := range sbemutest.DrainSession(tb, e.emu, e.name, key) {
+		out = append(out, m.MessageID)
 	}
+	return out
 }
 
 // TestForwardThroughEmulator runs the spool in front of the real
@@ -152,16 +128,14 @@ func BenchmarkGroupCommit(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					ctx, cancel := context.WithCancel(context.Background())
-					done := make(chan error, 1)
-					go func() { done <- sp.Run(ctx) }()
-					defer func() { cancel(); <-done }()
+					stop := testrun.Start(b, sp.Run)
+					defer stop()
 					// A send slower than --spool-after (a machine too busy)
 					// is spooled: say so, since it is not the direct path.
 					defer func() {
 						n := 0.0
 						for _, r := range []string{"failed", "slow", "down", "order"} {
-							n += metric(b, reg, "hookbridge_spool_spooled_total", r)
+							n += metrictest.Value(b, reg, "hookbridge_spool_spooled_total", "reason", r)
 						}
 						b.ReportMetric(n, "spooled")
 					}()
@@ -236,14 +210,11 @@ func BenchmarkWrapperOverhead(b *testing.B) {
 	// Let Run read the (empty) store, then stop it: the direct path needs
 	// nothing of it afterwards, and an idle forwarder's polling would be
 	// counted too.
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
+	stop := testrun.Start(b, sp.Run)
 	for sp.Ready(context.Background()) != nil {
 		time.Sleep(time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		b.Fatal(err)
 	}
 	for _, size := range []int{1, 16} {
@@ -288,10 +259,8 @@ func BenchmarkDrain(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- sp.Run(ctx) }()
-			defer func() { cancel(); <-done }()
+			stop := testrun.Start(b, sp.Run)
+			defer stop()
 			e.emu.RefuseConnections(true)
 			const chunk = 512
 			for start := 0; start < b.N; start += chunk {

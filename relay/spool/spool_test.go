@@ -1,7 +1,6 @@
 package spool_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hookbridge/hookbridge/internal/metrictest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testrun"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/spool"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -127,23 +130,6 @@ func msg(id, key string) relay.Message {
 	return relay.Message{ID: id, SessionID: key, Subject: "t", ContentType: "application/cloudevents+json", Body: []byte(`{"id":"` + id + `"}`)}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness is a spool on a real SQLite store with its forwarder running.
 type harness struct {
 	t     *testing.T
@@ -152,7 +138,7 @@ type harness struct {
 	path  string
 	p     *primary
 	reg   *prometheus.Registry
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 	stop  func()
 }
 
@@ -194,7 +180,7 @@ func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Du
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "spool.db")
 	}
-	h := &harness{t: t, path: path, p: p, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	h := &harness{t: t, path: path, p: p, reg: prometheus.NewRegistry(), logs: &testlog.Buffer{}}
 	h.store = openStore(t, path, lock)
 	cfg = fast(cfg)
 	cfg.Registerer = h.reg
@@ -204,14 +190,11 @@ func start(t *testing.T, p *primary, cfg spool.Config, path string, lock time.Du
 		t.Fatal(err)
 	}
 	h.sp = sp
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
+	stopRun := testrun.Start(t, sp.Run)
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
+			if err := stopRun(); err != nil {
 				t.Errorf("Run: %v", err)
 			}
 			if err := h.store.Close(); err != nil {
@@ -246,22 +229,10 @@ func (h *harness) counts() (int64, int64) {
 	return a, d
 }
 
-// eventually fails the test unless cond holds within 10s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // drained waits until the spool reports it is empty and direct.
 func (h *harness) drained() {
 	h.t.Helper()
-	eventually(h.t, "the spool drained", func() bool {
+	testwait.Until(h.t, 10*time.Second, "the spool drained", func() bool {
 		st := h.sp.State()
 		return st.Mode == spool.ModeDirect && st.Messages == 0
 	})
@@ -271,33 +242,7 @@ func (h *harness) drained() {
 }
 
 func (h *harness) spooled(reason string) float64 {
-	return metric(h.t, h.reg, "hookbridge_spool_spooled_total", reason)
-}
-
-// metric reads a counter or gauge of reg by name and (optional) reason
-// label.
-func metric(t testing.TB, reg *prometheus.Registry, name, reason string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := reason == ""
-			for _, l := range m.GetLabel() {
-				match = match || (l.GetName() == "reason" && l.GetValue() == reason)
-			}
-			if match {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s{reason=%q}", name, reason)
-	return 0
+	return metrictest.Value(h.t, h.reg, "hookbridge_spool_spooled_total", "reason", reason)
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -399,8 +344,8 @@ func TestSpoolsAndForwards(t *testing.T) {
 			if n := h.spooled(tt.reason) + h.spooled("down") + h.spooled("order"); n != 4 {
 				t.Errorf("spooled{%s}+{down}+{order} = %v, want 4", tt.reason, n)
 			}
-			eventually(t, "the forwarder failed once", func() bool {
-				return metric(t, h.reg, "hookbridge_spool_forward_failures_total", "") > 0
+			testwait.Until(t, 10*time.Second, "the forwarder failed once", func() bool {
+				return metrictest.Value(t, h.reg, "hookbridge_spool_forward_failures_total") > 0
 			})
 			p.set(nil)
 			h.drained()
@@ -412,7 +357,7 @@ func TestSpoolsAndForwards(t *testing.T) {
 					t.Errorf("%s never forwarded", id)
 				}
 			}
-			if n := metric(t, h.reg, "hookbridge_spool_forwarded_total", ""); n != 4 {
+			if n := metrictest.Value(t, h.reg, "hookbridge_spool_forwarded_total"); n != 4 {
 				t.Errorf("forwarded_total = %v", n)
 			}
 			logs := h.logs.String()
@@ -616,7 +561,7 @@ func TestFullSpool(t *testing.T) {
 	if err := h.sp.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "full") {
 		t.Errorf("Ready = %v, want a full spool reported", err)
 	}
-	if n := metric(t, h.reg, "hookbridge_spool_refused_total", "full"); n != 1 {
+	if n := metrictest.Value(t, h.reg, "hookbridge_spool_refused_total", "reason", "full"); n != 1 {
 		t.Errorf("refused{full} = %v", n)
 	}
 	p.set(nil)
@@ -721,8 +666,8 @@ func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
 		t.Fatalf("spooled{restart} = %v, want 1", n)
 	}
 	close(oldHeld)
-	eventually(t, "the leftovers were forwarded", func() bool { return h.p.has("old1") && h.p.has("old2") })
-	eventually(t, "recovery ended", func() bool { return !h.sp.State().Recovering })
+	testwait.Until(t, 10*time.Second, "the leftovers were forwarded", func() bool { return h.p.has("old1") && h.p.has("old2") })
+	testwait.Until(t, 10*time.Second, "recovery ended", func() bool { return !h.sp.State().Recovering })
 	h.mustSend(msg("new-k5", "k5"))
 	if !h.p.has("new-k5") || h.spooled("restart") != 1 {
 		t.Errorf("a call with nothing in the spool was still spooled after recovery (restart=%v)", h.spooled("restart"))
@@ -781,7 +726,7 @@ func TestTooLargeWhileForwarding(t *testing.T) {
 	if _, d := h.counts(); d != 1 {
 		t.Errorf("the spool's dead-letter queue holds %d, want 1", d)
 	}
-	if n := metric(t, h.reg, "hookbridge_spool_dead_lettered_total", ""); n != 1 {
+	if n := metrictest.Value(t, h.reg, "hookbridge_spool_dead_lettered_total"); n != 1 {
 		t.Errorf("dead_lettered_total = %v", n)
 	}
 	if !strings.Contains(h.logs.String(), spool.ReasonTooLarge) {
@@ -819,8 +764,8 @@ func TestStopReleasesHeldMessages(t *testing.T) {
 	p.set(failAll)
 	first := start(t, p, spool.Config{}, "", time.Hour)
 	first.mustSend(msg("m", "k"))
-	eventually(t, "the forwarder tried", func() bool {
-		return metric(t, first.reg, "hookbridge_spool_forward_failures_total", "") > 0
+	testwait.Until(t, 10*time.Second, "the forwarder tried", func() bool {
+		return metrictest.Value(t, first.reg, "hookbridge_spool_forward_failures_total") > 0
 	})
 	first.stop()
 	p.set(nil)
@@ -850,7 +795,7 @@ func TestRunAndReadiness(t *testing.T) {
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- sp.Run(rctx) }()
-	eventually(t, "ready", func() bool { return sp.Ready(context.Background()) == nil })
+	testwait.Until(t, 10*time.Second, "ready", func() bool { return sp.Ready(context.Background()) == nil })
 	if err := sp.Run(rctx); err == nil {
 		t.Error("a second Run was accepted")
 	}
@@ -889,11 +834,9 @@ func TestStoreFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	eventually(t, "ready", func() bool { return sp.Ready(context.Background()) == nil })
+	stop := testrun.Start(t, sp.Run)
+	defer stop()
+	testwait.Until(t, 10*time.Second, "ready", func() bool { return sp.Ready(context.Background()) == nil })
 	store.broken.Store(true)
 	err = sp.SendBatch(context.Background(), []relay.Message{msg("m", "k")})
 	if !errors.Is(err, relay.ErrUnavailable) || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "disk full") {
@@ -902,13 +845,13 @@ func TestStoreFailure(t *testing.T) {
 	if err := sp.Ready(context.Background()); err == nil {
 		t.Error("ready right after the spool failed to commit while Service Bus is down")
 	}
-	eventually(t, "ready again after the cooldown", func() bool { return sp.Ready(context.Background()) == nil })
+	testwait.Until(t, 10*time.Second, "ready again after the cooldown", func() bool { return sp.Ready(context.Background()) == nil })
 	store.broken.Store(false)
 	if err := sp.SendBatch(context.Background(), []relay.Message{msg("m2", "k")}); err != nil {
 		t.Fatalf("after the store recovered: %v", err)
 	}
 	p.set(nil)
-	eventually(t, "drained", func() bool { return sp.State().Mode == spool.ModeDirect })
+	testwait.Until(t, 10*time.Second, "drained", func() bool { return sp.State().Mode == spool.ModeDirect })
 	if got := p.order("k"); !slices.Equal(got, []string{"m2"}) {
 		t.Errorf("forwarded %v", got)
 	}
@@ -947,7 +890,7 @@ func TestRecoveryKeepsNewEventsOfLeftoverCalls(t *testing.T) {
 	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
 	h.mustSend(msg("new-k1", "k1"))
 	close(oldHeld)
-	eventually(t, "recovery ended", func() bool { return !h.sp.State().Recovering })
+	testwait.Until(t, 10*time.Second, "recovery ended", func() bool { return !h.sp.State().Recovering })
 	h.mustSend(msg("new-k1b", "k1"))
 	if h.p.attempted("new-k1b") {
 		t.Errorf("new-k1b went to the primary while new-k1 was still in the spool; state %+v", h.sp.State())
@@ -985,7 +928,7 @@ func TestBrokenStoreShowsBeforeAnOutage(t *testing.T) {
 	t.Parallel()
 	store := &readyStore{Queue: openStore(t, filepath.Join(t.TempDir(), "spool.db"), time.Minute)}
 	t.Cleanup(func() { store.Close() })
-	reg, logs := prometheus.NewRegistry(), &syncBuffer{}
+	reg, logs := prometheus.NewRegistry(), &testlog.Buffer{}
 	cfg := fast(spool.Config{Poll: 5 * time.Millisecond})
 	cfg.Registerer = reg
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -1004,16 +947,16 @@ func TestBrokenStoreShowsBeforeAnOutage(t *testing.T) {
 	}()
 
 	store.set(errors.New("sqlite commit: disk full"))
-	eventually(t, "the store's failure in State", func() bool { return strings.Contains(sp.State().StoreError, "disk full") })
-	if got := metric(t, reg, "hookbridge_spool_store_ready", ""); got != 0 {
+	testwait.Until(t, 10*time.Second, "the store's failure in State", func() bool { return strings.Contains(sp.State().StoreError, "disk full") })
+	if got := metrictest.Value(t, reg, "hookbridge_spool_store_ready"); got != 0 {
 		t.Errorf("hookbridge_spool_store_ready = %v with a failing store, want 0", got)
 	}
 	if err := sp.Ready(context.Background()); err != nil {
 		t.Errorf("Ready with Service Bus healthy and the store failing: %v, want nil", err)
 	}
 	store.set(nil)
-	eventually(t, "the store's recovery in State", func() bool { return sp.State().StoreError == "" })
-	if got := metric(t, reg, "hookbridge_spool_store_ready", ""); got != 1 {
+	testwait.Until(t, 10*time.Second, "the store's recovery in State", func() bool { return sp.State().StoreError == "" })
+	if got := metrictest.Value(t, reg, "hookbridge_spool_store_ready"); got != 1 {
 		t.Errorf("hookbridge_spool_store_ready = %v, want 1", got)
 	}
 	out := logs.String()

@@ -25,7 +25,7 @@ func browseMsg(id, session, typ string) relay.Message {
 func TestBrowse(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	q := openTemp(t, sqlite.Config{LockDuration: time.Minute})
+	q := sqlitetest.Open(t, sqlite.Config{LockDuration: time.Minute})
 	send := func(msgs ...relay.Message) {
 		t.Helper()
 		if err := q.SendBatch(ctx, msgs); err != nil {

@@ -13,15 +13,10 @@ import (
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
-func openTemp(t *testing.T, cfg sqlite.Config) *sqlite.Queue {
-	t.Helper()
-	return sqlitetest.Open(t, cfg)
-}
-
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	relaytest.Run(t, func(t *testing.T, want relaytest.Settings) (relaytest.Queue, relaytest.Settings) {
-		q := openTemp(t, sqlite.Config{
+		q := sqlitetest.Open(t, sqlite.Config{
 			LockDuration:     want.LockDuration,
 			MaxDeliveryCount: want.MaxDeliveryCount,
 			DuplicateWindow:  want.DuplicateWindow,
@@ -105,8 +100,8 @@ func TestConfigValidate(t *testing.T) {
 func TestSharedFileWakesOtherInstance(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "shared.db")
-	sender := openTemp(t, sqlite.Config{Path: path})
-	receiver := openTemp(t, sqlite.Config{Path: path})
+	sender := sqlitetest.Open(t, sqlite.Config{Path: path})
+	receiver := sqlitetest.Open(t, sqlite.Config{Path: path})
 	for i := range 5 {
 		got := make(chan time.Duration, 1)
 		go func() {

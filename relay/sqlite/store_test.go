@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,21 +17,15 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func sendAll(t *testing.T, q *sqlite.Queue, msgs ...relay.Message) {
 	t.Helper()
-	if err := q.SendBatch(ctxT(t, 10*time.Second), msgs); err != nil {
+	if err := q.SendBatch(testwait.Context(t, 10*time.Second), msgs); err != nil {
 		t.Fatalf("SendBatch: %v", err)
 	}
 }
@@ -54,7 +47,7 @@ func drain(t *testing.T, q *sqlite.Queue, quiet time.Duration) []string {
 		}
 		for _, m := range msgs {
 			ids = append(ids, m.ID)
-			if err := q.Complete(ctxT(t, 10*time.Second), m); err != nil {
+			if err := q.Complete(testwait.Context(t, 10*time.Second), m); err != nil {
 				t.Fatalf("Complete: %v", err)
 			}
 		}
@@ -74,7 +67,7 @@ func TestDuplicatesDroppedAtDelivery(t *testing.T) {
 		if got := drain(t, q, 300*time.Millisecond); strings.Join(got, ",") != "b" {
 			t.Fatalf("after a redelivery of a: got %v, want only b", got)
 		}
-		if active, _, _ := q.Counts(ctxT(t, time.Second)); active != 0 {
+		if active, _, _ := q.Counts(testwait.Context(t, time.Second)); active != 0 {
 			t.Errorf("%d messages left; the duplicate should be gone", active)
 		}
 	})
@@ -211,7 +204,7 @@ func TestDeadLetterOnSend(t *testing.T) {
 	if got := drain(t, q, 300*time.Millisecond); strings.Join(got, ",") != "good-1" {
 		t.Fatalf("delivered %v, want only good-1", got)
 	}
-	dls, err := q.ListDeadLetters(ctxT(t, time.Second), 0, 10)
+	dls, err := q.ListDeadLetters(testwait.Context(t, time.Second), 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +251,7 @@ func TestMigratesVersion1File(t *testing.T) {
 	db.Close()
 
 	q := sqlitetest.Open(t, sqlite.Config{Path: path})
-	r, err := q.Receive(ctxT(t, 5*time.Second), 10)
+	r, err := q.Receive(testwait.Context(t, 5*time.Second), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,19 +259,19 @@ func TestMigratesVersion1File(t *testing.T) {
 		r[0].Properties[relay.PropReplayCount] != int64(2) || r[0].SequenceNumber != 1 {
 		t.Fatalf("first receive = %+v; want m1 alone, its third delivery, its lock released by the upgrade", r)
 	}
-	if err := q.Complete(ctxT(t, time.Second), r[0]); err != nil {
+	if err := q.Complete(testwait.Context(t, time.Second), r[0]); err != nil {
 		t.Fatal(err)
 	}
 	sendAll(t, q, relaytest.Msg("gone-before", "call-1"), relaytest.Msg("new", "call-1"))
 	if got := drain(t, q, 300*time.Millisecond); strings.Join(got, ",") != "m2,new" {
 		t.Errorf("then delivered %v, want m2,new (gone-before is a duplicate)", got)
 	}
-	dls, err := q.ListDeadLetters(ctxT(t, time.Second), 0, 10)
+	dls, err := q.ListDeadLetters(testwait.Context(t, time.Second), 0, 10)
 	if err != nil || len(dls) != 1 || dls[0].ID != "d1" || dls[0].SequenceNumber != 7 || dls[0].Properties["x"] != true {
 		t.Fatalf("dead letters = %+v, %v", dls, err)
 	}
 	sendAll(t, q, relaytest.Msg("after", ""))
-	r, err = q.Receive(ctxT(t, 5*time.Second), 1)
+	r, err = q.Receive(testwait.Context(t, 5*time.Second), 1)
 	if err != nil || r[0].SequenceNumber <= 7 {
 		t.Fatalf("a new message got sequence number %v (%v); numbers must never be reused", r, err)
 	}
@@ -349,17 +342,7 @@ func TestOpenExplainsBadPaths(t *testing.T) {
 func TestWALDeletedStopsAcknowledging(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "q.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), walChildEnv+"="+path)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, out, stderr := startChild(t, walChildEnv, path)
 	var acked []string
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
@@ -445,16 +428,16 @@ func TestPrefetchGivesBack(t *testing.T) {
 	for i := range 6 {
 		sendAll(t, q, relaytest.Msg(fmt.Sprintf("m%d", i), ""))
 	}
-	got, err := q.Receive(ctxT(t, 5*time.Second), 1)
+	got, err := q.Receive(testwait.Context(t, 5*time.Second), 1)
 	if err != nil || len(got) != 1 {
 		t.Fatalf("receive: %v %v", got, err)
 	}
-	more, err := q.Receive(ctxT(t, 5*time.Second), 2)
+	more, err := q.Receive(testwait.Context(t, 5*time.Second), 2)
 	if err != nil || len(more) != 2 {
 		t.Fatalf("second receive: %v %v", more, err)
 	}
 	time.Sleep(250 * time.Millisecond) // the kept three have less than half their lock left
-	again, err := q.Receive(ctxT(t, 5*time.Second), 1)
+	again, err := q.Receive(testwait.Context(t, 5*time.Second), 1)
 	if err != nil || len(again) != 1 || again[0].DeliveryCount != 1 {
 		t.Fatalf("after the kept locks ran down: %+v %v, want a fresh claim, delivery 1", again, err)
 	}
@@ -465,7 +448,7 @@ func TestPrefetchGivesBack(t *testing.T) {
 	q2 := sqlitetest.Open(t, sqlite.Config{Path: path})
 	counts := map[string]int{}
 	for len(counts) < 6 {
-		msgs, err := q2.Receive(ctxT(t, 5*time.Second), 6)
+		msgs, err := q2.Receive(testwait.Context(t, 5*time.Second), 6)
 		if err != nil {
 			t.Fatalf("after reopening, got %v: %v", counts, err)
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -81,7 +82,7 @@ func TestSmallVolume(t *testing.T) {
 	go func() {
 		n := 0
 		for n < total {
-			msgs, err := q.Receive(ctxT(t, 30*time.Second), 64)
+			msgs, err := q.Receive(testwait.Context(t, 30*time.Second), 64)
 			if err != nil {
 				received <- err
 				return
@@ -109,7 +110,7 @@ func TestSmallVolume(t *testing.T) {
 		for j := range batch {
 			batch[j] = kilobyteMsg(fmt.Sprintf("m-%d", i+j), fmt.Sprintf("call-%d", (i+j)%50))
 		}
-		if err := q.SendBatch(ctxT(t, 10*time.Second), batch); err != nil {
+		if err := q.SendBatch(testwait.Context(t, 10*time.Second), batch); err != nil {
 			t.Fatalf("send %d under sustained load: %v", i, err)
 		}
 	}
@@ -146,13 +147,13 @@ func TestSmallVolume(t *testing.T) {
 		for j := range batch {
 			batch[j] = kilobyteMsg(fmt.Sprintf("full-%d", i+j), "call-x")
 		}
-		if sendErr = q.SendBatch(ctxT(t, 10*time.Second), batch); sendErr == nil {
+		if sendErr = q.SendBatch(testwait.Context(t, 10*time.Second), batch); sendErr == nil {
 			continue
 		}
 		if !errors.Is(sendErr, relay.ErrUnavailable) || !strings.Contains(sendErr.Error(), "disk full") {
 			t.Fatalf("send on a full volume: %v, want ErrUnavailable saying the disk is full", sendErr)
 		}
-		readyErr = q.Ready(ctxT(t, 10*time.Second))
+		readyErr = q.Ready(testwait.Context(t, 10*time.Second))
 	}
 	if sendErr == nil || readyErr == nil {
 		t.Fatalf("on a full volume: last send %v, Ready %v; want both to fail", sendErr, readyErr)
@@ -163,10 +164,10 @@ func TestSmallVolume(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err != nil {
 		t.Fatalf("Ready after space was freed: %v", err)
 	}
-	if err := q.SendBatch(ctxT(t, 10*time.Second), []relay.Message{kilobyteMsg("after", "call-y")}); err != nil {
+	if err := q.SendBatch(testwait.Context(t, 10*time.Second), []relay.Message{kilobyteMsg("after", "call-y")}); err != nil {
 		t.Fatalf("send after space was freed: %v", err)
 	}
 }
@@ -183,18 +184,18 @@ func TestImmutableFileExplained(t *testing.T) {
 		sqlitetest.NeedsPrivilege(t, fmt.Sprintf("chattr +i needs root and a file system with attributes: %v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-i", path+"-wal").Run() })
-	err := q.SendBatch(ctxT(t, 10*time.Second), []relay.Message{kilobyteMsg("blocked", "call-1")})
+	err := q.SendBatch(testwait.Context(t, 10*time.Second), []relay.Message{kilobyteMsg("blocked", "call-1")})
 	t.Logf("send to an immutable file: %v", err)
 	if !errors.Is(err, relay.ErrUnavailable) || !strings.Contains(err.Error(), "chattr") {
 		t.Fatalf("send to an immutable file: %v, want ErrUnavailable saying to check attributes (chattr)", err)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err == nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err == nil {
 		t.Fatal("Ready with an immutable log: nil")
 	}
 	if out, err := exec.Command("chattr", "-i", path+"-wal").CombinedOutput(); err != nil {
 		t.Fatalf("chattr -i: %v: %s", err, out)
 	}
-	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err != nil {
 		t.Fatalf("Ready after chattr -i: %v", err)
 	}
 	sendAll(t, q, kilobyteMsg("after", "call-1"))
@@ -214,12 +215,12 @@ func TestFailingCheckpointsMakeUnready(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-i", path).Run() })
 	sendAll(t, q, kilobyteMsg("during", "call-1"))
-	if err := q.Ready(ctxT(t, 10*time.Second)); err != nil {
+	if err := q.Ready(testwait.Context(t, 10*time.Second)); err != nil {
 		t.Fatalf("Ready right after checkpoints began failing: %v, want nil until UnreadyAfter", err)
 	}
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err = q.Ready(ctxT(t, 10*time.Second)); err != nil {
+		if err = q.Ready(testwait.Context(t, 10*time.Second)); err != nil {
 			break
 		}
 	}
@@ -230,7 +231,7 @@ func TestFailingCheckpointsMakeUnready(t *testing.T) {
 		t.Fatalf("chattr -i: %v: %s", err, out)
 	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err = q.Ready(ctxT(t, 10*time.Second)); err == nil {
+		if err = q.Ready(testwait.Context(t, 10*time.Second)); err == nil {
 			break
 		}
 	}

@@ -7,6 +7,8 @@
 //
 // With ExpectNoLeaks, the test also fails if a connection or an entity
 // link is still open once every other cleanup has run (clients closed).
+// DrainSession takes what one session of a queue holds, for checking what
+// reached Service Bus and in which order.
 package sbemutest
 
 import (
@@ -94,4 +96,37 @@ func (s *Server) NewClient(t testing.TB) *azservicebus.Client {
 		c.Close(ctx)
 	})
 	return c
+}
+
+// sessionIdle is how long DrainSession waits for a session's next message
+// before it concludes the session is empty.
+const sessionIdle = 500 * time.Millisecond
+
+// DrainSession receives and deletes the messages of session key of queue on
+// s, in order, until none has come for half a second, and returns them. It
+// fails the test if the session cannot be accepted.
+func DrainSession(t testing.TB, s *sbemu.Server, queue, key string) []*azservicebus.ReceivedMessage {
+	t.Helper()
+	c, err := azservicebus.NewClientFromConnectionString(s.ConnectionString(), nil)
+	if err != nil {
+		t.Fatalf("sbemutest: client: %v", err)
+	}
+	defer c.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := c.AcceptSessionForQueue(ctx, queue, key, &azservicebus.SessionReceiverOptions{ReceiveMode: azservicebus.ReceiveModeReceiveAndDelete})
+	if err != nil {
+		t.Fatalf("sbemutest: accept session %s of %s: %v", key, queue, err)
+	}
+	defer r.Close(context.Background())
+	var out []*azservicebus.ReceivedMessage
+	for {
+		rctx, cancel := context.WithTimeout(ctx, sessionIdle)
+		msgs, err := r.ReceiveMessages(rctx, 1000, nil)
+		cancel()
+		if err != nil || len(msgs) == 0 {
+			return out
+		}
+		out = append(out, msgs...)
+	}
 }

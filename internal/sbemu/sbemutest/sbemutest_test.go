@@ -75,6 +75,21 @@ func TestExpectNoLeaks(t *testing.T) {
 	}
 }
 
+// send sends msgs to queue with a new sender of c, closed after.
+func send(ctx context.Context, t *testing.T, c *azservicebus.Client, queue string, msgs ...*azservicebus.Message) {
+	t.Helper()
+	snd, err := c.NewSender(queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close(ctx)
+	for _, m := range msgs {
+		if err := snd.SendMessage(ctx, m, nil); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+}
+
 func TestNewClientSendsAndReceives(t *testing.T) {
 	t.Parallel()
 	srv := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q"})
@@ -82,14 +97,7 @@ func TestNewClientSendsAndReceives(t *testing.T) {
 	c := srv.NewClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	snd, err := c.NewSender("q", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snd.Close(ctx)
-	if err := snd.SendMessage(ctx, &azservicebus.Message{Body: []byte("x")}, nil); err != nil {
-		t.Fatalf("send: %v", err)
-	}
+	send(ctx, t, c, "q", &azservicebus.Message{Body: []byte("x")})
 	rcv, err := c.NewReceiverForQueue("q", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -104,5 +112,37 @@ func TestNewClientSendsAndReceives(t *testing.T) {
 	}
 	if st, err := srv.Stats("q"); err != nil || st != (sbemu.QueueStats{}) {
 		t.Errorf("stats %+v %v", st, err)
+	}
+}
+
+// TestDrainSession: DrainSession returns one session's messages in order,
+// deletes them, and leaves the other sessions alone.
+func TestDrainSession(t *testing.T) {
+	t.Parallel()
+	srv := sbemutest.NewServer(t, sbemu.QueueConfig{Name: "q", RequiresSession: true})
+	srv.ExpectNoLeaks()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var msgs []*azservicebus.Message
+	for i, key := range []string{"a", "b", "a", "a"} {
+		id := fmt.Sprint("m", i)
+		msgs = append(msgs, &azservicebus.Message{MessageID: &id, SessionID: &key, Body: []byte(id)})
+	}
+	send(ctx, t, srv.NewClient(t), "q", msgs...)
+	for _, tt := range []struct {
+		key  string
+		want string
+	}{
+		{"a", "[m0 m2 m3]"},
+		{"a", "[]"},
+		{"b", "[m1]"},
+	} {
+		var got []string
+		for _, m := range sbemutest.DrainSession(t, srv.Server, "q", tt.key) {
+			got = append(got, m.MessageID)
+		}
+		if fmt.Sprint(got) != tt.want {
+			t.Errorf("session %s: %v, want %s", tt.key, got, tt.want)
+		}
 	}
 }
