@@ -18,6 +18,8 @@ import (
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/time/rate"
+
+	"github.com/hookbridge/hookbridge/relay"
 )
 
 // keySourceConfig configures a keySource.
@@ -120,8 +122,7 @@ func (s *keySource) ready() bool { return s.current.Load() != nil }
 // succeeds, then keeps the keys refreshed until ctx ends. It returns nil when
 // ctx ends.
 func (s *keySource) Run(ctx context.Context) error {
-	wait := time.Second
-	for {
+	for attempt := 1; ; attempt++ {
 		set, cancel, err := s.load(ctx)
 		if err == nil {
 			s.current.Store(set)
@@ -136,14 +137,16 @@ func (s *keySource) Run(ctx context.Context) error {
 		s.mu.Lock()
 		s.lastFail = err
 		s.mu.Unlock()
+		wait := relay.Backoff(attempt, time.Second, 30*time.Second)
 		s.cfg.log.Error("cannot load signing keys; requests that need them get 503 until they load",
 			"verifier", s.cfg.name, "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-time.After(wait):
+		case <-t.C:
 		}
-		wait = min(wait*2, 30*time.Second)
 	}
 }
 

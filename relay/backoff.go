@@ -9,7 +9,8 @@ import (
 // base doubled for each earlier attempt, capped at limit, then jittered down
 // to as little as half, so that many retries started together spread out.
 // It is the one retry schedule of hookbridge's loops: redelivery of a failed
-// event, and a receive or session accept that keeps failing. A non-positive
+// event, a receive or session accept that keeps failing, the spool's
+// forwarding to Service Bus, and loading an issuer's signing keys. A non-positive
 // base or limit gives 0.
 func Backoff(attempt int, base, limit time.Duration) time.Duration {
 	if base <= 0 || limit <= 0 {

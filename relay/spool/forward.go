@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/hookbridge/hookbridge/relay"
@@ -40,7 +39,7 @@ func (s *Spool) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	delay := s.cfg.RetryMin
+	failures := 0
 	size := sizer{max: s.cfg.ForwardBatch, n: s.cfg.ForwardBatch}
 	for ctx.Err() == nil {
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.Poll)
@@ -53,7 +52,7 @@ func (s *Spool) Run(ctx context.Context) error {
 			s.release(ctx, msgs)
 			return nil
 		case err == nil:
-			delay = s.cfg.RetryMin
+			failures = 0
 			size.observe(len(msgs), received.Sub(asked), received)
 			if err := s.forward(ctx, msgs, received); err != nil {
 				return err
@@ -63,11 +62,11 @@ func (s *Spool) Run(ctx context.Context) error {
 		case errors.Is(err, relay.ErrClosed):
 			return fmt.Errorf("spool: the spool's store was closed while forwarding: %w", err)
 		default:
+			failures++
 			s.log.Warn("spool: cannot read the spool; retrying", "error", err)
-			if !sleep(ctx, jitter(delay)) {
+			if !sleep(ctx, s.retryWait(failures)) {
 				return nil
 			}
-			delay = min(2*delay, s.cfg.RetryMax)
 		}
 	}
 	return nil
@@ -107,8 +106,7 @@ func (z *sizer) observe(got int, took time.Duration, now time.Time) {
 // load reads how many messages the store holds, retrying until it answers,
 // and then lets SendBatch route.
 func (s *Spool) load(ctx context.Context) error {
-	delay := s.cfg.RetryMin
-	for {
+	for attempt := 1; ; attempt++ {
 		active, dead, err := s.store.Counts(ctx)
 		if err == nil {
 			s.mu.Lock()
@@ -133,10 +131,9 @@ func (s *Spool) load(ctx context.Context) error {
 			return fmt.Errorf("spool: the spool's store is closed: %w", err)
 		}
 		s.log.Warn("spool: cannot count the spool's messages; retrying", "error", err)
-		if !sleep(ctx, jitter(delay)) {
+		if !sleep(ctx, s.retryWait(attempt)) {
 			return ctx.Err()
 		}
-		delay = min(2*delay, s.cfg.RetryMax)
 	}
 }
 
@@ -149,7 +146,6 @@ func (s *Spool) load(ctx context.Context) error {
 func (s *Spool) forward(ctx context.Context, held []*relay.Received, received time.Time) error {
 	s.noteOldest(held)
 	lockSpan := held[0].LockedUntil.Sub(received)
-	delay := s.cfg.RetryMin
 	for attempt := 1; ; attempt++ {
 		msgs := make([]relay.Message, len(held))
 		for i, m := range held {
@@ -181,11 +177,10 @@ func (s *Spool) forward(ctx context.Context, held []*relay.Received, received ti
 				s.log.Warn("spool: forwarding to Service Bus failed; retrying", "error", err, "messages", len(held), "attempt", attempt)
 			}
 		}
-		if !sleep(ctx, jitter(delay)) {
+		if !sleep(ctx, s.retryWait(attempt)) {
 			s.release(ctx, held)
 			return nil
 		}
-		delay = min(2*delay, s.cfg.RetryMax)
 		held = s.renew(ctx, held, lockSpan)
 		if len(held) == 0 {
 			return nil
@@ -411,7 +406,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// jitter spreads d over [d/2, d].
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
+// retryWait is the wait before retry number attempt of a failing step:
+// RetryMin doubled per attempt up to RetryMax, jittered.
+func (s *Spool) retryWait(attempt int) time.Duration {
+	return relay.Backoff(attempt, s.cfg.RetryMin, s.cfg.RetryMax)
 }
