@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
@@ -145,5 +146,62 @@ func TestBrowseWithoutSessions(t *testing.T) {
 	m, err := q.Peek(ctx, relay.MessageRef{SequenceNumber: f.Messages[1].SequenceNumber})
 	if err != nil || m.EventID() != "n3" {
 		t.Errorf("peek n3 = %+v, %v", m, err)
+	}
+}
+
+// TestBrowseScheduledAndDeferred: a call's events that a client scheduled
+// or a receiver deferred are found with their state, a scheduled one with
+// the time it becomes visible, in sequence order with the active one.
+func TestBrowseScheduledAndDeferred(t *testing.T) {
+	t.Parallel()
+	emu := emulator(t)
+	q, name := openEmulatedIdle(t, emu, settings, true)
+	ctx := tctx(t)
+	if err := q.SendBatch(ctx, []relay.Message{event(t, "e1", "call-1"), event(t, "e2", "call-1")}); err != nil {
+		t.Fatal(err)
+	}
+	client, err := azservicebus.NewClientFromConnectionString(emu.ConnectionString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(ctx)
+	// A client schedules a third event of the call for an hour from now.
+	sender, err := client.NewSender(name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close(ctx)
+	e3 := event(t, "e3", "call-1")
+	session := "call-1"
+	at := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	if _, err := sender.ScheduleMessages(ctx, []*azservicebus.Message{{MessageID: &e3.ID, SessionID: &session, Body: e3.Body, ApplicationProperties: e3.Properties}}, at, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A receiver defers the call's first event.
+	sr, err := client.AcceptSessionForQueue(ctx, name, session, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := sr.ReceiveMessages(ctx, 1, nil)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("receive: %v", err)
+	}
+	if err := sr.DeferMessage(ctx, got[0], nil); err != nil {
+		t.Fatal(err)
+	}
+	sr.Close(ctx)
+
+	f, err := q.Find(ctx, relay.FindQuery{PartitionKey: session})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(f.Messages); !slices.Equal(got, []string{"e1:deferred", "e2:active", "e3:scheduled"}) {
+		t.Fatalf("find call-1 = %v, want e1 deferred, e2 active, e3 scheduled", got)
+	}
+	if v := f.Messages[2].VisibleAt; !v.Equal(at) {
+		t.Errorf("scheduled event visible at %v, want %v", v, at)
+	}
+	if !f.Messages[0].VisibleAt.IsZero() || !f.Messages[1].VisibleAt.IsZero() {
+		t.Errorf("visible-at set on an unscheduled event: %+v", f.Messages[:2])
 	}
 }
