@@ -15,8 +15,12 @@ import (
 const (
 	// checkpointEvery is how often Run folds the write-ahead log into the
 	// database. Commits never checkpoint themselves (wal_autocheckpoint is
-	// off), so no acknowledged send waits for one.
-	checkpointEvery = time.Second
+	// off), so no acknowledged send waits for one; but a checkpoint's fsync
+	// of the database delays the log syncs that run beside it by about the
+	// time it takes, so small frequent checkpoints hold the commit latency's
+	// tail down: at 2,300 one-kilobyte messages a second, every 100ms gave
+	// a p99 of 5.7-6.2ms against 8.3-9.4ms every second, for the same CPU.
+	checkpointEvery = 100 * time.Millisecond
 	// walSizeLimit bounds the write-ahead log. A passive checkpoint lets the
 	// next writer start the log over from its beginning, but under steady
 	// load that moment never comes (each checkpoint finds new frames behind
@@ -137,11 +141,11 @@ func (q *Queue) probe(ctx context.Context) error {
 }
 
 // Run does the queue's background work until ctx ends: it folds the
-// write-ahead log into the database every second (bounding the log's size),
-// checks that the log is still the file the processes write to, prunes the
-// duplicate window, and, in a process that receives, watches for commits by
-// other processes so receivers wake at once. It returns nil when ctx ends;
-// failures are logged and reported by Ready.
+// write-ahead log into the database several times a second (bounding the
+// log's size), checks that the log is still the file the processes write
+// to, prunes the duplicate window, and, in a process that receives,
+// watches for commits by other processes so receivers wake at once. It
+// returns nil when ctx ends; failures are logged and reported by Ready.
 func (q *Queue) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
