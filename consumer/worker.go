@@ -87,7 +87,11 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultConcurrency     = 8
+	// DefaultConcurrency: a call's events go one at a time, so concurrency
+	// is across calls, and a backend taking d per event caps a worker at
+	// DefaultConcurrency/d events a second (640/s at 50ms). On one host
+	// with a fast local backend, 32 carried about 10% more than 8.
+	DefaultConcurrency     = 32
 	DefaultDeliveryTimeout = 30 * time.Second
 	DefaultMinBackoff      = time.Second
 	DefaultMaxBackoff      = 2 * time.Minute
