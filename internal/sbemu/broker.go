@@ -533,6 +533,13 @@ func (s *Server) deliverTo(l *link) {
 		if m == nil {
 			return
 		}
+		if m.lockToken != (UUID{}) {
+			// Its lock ran out before the expiry tick came round: the
+			// delivery it ended counts, as it would have a moment later.
+			s.events.add(Event{Kind: EventLockExpired, Entity: l.q.name, MessageID: messageID(m.msg), Sequence: m.seq})
+			s.release(l.q, m, true, now)
+			continue
+		}
 		settled := !l.peekLock
 		if !settled {
 			s.lockMessage(l.q, m, l, now)
@@ -558,6 +565,13 @@ func (s *Server) lockSession(q *queue, id string, holder *link, now time.Time) *
 	if st == nil {
 		st = &sessionState{id: id}
 		q.sessions[id] = st
+	}
+	if st.holder != nil && !st.held(now) {
+		// The lock ran out before the expiry tick came round: expire it
+		// first, so that the messages received under it count that
+		// delivery.
+		s.events.add(Event{Kind: EventSessionLockExpired, Entity: q.name, Detail: st.id})
+		s.releaseSession(q, st, true, now)
 	}
 	st.holder = holder
 	st.lockedUntil = now.Add(q.cfg.LockDuration)
