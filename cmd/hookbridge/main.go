@@ -15,22 +15,33 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
+	// ends the process at once, by the signal's default action. The channel
+	// holds both, so a second signal sent the moment after the first is
+	// never missed.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		// The first SIGINT or SIGTERM starts a graceful shutdown; from then
-		// on the signals' default action applies, so a second one ends the
-		// process at once.
-		<-ctx.Done()
-		stop()
+		sig := <-sigs
+		cancel(fmt.Errorf("%v signal received", sig))
+		sig = <-sigs
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
+		if s, ok := sig.(syscall.Signal); ok {
+			syscall.Kill(os.Getpid(), s)
+			time.Sleep(time.Second) // the default action ends the process meanwhile
+		}
+		os.Exit(1)
 	}()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
-	stop()
+	cancel(nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hookbridge:", err)
 		var ue usageError
