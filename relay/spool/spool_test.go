@@ -631,18 +631,19 @@ func TestRestartWithLeftovers(t *testing.T) {
 	}
 }
 
-// TestRecoveryEndsUnderSteadyLoad: after a restart with leftovers, routing
-// returns to direct once the leftovers are forwarded, even if new events
-// keep the spool from ever being empty.
-func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
-	t.Parallel()
+// restartWithLeftovers leaves old1 (call k1) and old2 (k2) in a spool while
+// the primary is down, restarts on it, and sends new-k1, which is spooled
+// behind them. The primary then holds the leftovers' forwarding until
+// oldHeld is closed, and new-k1's until newHeld is.
+func restartWithLeftovers(t *testing.T) (h *harness, oldHeld, newHeld chan struct{}) {
+	t.Helper()
 	p := &primary{}
 	p.set(failAll)
 	first := start(t, p, spool.Config{}, "", time.Minute)
 	first.mustSend(msg("old1", "k1"), msg("old2", "k2"))
 	first.stop()
 
-	oldHeld, newHeld := make(chan struct{}), make(chan struct{})
+	oldHeld, newHeld = make(chan struct{}), make(chan struct{})
 	hold := func(ctx context.Context, c chan struct{}) error {
 		select {
 		case <-c:
@@ -653,15 +654,24 @@ func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
 	}
 	p.set(func(ctx context.Context, msgs []relay.Message) error {
 		switch {
-		case contains(msgs, "old1"): // the leftovers wait until new-k1 is spooled
+		case contains(msgs, "old1"):
 			return hold(ctx, oldHeld)
-		case contains(msgs, "new-k1"): // then k1's new event sticks in the spool
+		case contains(msgs, "new-k1"):
 			return hold(ctx, newHeld)
 		}
 		return nil
 	})
-	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
+	h = start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
 	h.mustSend(msg("new-k1", "k1"))
+	return h, oldHeld, newHeld
+}
+
+// TestRecoveryEndsUnderSteadyLoad: after a restart with leftovers, routing
+// returns to direct once the leftovers are forwarded, even if new events
+// keep the spool from ever being empty.
+func TestRecoveryEndsUnderSteadyLoad(t *testing.T) {
+	t.Parallel()
+	h, oldHeld, newHeld := restartWithLeftovers(t)
 	if n := h.spooled("restart"); n != 1 {
 		t.Fatalf("spooled{restart} = %v, want 1", n)
 	}
@@ -863,32 +873,7 @@ func TestStoreFailure(t *testing.T) {
 // there rather than overtake it on the primary.
 func TestRecoveryKeepsNewEventsOfLeftoverCalls(t *testing.T) {
 	t.Parallel()
-	p := &primary{}
-	p.set(failAll)
-	first := start(t, p, spool.Config{}, "", time.Minute)
-	first.mustSend(msg("old1", "k1"), msg("old2", "k2"))
-	first.stop()
-
-	oldHeld, newHeld := make(chan struct{}), make(chan struct{})
-	hold := func(ctx context.Context, c chan struct{}) error {
-		select {
-		case <-c:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	p.set(func(ctx context.Context, msgs []relay.Message) error {
-		switch {
-		case contains(msgs, "old1"):
-			return hold(ctx, oldHeld)
-		case contains(msgs, "new-k1"):
-			return hold(ctx, newHeld)
-		}
-		return nil
-	})
-	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, first.path, time.Minute)
-	h.mustSend(msg("new-k1", "k1"))
+	h, oldHeld, newHeld := restartWithLeftovers(t)
 	close(oldHeld)
 	testwait.Until(t, 10*time.Second, "recovery ended", func() bool { return !h.sp.State().Recovering })
 	h.mustSend(msg("new-k1b", "k1"))
