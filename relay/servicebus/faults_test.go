@@ -217,3 +217,30 @@ func TestForcedDetachRecovers(t *testing.T) {
 		t.Errorf("drained %v", got)
 	}
 }
+
+// TestWaitingMessageKeepsItsSessionLock: a message the session pool has
+// received but no consumer has asked for yet (every worker slot busy) keeps
+// its session lock while it waits, longer than the lock duration: once
+// handed out it can be completed, delivered once.
+func TestWaitingMessageKeepsItsSessionLock(t *testing.T) {
+	t.Parallel()
+	emu := emulator(t)
+	q, _ := openEmulated(t, emu, settings, true)
+	if err := q.SendBatch(tctx(t), []relay.Message{event(t, "a", "k1")}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2*settings.LockDuration + 500*time.Millisecond) // the pool holds a, waiting for a consumer
+	msgs, err := q.Receive(tctx(t), 1)
+	if err != nil || len(msgs) != 1 || msgs[0].ID != "a" {
+		t.Fatalf("receive: %v %v", msgs, err)
+	}
+	if msgs[0].DeliveryCount != 1 {
+		t.Errorf("delivery count %d, want 1: the lock lapsed while the message waited", msgs[0].DeliveryCount)
+	}
+	if until := msgs[0].LockedUntil; time.Until(until) < settings.LockDuration/4 {
+		t.Errorf("handed out with its lock ending in %v", time.Until(until))
+	}
+	if err := q.Complete(tctx(t), msgs[0]); err != nil {
+		t.Fatalf("complete after waiting: %v", err)
+	}
+}

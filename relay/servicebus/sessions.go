@@ -172,17 +172,47 @@ func (p *sessionPool) serve(stopped context.Context, s *session) {
 			continue
 		}
 		r := received(sm, current, p.q.cfg.MaxDeliveryCount)
-		r.LockedUntil = s.until()
-		select {
-		case p.ready <- r:
-		case <-stopped.Done():
-			p.giveBack(stopped, log, current, r.SequenceNumber, r.ID)
+		if !p.handOut(stopped, log, s, current, r) {
 			return
 		}
 		if !p.awaitSettlement(s, current) {
 			return
 		}
 		current = nil
+	}
+}
+
+// handOut waits for a consumer to take r, renewing the session lock
+// whenever half of what is left of it has passed, so that a message that
+// waits for a free worker longer than the lock duration is still locked
+// when it is handed out. It reports false when the session must be let go:
+// the pool stopped (r is given back) or the renewal failed (the lock is
+// lost; the message is delivered again to the session's next holder).
+func (p *sessionPool) handOut(stopped context.Context, log *slog.Logger, s *session, h *handle, r *relay.Received) bool {
+	for {
+		r.LockedUntil = s.until()
+		t := time.NewTimer(time.Until(r.LockedUntil) / 2)
+		select {
+		case p.ready <- r:
+			t.Stop()
+			return true
+		case <-stopped.Done():
+			t.Stop()
+			p.giveBack(stopped, log, h, r.SequenceNumber, r.ID)
+			return false
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(stopped, settleTimeout)
+		err := s.renew(ctx)
+		cancel()
+		if err != nil {
+			if stopped.Err() != nil {
+				p.giveBack(stopped, log, h, r.SequenceNumber, r.ID)
+			} else {
+				log.Warn("servicebus: renewing the lock of a session whose message waits for a worker failed; releasing the session", "message_id", r.ID, "error", err)
+			}
+			return false
+		}
 	}
 }
 
