@@ -52,6 +52,7 @@ func (q *Queue) Summary(ctx context.Context, opts relay.SummaryOptions) (relay.Q
 	if q.isClosed() {
 		return relay.QueueSummary{}, relay.ErrClosed
 	}
+	defer q.read.hold()()
 	if opts.Scan <= 0 {
 		opts.Scan = relay.DefaultSummaryScan
 	}
@@ -147,7 +148,9 @@ func (q *Queue) Peek(ctx context.Context, ref relay.MessageRef) (relay.BrowsedMe
 		}
 		return relay.FromDeadLetter(d), nil
 	}
+	release := q.read.hold()
 	m, err := q.browseOne(ctx, `SELECT `+browseColumns+` FROM queue WHERE seq = ?`, []any{ref.SequenceNumber}, time.Now().UnixNano())
+	release()
 	if errors.Is(err, relay.ErrNotFound) {
 		return m, fmt.Errorf("message %d (completed, dead-lettered, or never sent): %w", ref.SequenceNumber, relay.ErrNotFound)
 	}
@@ -173,6 +176,7 @@ func (q *Queue) Find(ctx context.Context, query relay.FindQuery) (relay.FindResu
 	if q.isClosed() {
 		return res, relay.ErrClosed
 	}
+	defer q.read.hold()()
 	if query.ID == "" && query.PartitionKey == "" {
 		return res, nil
 	}

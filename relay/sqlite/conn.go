@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+
+	"github.com/hookbridge/hookbridge/relay"
 )
 
 // conn is one SQLite connection held for the queue's lifetime, with its
@@ -13,14 +16,37 @@ import (
 // microseconds, more than running most of these. Transactions are begun and
 // ended with prepared statements too, instead of database/sql's Tx, which
 // compiles BEGIN and COMMIT anew each time. Write transactions are
-// serialized by the queue (writeMu and the file lock), so a connection never
-// runs two at once.
+// serialized by the queue (writeMu and the file lock).
+//
+// A SQLite connection runs one statement at a time, and database/sql shares
+// a prepared statement between the goroutines using it, so two goroutines
+// on one conn read each other's rows or crash. Whoever uses a conn holds it
+// (hold) for the whole use: one statement, a read of several, or a
+// transaction. exec, row and query check that it is held.
 type conn struct {
 	db *sql.DB
 	c  *sql.Conn
 
-	mu    sync.Mutex
-	stmts map[string]*sql.Stmt
+	inUse  sync.Mutex
+	mu     sync.Mutex // guards stmts
+	stmts  map[string]*sql.Stmt
+	closed atomic.Bool
+}
+
+// hold takes the connection for one use; call the returned function when
+// the use (and any rows it read) is done.
+func (c *conn) hold() (release func()) {
+	c.inUse.Lock()
+	return c.inUse.Unlock
+}
+
+// mustBeHeld panics when the connection is used without being held: the
+// misuse would otherwise show only as a rare crash under load.
+func (c *conn) mustBeHeld() {
+	if c.inUse.TryLock() {
+		c.inUse.Unlock()
+		panic("sqlite queue: connection used without hold")
+	}
 }
 
 func newConn(ctx context.Context, db *sql.DB) (*conn, error) {
@@ -33,6 +59,7 @@ func newConn(ctx context.Context, db *sql.DB) (*conn, error) {
 
 // stmt returns query prepared on this connection.
 func (c *conn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.mustBeHeld()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.stmts[query]; ok {
@@ -40,7 +67,7 @@ func (c *conn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	}
 	s, err := c.c.PrepareContext(ctx, query)
 	if err != nil {
-		return nil, fmt.Errorf("prepare statement: %w", err)
+		return nil, fmt.Errorf("prepare statement: %w", c.closedErr(err))
 	}
 	c.stmts[query] = s
 	return s, nil
@@ -51,7 +78,8 @@ func (c *conn) exec(ctx context.Context, query string, args ...any) (sql.Result,
 	if err != nil {
 		return nil, err
 	}
-	return s.ExecContext(ctx, args...)
+	res, err := s.ExecContext(ctx, args...)
+	return res, c.closedErr(err)
 }
 
 func (c *conn) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
@@ -59,7 +87,8 @@ func (c *conn) query(ctx context.Context, query string, args ...any) (*sql.Rows,
 	if err != nil {
 		return nil, err
 	}
-	return s.QueryContext(ctx, args...)
+	rows, err := s.QueryContext(ctx, args...)
+	return rows, c.closedErr(err)
 }
 
 // row runs a query expected to return one row and scans it; sql.ErrNoRows
@@ -69,7 +98,17 @@ func (c *conn) row(ctx context.Context, query string, args []any, dest ...any) e
 	if err != nil {
 		return err
 	}
-	return s.QueryRowContext(ctx, args...).Scan(dest...)
+	err = c.closedErr(s.QueryRowContext(ctx, args...).Scan(dest...))
+	return err
+}
+
+// closedErr reports a statement that lost the race with close as
+// relay.ErrClosed.
+func (c *conn) closedErr(err error) error {
+	if err != nil && c.closed.Load() {
+		return fmt.Errorf("%w (%w)", relay.ErrClosed, err)
+	}
+	return err
 }
 
 // tx runs fn between BEGIN IMMEDIATE and COMMIT, rolling back if fn or the
@@ -101,6 +140,11 @@ func (c *conn) close() error {
 	if c == nil {
 		return nil
 	}
+	// Wait for the use in progress (a reader, the background checkpoint):
+	// closing a statement under a row still being read frees memory SQLite
+	// is using. Later uses fail, and report relay.ErrClosed.
+	c.closed.Store(true)
+	defer c.hold()()
 	var errs []error
 	c.mu.Lock()
 	for _, s := range c.stmts {

@@ -63,6 +63,7 @@ func (q *Queue) ListDeadLetters(ctx context.Context, after int64, limit int) ([]
 	if limit <= 0 {
 		limit = 100
 	}
+	defer q.read.hold()()
 	rows, err := q.read.query(ctx, `SELECT `+deadLetterColumns+` FROM deadletter WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, unavailable("list dead letters", err)
@@ -88,7 +89,9 @@ func (q *Queue) GetDeadLetter(ctx context.Context, seq int64) (relay.DeadLetter,
 	if q.isClosed() {
 		return relay.DeadLetter{}, relay.ErrClosed
 	}
+	release := q.read.hold()
 	d, err := q.readDeadLetter(ctx, q.read, seq)
+	release()
 	if errors.Is(err, sql.ErrNoRows) {
 		return relay.DeadLetter{}, fmt.Errorf("dead-lettered message %d: %w", seq, relay.ErrNotFound)
 	}

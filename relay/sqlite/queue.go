@@ -137,6 +137,7 @@ func (q *Queue) open(ctx context.Context) error {
 		return err
 	}
 	var pageSize int64
+	defer q.read.hold()()
 	if err := q.read.row(ctx, "PRAGMA page_size", nil, &pageSize); err != nil {
 		return explain(err)
 	}
@@ -212,6 +213,7 @@ func (q *Queue) Ping(ctx context.Context) error {
 		return relay.ErrClosed
 	}
 	var n int
+	defer q.read.hold()()
 	if err := q.read.row(ctx, "SELECT 1", nil, &n); err != nil {
 		return unavailable("ping", err)
 	}
@@ -238,6 +240,7 @@ func (q *Queue) lockedTx(ctx context.Context, c *conn, fn func() error) (uint64,
 		return 0, unavailable("lock", err)
 	}
 	defer q.lock.unlock()
+	defer c.hold()()
 	if err := c.tx(ctx, fn); err != nil {
 		return 0, err
 	}
@@ -260,7 +263,9 @@ func (q *Queue) Counts(ctx context.Context) (active, deadLettered int64, err err
 	if q.isClosed() {
 		return 0, 0, relay.ErrClosed
 	}
+	release := q.read.hold()
 	err = q.read.row(ctx, `SELECT (SELECT count(*) FROM queue), (SELECT count(*) FROM deadletter)`, nil, &active, &deadLettered)
+	release()
 	if err != nil {
 		return 0, 0, unavailable("count", err)
 	}

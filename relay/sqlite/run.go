@@ -217,7 +217,9 @@ func (q *Queue) watchCommits(ctx context.Context) {
 // restarting one when the frames in the log take more than walSizeLimit.
 func (q *Queue) checkpoint(ctx context.Context) error {
 	var busy, logFrames, done int
+	release := q.ckpt.hold()
 	err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(PASSIVE)", nil, &busy, &logFrames, &done)
+	release()
 	q.metrics.checkpoint("passive", err)
 	if err != nil {
 		return unavailable("checkpoint", err)
@@ -247,6 +249,7 @@ func (q *Queue) restart(ctx context.Context) error {
 	}
 	defer q.lock.unlock()
 	var busy, logFrames, done int
+	defer q.ckpt.hold()()
 	if err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(RESTART)", nil, &busy, &logFrames, &done); err != nil {
 		return unavailable("checkpoint", err)
 	}
@@ -269,7 +272,7 @@ func (q *Queue) pruneWindow(ctx context.Context) error {
 		if first.Valid {
 			query, args = `DELETE FROM dedup_log WHERE id < ?`, []any{first.Int64}
 		}
-		if _, err := q.ckpt.c.ExecContext(ctx, query, args...); err != nil {
+		if _, err := q.ckpt.exec(ctx, query, args...); err != nil {
 			return unavailable("prune duplicate window", err)
 		}
 		return nil
@@ -294,7 +297,9 @@ func (q *Queue) walGone(cause error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		var busy, logFrames, done int
+		release := q.ckpt.hold()
 		err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(FULL)", nil, &busy, &logFrames, &done)
+		release()
 		q.log.Error("sqlite queue: the write-ahead log was deleted or replaced while in use; no more messages are accepted (503) until every hookbridge process using the queue restarts",
 			"path", q.path+"-wal", "error", cause, "rescue_checkpoint_error", err, "frames_saved", done)
 	})

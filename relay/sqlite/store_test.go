@@ -469,3 +469,51 @@ func TestPrefetchGivesBack(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseWhileBusy runs readers side by side (as /readyz, a metrics
+// scrape and the console do) with the background work, then closes the
+// queue mid-statement: each reader must get its own right answer, Close must
+// wait for them, and later ones must fail with relay.ErrClosed (not touch a
+// freed connection, which crashes the process).
+func TestCloseWhileBusy(t *testing.T) {
+	t.Parallel()
+	for round := range 20 {
+		q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), fmt.Sprintf("q%d.db", round))}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q.Run(ctx)
+		}()
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					active, dead, err := q.Counts(ctx)
+					if err != nil {
+						if !errors.Is(err, relay.ErrClosed) && ctx.Err() == nil {
+							t.Errorf("round %d: counting while the queue closes: %v, want relay.ErrClosed", round, err)
+						}
+						return
+					}
+					if active > 1 || dead != 0 {
+						t.Errorf("round %d: counted %d active and %d dead-lettered, want at most 1 and 0: concurrent readers saw each other's rows", round, active, dead)
+						return
+					}
+				}
+			}()
+		}
+		sendAll(t, q, relaytest.Msg(fmt.Sprintf("m%d", round), ""))
+		time.Sleep(time.Duration(round%7) * 30 * time.Millisecond)
+		if err := q.Close(); err != nil {
+			t.Errorf("round %d: close: %v", round, err)
+		}
+		cancel()
+		wg.Wait()
+	}
+}
