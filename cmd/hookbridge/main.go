@@ -34,8 +34,7 @@ func main() {
 		cancel(fmt.Errorf("%v signal received", sig))
 		sig = <-sigs
 		signal.Reset(os.Interrupt, syscall.SIGTERM)
-		if s, ok := sig.(syscall.Signal); ok {
-			syscall.Kill(os.Getpid(), s)
+		if p, err := os.FindProcess(os.Getpid()); err == nil && p.Signal(sig) == nil {
 			time.Sleep(time.Second) // the default action ends the process meanwhile
 		}
 		os.Exit(1)

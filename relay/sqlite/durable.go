@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"syscall"
 )
 
 // walSyncer makes commits durable outside the write lock. Sends commit with
@@ -22,9 +21,9 @@ import (
 // writing to the unlinked file, and everything committed there since the
 // last checkpoint would vanish with the process.
 type walSyncer struct {
-	f    *os.File
-	path string
-	ino  uint64
+	f      *os.File
+	path   string
+	opened os.FileInfo // the log as opened, to tell when its path names another file
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -40,9 +39,7 @@ func newWALSyncer(path string) (*walSyncer, error) {
 	}
 	s := &walSyncer{f: f, path: path}
 	if fi, err := f.Stat(); err == nil {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			s.ino = uint64(st.Ino)
-		}
+		s.opened = fi
 	}
 	s.cond = sync.NewCond(&s.mu)
 	return s, nil
@@ -95,7 +92,7 @@ func (s *walSyncer) gone(byPath bool) error {
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", errWALGone, s.path, err)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
+	if n, ok := links(fi); ok && n == 0 {
 		return fmt.Errorf("%w: %s has no links left", errWALGone, s.path)
 	}
 	if !byPath {
@@ -105,7 +102,7 @@ func (s *walSyncer) gone(byPath bool) error {
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", errWALGone, s.path, err)
 	}
-	if st, ok := pi.Sys().(*syscall.Stat_t); ok && s.ino != 0 && uint64(st.Ino) != s.ino {
+	if s.opened != nil && !os.SameFile(s.opened, pi) {
 		return fmt.Errorf("%w: %s is now another file", errWALGone, s.path)
 	}
 	return nil
