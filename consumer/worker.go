@@ -27,10 +27,10 @@ type Source interface {
 	Complete(ctx context.Context, m *relay.Received) error
 	// Abandon releases the lock for redelivery no sooner than delay from now.
 	// A backend without delayed redelivery (Service Bus) holds the message,
-	// its lock renewed, for the delay and then abandons it; when that
-	// backend stops (its Run context ends, or it is closed) it cuts the hold
-	// short and abandons at once, so a stopping worker never strands a
-	// message under its lock.
+	// its lock renewed, for the delay and then abandons it; when ctx ends or
+	// that backend stops (its Run context ends, or it is closed) it cuts the
+	// hold short and abandons at once, so a stopping worker never strands a
+	// message under its lock, nor waits out the delay.
 	Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error
 	// DeadLetter moves the message to the dead-letter queue.
 	DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error
@@ -406,7 +406,7 @@ func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received
 	case outcomeDeadLettered:
 		serr = w.src.DeadLetter(sctx, m, reason, relay.Truncate(description, maxDescription))
 	default:
-		serr = w.src.Abandon(sctx, m, delay)
+		serr = w.abandon(ctx, sctx, m, delay)
 	}
 	if serr != nil {
 		if errors.Is(serr, relay.ErrLockLost) {
@@ -440,4 +440,23 @@ func cause(d delivery) string {
 		return causeDeliveryTimeout
 	}
 	return "delivery_failed"
+}
+
+// abandon gives m back for redelivery after delay. A queue without delayed
+// abandon (Service Bus) holds the message for the delay; that hold ends when
+// Run's ctx ends, so a backing-off message cannot keep a stopping worker (and
+// its process) waiting, and the message is given back at once instead.
+func (w *Worker) abandon(runCtx, sctx context.Context, m *relay.Received, delay time.Duration) error {
+	if delay <= 0 {
+		return w.src.Abandon(sctx, m, 0)
+	}
+	hctx, cancel := context.WithCancel(sctx)
+	defer cancel()
+	defer context.AfterFunc(runCtx, cancel)()
+	err := w.src.Abandon(hctx, m, delay)
+	if err != nil && hctx.Err() != nil && sctx.Err() == nil && !errors.Is(err, relay.ErrLockLost) {
+		// The shutdown cut it short before the queue took it.
+		return w.src.Abandon(sctx, m, 0)
+	}
+	return err
 }

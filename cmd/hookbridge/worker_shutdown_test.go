@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hookbridge/hookbridge/internal/freeport"
+	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -97,4 +98,37 @@ func TestWorkerLogsSlowBackend(t *testing.T) {
 	if !strings.Contains(w.stderr.String(), "cause=delivery_timeout") {
 		t.Errorf("the slow delivery is not logged with cause=delivery_timeout:\n%s", w.stderr.String())
 	}
+}
+
+// TestWorkerShutdownEndsRetryHold: on Service Bus a failed delivery is held,
+// its lock renewed, for its retry delay. A worker stopped meanwhile gives
+// the message back at once and exits within --shutdown-timeout, instead of
+// waiting out the delay (and being killed with the message still locked);
+// the next worker delivers it well before the lock would have expired.
+func TestWorkerShutdownEndsRetryHold(t *testing.T) {
+	t.Parallel()
+	emu := emulate(t, sbemu.QueueConfig{Name: "held", RequiresSession: true, LockDuration: 30 * time.Second})
+	var requests atomic.Int32
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer backend.Close()
+	if err := sbQueue(t, emu, "held").SendBatch(context.Background(), []relay.Message{callEvent(t, "Microsoft.Communication.CallConnected", 1, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"worker", "--queue", "servicebus:///held", "--deliver", backend.URL,
+		"--min-backoff", "1m", "--max-backoff", "1m", "--shutdown-timeout", "300ms"}
+	a := startWithEnv(t, sbEnv(emu), append(args, "--admin-listen", freeport.Addr(t))...)
+	testwait.Until(t, 20*time.Second, "the first delivery failed", func() bool { return requests.Load() == 1 })
+	time.Sleep(300 * time.Millisecond) // the worker is holding the message for its retry delay
+	begin := time.Now()
+	a.stop(t)
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("the worker took %v to stop with a 300ms shutdown timeout while holding a message for its retry delay:\n%s", d, a.stderr.String())
+	}
+	b := startWithEnv(t, sbEnv(emu), append(args, "--admin-listen", freeport.Addr(t))...)
+	testwait.Until(t, 15*time.Second, "the next worker delivered the event", func() bool { return requests.Load() == 2 })
+	b.stop(t)
 }
