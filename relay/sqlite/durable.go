@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"sync"
+
+	"github.com/hookbridge/hookbridge/relay"
 )
 
 // walSyncer makes commits durable outside the write lock. Sends commit with
@@ -30,6 +32,7 @@ type walSyncer struct {
 	written uint64 // commits whose frames are in the log
 	synced  uint64 // commits covered by a completed fsync
 	syncing bool
+	closed  bool
 }
 
 func newWALSyncer(path string) (*walSyncer, error) {
@@ -61,6 +64,9 @@ func (s *walSyncer) wait(gen uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for s.synced < gen {
+		if s.closed {
+			return fmt.Errorf("fsync write-ahead log: %w", relay.ErrClosed)
+		}
 		if s.syncing {
 			s.cond.Wait()
 			continue
@@ -88,6 +94,11 @@ var errWALGone = errors.New("the write-ahead log was deleted or replaced while t
 // one at its path: unlinked (no links left: one fstat, cheap enough for
 // every commit), or, with byPath, the path now names another file.
 func (s *walSyncer) gone(byPath bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil // the queue closed: the log is its to remove
+	}
 	fi, err := s.f.Stat()
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", errWALGone, s.path, err)
@@ -117,4 +128,24 @@ func (s *walSyncer) size() int64 {
 	return fi.Size()
 }
 
-func (s *walSyncer) close() error { return s.f.Close() }
+func (s *walSyncer) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.syncing {
+		s.cond.Wait()
+	}
+	if s.closed {
+		return nil
+	}
+	// Make what was committed durable for the sends still waiting on it, so
+	// they can be acknowledged: the queue is closing, not failing.
+	var err error
+	if s.synced < s.written {
+		if err = datasync(s.f); err == nil {
+			s.synced = s.written
+		}
+	}
+	s.closed = true
+	s.cond.Broadcast()
+	return errors.Join(err, s.f.Close())
+}

@@ -186,13 +186,15 @@ func (q *Queue) Close() error {
 // closeFiles closes whatever is open.
 func (q *Queue) closeFiles() error {
 	var errs []error
+	// The syncer first: it makes what sends are still waiting on durable,
+	// and stops watching the log, which the last connection removes.
+	if q.wal != nil {
+		errs = append(errs, q.wal.close())
+	}
 	// The send connection last: the last connection to close folds the
 	// log into the database.
 	for _, c := range []*conn{q.read, q.ckpt, q.settle, q.send} {
 		errs = append(errs, c.close())
-	}
-	if q.wal != nil {
-		errs = append(errs, q.wal.close())
 	}
 	if q.signal != nil {
 		errs = append(errs, q.signal.Close())

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
@@ -515,5 +517,60 @@ func TestCloseWhileBusy(t *testing.T) {
 		}
 		cancel()
 		wg.Wait()
+	}
+}
+
+// TestSendRacingClose closes the queue under a stream of sends: every
+// acknowledged message is stored, a send that loses the race fails with
+// relay.ErrClosed (a retryable refusal, never "the log was deleted"), and
+// the closing queue does not mistake the log it removes for a deleted one.
+func TestSendRacingClose(t *testing.T) {
+	t.Parallel()
+	for round := range 30 {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("q%d.db", round))
+		var logs testlog.Buffer
+		q, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var acked []string
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					id := fmt.Sprintf("g%d-%d", g, i)
+					if err := q.SendBatch(context.Background(), []relay.Message{relaytest.Msg(id, "")}); err != nil {
+						if !errors.Is(err, relay.ErrClosed) {
+							t.Errorf("round %d: send %s as the queue closed: %v, want relay.ErrClosed", round, id, err)
+						}
+						return
+					}
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(5+round%10) * time.Millisecond)
+		if err := q.Close(); err != nil {
+			t.Errorf("round %d: close: %v", round, err)
+		}
+		wg.Wait()
+		if s := logs.String(); strings.Contains(s, "write-ahead log was deleted") {
+			t.Errorf("round %d: the closing queue reported its own log as deleted:\n%s", round, s)
+		}
+		q2, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range acked {
+			if res, err := q2.Find(context.Background(), relay.FindQuery{ID: id}); err != nil || len(res.Messages) != 1 {
+				t.Errorf("round %d: acknowledged %s: found %d (%v), want 1", round, id, len(res.Messages), err)
+			}
+		}
+		q2.Close()
 	}
 }
