@@ -37,6 +37,8 @@ func (q *Queue) TakeDeadLetters(ctx context.Context, seqs []int64) ([]*relay.Dea
 	if err != nil {
 		return nil, err
 	}
+	q.dlqMu.Lock()
+	defer q.dlqMu.Unlock()
 	want := make(map[int64]bool, len(seqs))
 	var last int64
 	for _, s := range seqs {

@@ -225,6 +225,36 @@ func TestDeadLetterToolingLeavesNothingLocked(t *testing.T) {
 	}
 }
 
+// TestConcurrentDeadLetterActions runs two purges at once on one queue, as
+// two console users can: each takes all it selected, none reports the
+// other's work as gone, and nothing is left locked.
+func TestConcurrentDeadLetterActions(t *testing.T) {
+	t.Parallel()
+	emu := emulator(t)
+	const lock = time.Minute
+	q, name := openEmulated(t, emu, relaytest.Settings{LockDuration: lock, MaxDeliveryCount: 10, DuplicateWindow: time.Minute}, true)
+	byType := deadLetterTypes(t, q, 8)
+	errs := make(chan error, 2)
+	for _, typ := range []string{"X", "Y"} {
+		go func() {
+			res, err := consumer.Purge(tctx(t), q, consumer.DeadLetterFilter{Type: "Test." + typ}, consumer.ReplayOptions{ChunkSize: 2})
+			if err == nil && (res.Done != len(byType[typ]) || res.Vanished != 0) {
+				err = fmt.Errorf("purge of %s: %d selected, %d done, %d gone or taken by someone else; want %d done and none gone",
+					typ, len(res.Selected), res.Done, res.Vanished, len(byType[typ]))
+			}
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if st, _ := emu.Stats(name); st.DeadLettered != 0 {
+		t.Errorf("%d left in the dead-letter queue", st.DeadLettered)
+	}
+}
+
 // TestDeadLetterToolingFaultsOnServiceBus injects failures into the
 // dead-letter operations over Service Bus: every failure is reported, a
 // purge goes on past a failed removal, and everything taken is given back,

@@ -43,6 +43,12 @@ type Queue struct {
 	sender     *azservicebus.Sender
 	receiver   *azservicebus.Receiver // non-session queues
 	dlq        *azservicebus.Receiver
+
+	// dlqMu lets one receive or peek at a time use dlq: the SDK refuses a
+	// second concurrent receive and keeps a receiver's peek position
+	// unguarded, and one scan would otherwise take (and hold) the messages
+	// another scan wants. Settling taken messages needs no turn.
+	dlqMu sync.Mutex
 }
 
 // Open connects to the queue. Links open lazily, on first use.
@@ -227,7 +233,10 @@ func (q *Queue) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := r.PeekMessages(ctx, 1, nil); err != nil {
+	q.dlqMu.Lock()
+	_, err = r.PeekMessages(ctx, 1, nil)
+	q.dlqMu.Unlock()
+	if err != nil {
 		var sbErr *azservicebus.Error
 		if errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeUnauthorizedAccess {
 			return fmt.Errorf("%w: servicebus ping: not authorized to peek the dead-letter queue, which the readiness check does; give the identity the Azure Service Bus Data Receiver role as well (an ingress with --spool does not peek): %w", relay.ErrUnavailable, err)
@@ -585,7 +594,9 @@ func (q *Queue) ListDeadLetters(ctx context.Context, after int64, limit int) ([]
 		limit = 100
 	}
 	from := after + 1
+	q.dlqMu.Lock()
 	msgs, err := r.PeekMessages(ctx, limit, &azservicebus.PeekMessagesOptions{FromSequenceNumber: &from})
+	q.dlqMu.Unlock()
 	if err != nil {
 		return nil, mapErr("peek dead letters", err)
 	}
