@@ -39,11 +39,7 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 		}
 		woken := q.wake.wait()
 		op := &op{kind: opClaim, n: max(n, q.cfg.Prefetch)}
-		if err := q.ops.do(ctx, op); err != nil || len(op.out) > 0 {
-			if len(op.out) > n {
-				q.prefetched.keep(op.out[n:])
-				op.out = op.out[:n]
-			}
+		if err := q.claimFor(ctx, op, n); err != nil || len(op.out) > 0 {
 			return op.out, err
 		}
 		// Nothing ready: sleep until another send or settlement, the next
@@ -76,11 +72,39 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]*relay.Received, error) {
 	}
 }
 
+// claimFor runs op, a claim for a receive of n, and keeps what it claimed
+// beyond n. Close waits for the claims in progress, so that it gives back
+// everything kept.
+func (q *Queue) claimFor(ctx context.Context, op *op, n int) error {
+	p := &q.prefetched
+	p.claims.RLock()
+	defer p.claims.RUnlock()
+	if p.isClosed() {
+		return relay.ErrClosed
+	}
+	err := q.ops.do(ctx, op)
+	if len(op.out) > n {
+		p.keep(op.out[n:])
+		op.out = op.out[:n]
+	}
+	return err
+}
+
 // prefetched holds messages a receive claimed beyond what its caller asked
 // for.
 type prefetched struct {
-	mu   sync.Mutex
-	msgs []*relay.Received
+	// claims is held shared by each claim in progress (see Queue.claimFor),
+	// and exclusively by drain.
+	claims sync.RWMutex
+	mu     sync.Mutex
+	msgs   []*relay.Received
+	closed bool // drained: no more claims
+}
+
+func (p *prefetched) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
 }
 
 func (p *prefetched) keep(msgs []*relay.Received) {
@@ -114,10 +138,14 @@ func (p *prefetched) take(q *Queue, n int) []*relay.Received {
 	return out
 }
 
-// drain takes every kept message.
+// drain waits for the claims in progress, stops further ones, and takes
+// every kept message.
 func (p *prefetched) drain() []*relay.Received {
+	p.claims.Lock()
+	defer p.claims.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	out := p.msgs
 	p.msgs = nil
 	return out

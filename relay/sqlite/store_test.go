@@ -574,3 +574,62 @@ func TestSendRacingClose(t *testing.T) {
 		q2.Close()
 	}
 }
+
+// TestCloseGivesBackEveryPrefetch closes the queue while receivers claim
+// more than they hand out: whatever was not handed out is available at
+// once after reopening, not locked until its lock expires.
+func TestCloseGivesBackEveryPrefetch(t *testing.T) {
+	t.Parallel()
+	for round := range 15 {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("q%d.db", round))
+		cfg := sqlite.Config{Path: path, LockDuration: time.Minute, Prefetch: 8}
+		q, err := sqlite.Open(context.Background(), cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const total = 40
+		for i := range total {
+			sendAll(t, q, relaytest.Msg(fmt.Sprintf("m%d", i), fmt.Sprintf("s%d", i)))
+		}
+		var mu sync.Mutex
+		handed := map[string]bool{}
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					msgs, err := q.Receive(context.Background(), 1)
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					for _, m := range msgs {
+						handed[m.ID] = true
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%5) * time.Millisecond)
+		if err := q.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		q2 := sqlitetest.Open(t, cfg)
+		want := total - len(handed)
+		got := 0
+		for got < want {
+			msgs, err := q2.Receive(testwait.Context(t, 3*time.Second), total)
+			if err != nil {
+				t.Fatalf("round %d: after reopening, %d of the %d messages never handed out are available (%v); the rest stayed locked", round, got, want, err)
+			}
+			for _, m := range msgs {
+				if handed[m.ID] {
+					t.Errorf("round %d: %s was handed out before the close, and is available again before its lock expired", round, m.ID)
+				}
+				got++
+			}
+		}
+	}
+}
