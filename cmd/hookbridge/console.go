@@ -20,6 +20,10 @@ import (
 // envConsoleToken holds the console's tokens (or _FILE, a file with them).
 const envConsoleToken = "HOOKBRIDGE_CONSOLE_TOKEN"
 
+// consoleDrain is how long a stopping console waits for its requests: a
+// replay or purge settling the chunk in hand (see console.Server.StopActions).
+const consoleDrain = 30 * time.Second
+
 func consoleCommand(getenv env) *cobra.Command {
 	var (
 		listen, queueURL, spoolURL string
@@ -107,8 +111,13 @@ tunnel) when it is not on loopback.`,
 			}
 			h.closer(closeListener(l))
 			h.loop(srv.Run)
-			h.serve(func(ctx context.Context) error { return serveConsole(ctx, l, srv, log) })
-			h.grace = shutdownMargin
+			h.serve(func(ctx context.Context) error {
+				defer context.AfterFunc(ctx, srv.StopActions)()
+				return serveConsole(ctx, l, srv, log)
+			})
+			// A replay or purge in progress stops at its next chunk, after
+			// settling the chunk in hand; the listener waits for it.
+			h.grace = consoleDrain + shutdownMargin
 			log.Info("console listening", "url", "http://"+l.Addr().String()+"/", "queue", cfg.QueueName,
 				"token_required", len(tokens) > 0, "metrics_from", metricsFrom, "spool", cfg.SpoolName)
 			return h.run(ctx)
@@ -163,5 +172,5 @@ func serveConsole(ctx context.Context, l net.Listener, h http.Handler, log *slog
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}, 30*time.Second)
+	}, consoleDrain)
 }

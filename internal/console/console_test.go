@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -403,6 +404,93 @@ func TestReplay(t *testing.T) {
 	// Selecting nothing is an error that says what to do.
 	if status, body := f.post(t, "/dlq/replay", url.Values{"csrf": {token}, "scope": {"selected"}}, nil); status != http.StatusBadRequest || !strings.Contains(body, "tick the messages") {
 		t.Errorf("empty selection: %d\n%s", status, body)
+	}
+}
+
+// heldSend is a queue whose first SendBatch waits for release, after
+// closing started.
+type heldSend struct {
+	console.Queue
+	started, release chan struct{}
+	once             sync.Once
+}
+
+func (h *heldSend) SendBatch(ctx context.Context, msgs []relay.Message) error {
+	h.once.Do(func() {
+		close(h.started)
+		<-h.release
+	})
+	return h.Queue.SendBatch(ctx, msgs)
+}
+
+// TestStopActionsEndsReplayAtChunk: a console shutting down stops a replay
+// in progress at its next chunk; the chunk in hand is finished or given
+// back, the rest stay dead-lettered, and no message is both replayed and
+// left in the dead-letter queue.
+func TestStopActionsEndsReplayAtChunk(t *testing.T) {
+	t.Parallel()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	const n = 60 // more than one chunk of 50
+	var msgs []relay.Message
+	for i := range n {
+		msgs = append(msgs, event(t, fmt.Sprintf("evt-%d", i), "Microsoft.Communication.CallConnected", fmt.Sprintf("call-%d", i), `{}`))
+	}
+	ctx := context.Background()
+	if err := q.SendBatch(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	for dead := 0; dead < n; {
+		got, err := q.Receive(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range got {
+			if err := q.DeadLetter(ctx, m, "BackendRejected", "test"); err != nil {
+				t.Fatal(err)
+			}
+			dead++
+		}
+	}
+	held := &heldSend{Queue: q, started: make(chan struct{}), release: make(chan struct{})}
+	c, err := console.New(console.Config{Queue: held, QueueName: "sqlite:test.db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	t.Cleanup(srv.Close)
+	jar, _ := cookiejar.New(nil)
+	f := &fixture{q: q, srv: srv, c: &http.Client{Jar: jar}}
+	form := url.Values{"csrf": {f.csrf(t)}, "step": {"confirm"}}
+	list, err := q.ListDeadLetters(ctx, 0, n)
+	if err != nil || len(list) != n {
+		t.Fatalf("list: %d, %v", len(list), err)
+	}
+	for _, d := range list {
+		form.Add("seq", strconv.FormatInt(d.SequenceNumber, 10))
+	}
+	type answer struct {
+		status int
+		body   string
+	}
+	done := make(chan answer, 1)
+	go func() {
+		status, body := f.post(t, "/dlq/replay", form, nil)
+		done <- answer{status, body}
+	}()
+	select {
+	case <-held.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the replay never sent its first chunk")
+	}
+	c.StopActions()
+	close(held.release)
+	a := <-done
+	if !strings.Contains(a.body, "The console is shutting down, so the replay stopped") {
+		t.Errorf("the stopped replay's page does not say why it stopped: %d\n%s", a.status, a.body)
+	}
+	active, dead := f.counts(t)
+	if active+dead != n || dead < 10 {
+		t.Errorf("after a replay stopped during its first chunk: active %d, dead-lettered %d; want the rest (at least the second chunk's 10) still dead-lettered, and no message both", active, dead)
 	}
 }
 

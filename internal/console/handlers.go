@@ -496,9 +496,11 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 		return nil
 	}
 	// The action finishes even if the browser goes away: a replay cut
-	// short is safe, but finished is better.
+	// short is safe, but finished is better. A shutdown stops it at its
+	// next chunk (see StopActions).
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), actionTimeout)
 	defer cancel()
+	defer context.AfterFunc(s.stopping, cancel)()
 	f.Limit = 0
 	start := s.now()
 	res, err := run(ctx, restrict(s.cfg.Queue, seqs), f, consumer.ReplayOptions{})
@@ -509,6 +511,9 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 		"sequence_numbers", seqList(seqs))
 	short := len(res.Selected) < len(seqs) || res.Incomplete()
 	switch {
+	case err != nil && s.stopping.Err() != nil:
+		d.Error = fmt.Sprintf("The console is shutting down, so the %s stopped: %v. Nothing was both %s and left in the dead-letter queue; look at it again for what is left.", verb, err, past(verb))
+		s.log.Warn("console: "+verb+" stopped by shutdown", append(attrs, "error", err)...)
 	case err != nil:
 		d.Error = err.Error()
 		s.log.Error("console: "+verb+" failed", append(attrs, "error", err)...)

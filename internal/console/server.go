@@ -102,6 +102,9 @@ type Server struct {
 	loginLimit *rate.Limiter
 	mux        *http.ServeMux
 	now        func() time.Time
+	// stopping ends with StopActions.
+	stopping    context.Context
+	stopActions context.CancelFunc
 }
 
 // New builds a console.
@@ -129,12 +132,20 @@ func New(cfg Config) (*Server, error) {
 		loginLimit: rate.NewLimiter(rate.Every(200*time.Millisecond), 10),
 		now:        time.Now,
 	}
+	s.stopping, s.stopActions = context.WithCancel(context.Background())
 	if len(cfg.MetricsFrom) > 0 {
 		s.scraper = newScraper(cfg.MetricsFrom, cfg.MetricsInterval)
 	}
 	s.routes()
 	return s, nil
 }
+
+// StopActions ends the replays and purges in progress at their next chunk,
+// for a shutdown: the chunk in hand is finished or given back, so no
+// message is both replayed and left in the dead-letter queue. Call it when the listener
+// starts shutting down; the actions' handlers then return within the time a
+// chunk's settlements take.
+func (s *Server) StopActions() { s.stopActions() }
 
 // Run scrapes the metrics sources until ctx ends; it returns nil then. It
 // returns at once when there are none.
