@@ -86,10 +86,10 @@ delivered in order (non-zero otherwise).`,
 			}
 			base := "http://" + st.addr()
 			out := cmd.ErrOrStderr()
-			var demoErr error
+			demoErr := make(chan error, 1)
 			if demo {
 				h.serve(func(ctx context.Context) error {
-					demoErr = runDemo(ctx, base, iss, append(vs.acs, vs.eventGrid...), rec, out)
+					demoErr <- runDemo(ctx, base, iss, append(vs.acs, vs.eventGrid...), rec, out)
 					stop() // the demo is over: shut everything down
 					return nil
 				})
@@ -97,8 +97,12 @@ delivered in order (non-zero otherwise).`,
 				printDevHelp(out, base, issuerAddr, common.queueURL, w.deliver)
 			}
 			err = h.run(ctx)
-			if demoErr != nil {
-				return demoErr
+			select {
+			case derr := <-demoErr:
+				if derr != nil {
+					return derr
+				}
+			default: // no demo, or one cut off by the shutdown's grace
 			}
 			return err
 		},

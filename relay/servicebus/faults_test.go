@@ -155,8 +155,15 @@ func TestLockLostMidDelivery(t *testing.T) {
 		return nil
 	}), consumer.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go w.Run(ctx)
+	stopped := make(chan struct{})
+	defer func() {
+		cancel()
+		<-stopped // the worker settles before the queue and emulator close
+	}()
+	go func() {
+		defer close(stopped)
+		w.Run(ctx)
+	}()
 	select {
 	case <-delivered:
 	case <-time.After(30 * time.Second):
