@@ -30,7 +30,8 @@ type Source interface {
 	// its lock renewed, for the delay and then abandons it; when ctx ends or
 	// that backend stops (its Run context ends, or it is closed) it cuts the
 	// hold short and abandons at once, so a stopping worker never strands a
-	// message under its lock, nor waits out the delay.
+	// message under its lock, nor waits out the delay. A backend that delays
+	// natively (SQLite) abandons with the delay whether or not ctx ended.
 	Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error
 	// DeadLetter moves the message to the dead-letter queue.
 	DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error

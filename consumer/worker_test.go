@@ -560,3 +560,35 @@ func TestNewHTTPRejectsBadURLs(t *testing.T) {
 		t.Errorf("Redact kept a secret: %s", got)
 	}
 }
+
+// TestStoppingWorkerKeepsBackoff: a delivery that fails while the worker is
+// stopping is abandoned with its backoff on a queue that delays natively
+// (SQLite): the shutdown must not turn it into an immediate retry.
+func TestStoppingWorkerKeepsBackoff(t *testing.T) {
+	t.Parallel()
+	for round := range 30 {
+		q := sqlitetest.Open(t, sqlite.Config{})
+		sendAll(t, q, event(t, "failing", "k"))
+		started, fail := make(chan struct{}), make(chan struct{})
+		w, _ := consumer.New(q, consumer.HandlerFunc(func(context.Context, *schemas.Event) error {
+			close(started)
+			<-fail
+			return errors.New("backend down")
+		}), consumer.Config{MinBackoff: time.Hour, MaxBackoff: time.Hour, ShutdownTimeout: 10 * time.Second})
+		stop := testrun.Start(t, w.Run)
+		<-started
+		stopped := make(chan error, 1)
+		go func() { stopped <- stop() }()
+		time.Sleep(time.Duration(round%4) * 5 * time.Millisecond) // Run's context has ended, or is ending
+		close(fail)
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		got, err := q.Receive(ctx, 1)
+		cancel()
+		if err == nil {
+			t.Fatalf("round %d: %s was available again at once, delivery %d: the shutdown dropped its one-hour backoff", round, got[0].ID, got[0].DeliveryCount)
+		}
+	}
+}

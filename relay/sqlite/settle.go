@@ -18,9 +18,11 @@ func (q *Queue) Complete(ctx context.Context, m *relay.Received) error {
 
 // Abandon releases the lock so the message is delivered again, after delay
 // if delay > 0; its session stays blocked until then. A message that has
-// reached the maximum delivery count is dead-lettered instead.
+// reached the maximum delivery count is dead-lettered instead. The delay is
+// kept by the queue, not waited for, so ctx ending does not stop or shorten
+// it: a stopping worker's abandonment keeps its backoff.
 func (q *Queue) Abandon(ctx context.Context, m *relay.Received, delay time.Duration) error {
-	return q.ops.do(ctx, &op{kind: opAbandon, m: m, delay: max(delay, 0)})
+	return q.ops.do(context.WithoutCancel(ctx), &op{kind: opAbandon, m: m, delay: max(delay, 0)})
 }
 
 // DeadLetter moves a delivered message to the dead-letter queue with a reason
