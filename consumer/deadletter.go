@@ -246,7 +246,14 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 			for i, l := range locks {
 				copies[i] = ReplayCopy(l.DeadLetter)
 			}
-			if err := q.SendBatch(ctx, copies); err != nil {
+			// The send is not interrupted by ctx: cut off mid-way it could
+			// have queued the copies without saying so, and the originals
+			// given back would be replayed twice. ctx stops the run before
+			// the next chunk instead.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+			err := q.SendBatch(sctx, copies)
+			cancel()
+			if err != nil {
 				errs.add(fmt.Errorf("re-send %d dead letters (nothing was removed from the dead-letter queue): %w", len(locks), err))
 				errs.add(release(ctx, q, locks))
 				res.Failed += len(locks)

@@ -511,7 +511,7 @@ func (s *Server) act(w http.ResponseWriter, r *request, verb string) error {
 		"sequence_numbers", seqList(seqs))
 	short := len(res.Selected) < len(seqs) || res.Incomplete()
 	switch {
-	case err != nil && s.stopping.Err() != nil:
+	case err != nil && s.stopping.Err() != nil && res.Duplicated == 0:
 		d.Error = fmt.Sprintf("The console is shutting down, so the %s stopped: %v. Nothing was both %s and left in the dead-letter queue; look at it again for what is left.", verb, err, past(verb))
 		s.log.Warn("console: "+verb+" stopped by shutdown", append(attrs, "error", err)...)
 	case err != nil:
