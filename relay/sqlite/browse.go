@@ -126,6 +126,7 @@ func (q *Queue) browseOne(ctx context.Context, query string, args []any, now int
 		return relay.BrowsedMessage{}, unavailable("browse", err)
 	}
 	m, err := scanBrowsed(st.QueryRowContext(ctx, args...), now)
+	err = q.read.closedErr(err)
 	if errors.Is(err, sql.ErrNoRows) {
 		return relay.BrowsedMessage{}, relay.ErrNotFound
 	}

@@ -51,7 +51,8 @@ func (q *Queue) readDeadLetter(ctx context.Context, c *conn, seq int64) (relay.D
 	if err != nil {
 		return relay.DeadLetter{}, err
 	}
-	return scanDeadLetter(s.QueryRowContext(ctx, seq))
+	d, err := scanDeadLetter(s.QueryRowContext(ctx, seq))
+	return d, c.closedErr(err)
 }
 
 // ListDeadLetters returns up to limit dead-lettered messages with a sequence
