@@ -8,6 +8,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/internal/sbemu"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 )
 
 // TestDLQCommandsOverServiceBus runs the dead-letter commands as a user
@@ -33,18 +34,7 @@ func TestDLQCommandsOverServiceBus(t *testing.T) {
 	}
 	runCtx, stopRun := context.WithCancel(ctx)
 	go q.Run(runCtx)
-	for n := 0; n < len(msgs); {
-		got, err := q.Receive(ctx, len(msgs))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range got {
-			if err := q.DeadLetter(ctx, m, "BackendRejected", "POST http://backend answered 400 Bad Request"); err != nil {
-				t.Fatal(err)
-			}
-			n++
-		}
-	}
+	relaytest.DeadLetterAll(t, q, len(msgs), "BackendRejected", "POST http://backend answered 400 Bad Request")
 	stopRun()
 
 	env := sbEnv(emu)

@@ -25,6 +25,7 @@ import (
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 	"github.com/hookbridge/hookbridge/schemas"
 )
@@ -439,18 +440,7 @@ func TestStopActionsEndsReplayAtChunk(t *testing.T) {
 	if err := q.SendBatch(ctx, msgs); err != nil {
 		t.Fatal(err)
 	}
-	for dead := 0; dead < n; {
-		got, err := q.Receive(ctx, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range got {
-			if err := q.DeadLetter(ctx, m, "BackendRejected", "test"); err != nil {
-				t.Fatal(err)
-			}
-			dead++
-		}
-	}
+	relaytest.DeadLetterAll(t, q, n, "BackendRejected", "test")
 	held := &heldSend{Queue: q, started: make(chan struct{}), release: make(chan struct{})}
 	c, err := console.New(console.Config{Queue: held, QueueName: "sqlite:test.db"})
 	if err != nil {

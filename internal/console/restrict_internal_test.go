@@ -9,6 +9,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
@@ -26,18 +27,7 @@ func TestRestrict(t *testing.T) {
 	if err := q.SendBatch(ctx, msgs); err != nil {
 		t.Fatal(err)
 	}
-	for n := 0; n < 250; {
-		got, err := q.Receive(ctx, 100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range got {
-			if err := q.DeadLetter(ctx, m, "R", ""); err != nil {
-				t.Fatal(err)
-			}
-			n++
-		}
-	}
+	relaytest.DeadLetterAll(t, q, 250, "R", "")
 	want := []int64{5, 140, 249}
 	res, err := consumer.Replay(ctx, restrict(q, append(want, 9999)), consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
 	if err != nil {

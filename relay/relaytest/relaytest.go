@@ -126,6 +126,28 @@ func EventMessage(t testing.TB, e schemas.Event) relay.Message {
 	return m
 }
 
+// DeadLetterAll receives n messages from q and dead-letters each with
+// reason and description.
+func DeadLetterAll(t testing.TB, q interface {
+	Receive(ctx context.Context, n int) ([]*relay.Received, error)
+	DeadLetter(ctx context.Context, m *relay.Received, reason, description string) error
+}, n int, reason, description string) {
+	t.Helper()
+	ctx := testwait.Context(t, 30*time.Second)
+	for done := 0; done < n; {
+		got, err := q.Receive(ctx, n-done)
+		if err != nil {
+			t.Fatalf("relaytest: receive to dead-letter (%d of %d done): %v", done, n, err)
+		}
+		for _, m := range got {
+			if err := q.DeadLetter(ctx, m, reason, description); err != nil {
+				t.Fatalf("relaytest: dead-letter %s: %v", m.ID, err)
+			}
+			done++
+		}
+	}
+}
+
 func send(t *testing.T, q Queue, msgs ...relay.Message) {
 	t.Helper()
 	if err := q.SendBatch(testwait.Context(t, 10*time.Second), msgs); err != nil {

@@ -170,18 +170,7 @@ func deadLetterTypes(t *testing.T, q *servicebus.Queue, n int) map[string][]stri
 	if err := q.SendBatch(tctx(t), msgs); err != nil {
 		t.Fatal(err)
 	}
-	for got := 0; got < n; {
-		ms, err := q.Receive(tctx(t), n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range ms {
-			if err := q.DeadLetter(tctx(t), m, "Test", "poisoned"); err != nil {
-				t.Fatal(err)
-			}
-			got++
-		}
-	}
+	relaytest.DeadLetterAll(t, q, n, "Test", "poisoned")
 	return byType
 }
 
