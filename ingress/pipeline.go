@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -232,17 +233,48 @@ func (s *Server) verify(c echo.Context, r *route, handshake bool, creds []Creden
 		s.log.Warn("INSECURE: accepting an unauthenticated request", "route", r.path, "remote_ip", c.RealIP())
 		return creds, nil
 	}
+	// Each verifier sees the URL as it came, whatever the verifiers before
+	// it removed from it (an API key, a signature's parameters): a signed
+	// callback URL may carry the API key. What any of them removed is gone
+	// once all passed.
+	orig := req.URL.RawQuery
+	var removed []string
 	for _, v := range r.verifiers {
 		if handshake && isBearer(v) && req.Header.Get("Authorization") == "" {
 			continue
 		}
+		req.URL.RawQuery = orig
 		cred, err := v.Verify(req)
 		if err != nil {
 			return creds, err
 		}
+		if req.URL.RawQuery != orig {
+			removed = append(removed, removedParams(orig, req.URL.RawQuery)...)
+		}
 		creds = append(creds, cred)
 	}
+	req.URL.RawQuery = orig
+	if len(removed) > 0 {
+		q := req.URL.Query()
+		for _, p := range removed {
+			q.Del(p)
+		}
+		req.URL.RawQuery = q.Encode()
+	}
 	return creds, nil
+}
+
+// removedParams lists the query parameters of before that after lacks.
+func removedParams(before, after string) []string {
+	b, _ := url.ParseQuery(before)
+	a, _ := url.ParseQuery(after)
+	var out []string
+	for p := range b {
+		if !a.Has(p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // mediaType checks the Content-Type against the accepted media types.

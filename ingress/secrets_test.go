@@ -171,6 +171,54 @@ func TestSignedCallbackURLs(t *testing.T) {
 	}
 }
 
+// TestAPIKeyWithSignedURL: with both an API key and callback signing keys
+// configured, a callback URL carries both, whichever way it was made (the
+// key in the base that was signed, or appended after signing) and in
+// whichever order the verifiers run; neither secret reaches the event.
+func TestAPIKeyWithSignedURL(t *testing.T) {
+	t.Parallel()
+	keys, err := ingress.ParseCallbackKeys("k1:" + strings.Repeat("s", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	su, _ := ingress.NewSignedURLVerifier(keys)
+	ak, _ := ingress.NewAPIKeyVerifier([]string{keyCurrent})
+	const base = "https://hooks.example.com/acs/callbacks?tenant=contoso"
+	keyInSigned, err := ingress.SignCallbackURL(base+"&key="+url.QueryEscape(keyCurrent), keys[0], time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := ingress.SignCallbackURL(base, keys[0], time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyAppended := signed + "&key=" + url.QueryEscape(keyCurrent)
+	for _, order := range [][]ingress.Verifier{{ak, su}, {su, ak}} {
+		for _, tc := range []struct {
+			name, url string
+			want      int
+		}{
+			{"key in the signed base", keyInSigned, 200},
+			{"key appended after signing", keyAppended, 200},
+			{"wrong key in the signed base", strings.Replace(keyInSigned, url.QueryEscape(keyCurrent), "wrong", 1), 401},
+			{"signed, without the key", signed, 401},
+		} {
+			pub := &fakePublisher{}
+			h, _ := newServer(t, ingress.Config{Publisher: pub, ACSVerifiers: order})
+			u, _ := url.Parse(tc.url)
+			req := httptest.NewRequest(http.MethodPost, u.RequestURI(), strings.NewReader(callConnected))
+			req.Header.Set("Content-Type", "application/json")
+			if r := do(t, h, req); r.status != tc.want {
+				t.Errorf("%s, verifiers %s then %s: %d %s, want %d", tc.name, order[0].Name(), order[1].Name(), r.status, r.raw, tc.want)
+				continue
+			}
+			if q := req.URL.Query(); tc.want == 200 && (q.Has("key") || q.Has(ingress.ParamSignature) || q.Get("tenant") != "contoso") {
+				t.Errorf("%s, verifiers %s then %s: the query after verification is %q, want the secrets removed and the rest kept", tc.name, order[0].Name(), order[1].Name(), req.URL.RawQuery)
+			}
+		}
+	}
+}
+
 func TestReplayDefence(t *testing.T) {
 	t.Parallel()
 	iss := newIssuer(t)
