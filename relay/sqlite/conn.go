@@ -113,8 +113,17 @@ func (c *conn) closedErr(err error) error {
 
 // tx runs fn between BEGIN IMMEDIATE and COMMIT, rolling back if fn or the
 // commit fails.
+//
+// BEGIN and COMMIT run whatever ctx does: the driver reports a statement
+// during which ctx ended as failed even when it succeeded, so a BEGIN cut
+// off that way would leave the connection inside a transaction nobody ends
+// (every later one failing, other processes kept waiting), and a COMMIT
+// would be reported as failed after it committed. Neither waits long: the
+// queue's write lock is already held.
 func (c *conn) tx(ctx context.Context, fn func() error) error {
+	ctx = context.WithoutCancel(ctx)
 	if _, err := c.exec(ctx, "BEGIN IMMEDIATE"); err != nil {
+		c.rollback() // in case it began after all
 		return unavailable("begin", err)
 	}
 	if err := fn(); err != nil {

@@ -633,3 +633,36 @@ func TestCloseGivesBackEveryPrefetch(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadlineDuringCommitLeavesQueueUsable sends with deadlines that end
+// around BEGIN and COMMIT: whatever each such send answers, the next send
+// without a deadline succeeds, and every acknowledged message is stored.
+func TestDeadlineDuringCommitLeavesQueueUsable(t *testing.T) {
+	t.Parallel()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	var acked []string
+	for i := range 300 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%80)*time.Microsecond)
+		id := fmt.Sprintf("a%d", i)
+		err := q.SendBatch(ctx, []relay.Message{relaytest.Msg(id, "")})
+		cancel()
+		if err == nil {
+			acked = append(acked, id)
+			continue
+		}
+		id = fmt.Sprintf("b%d", i)
+		if err := q.SendBatch(context.Background(), []relay.Message{relaytest.Msg(id, "")}); err != nil {
+			t.Fatalf("send %d: after a send whose deadline ended, a send without one failed: %v", i, err)
+		}
+		acked = append(acked, id)
+	}
+	stored := map[string]bool{}
+	for _, id := range drain(t, q, 200*time.Millisecond) {
+		stored[id] = true
+	}
+	for _, id := range acked {
+		if !stored[id] {
+			t.Errorf("acknowledged %s is not in the queue", id)
+		}
+	}
+}
