@@ -69,8 +69,8 @@ type Config struct {
 	ReadTimeout       time.Duration
 	WriteTimeout      time.Duration
 	IdleTimeout       time.Duration
-	// MaxConcurrentRequests caps requests in progress; more get 503. Default
-	// 1024.
+	// MaxConcurrentRequests caps requests in progress; more wait for a
+	// slot up to EnqueueTimeout, then get 503. Default 1024.
 	MaxConcurrentRequests int
 	// EnqueueTimeout bounds the wait for the queue; past it the sender gets
 	// 503. Default 10s.

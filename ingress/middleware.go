@@ -175,15 +175,27 @@ func (s *Server) record(c echo.Context, rc *reqContext, start time.Time, err err
 	return herr
 }
 
-// limitConcurrency refuses requests beyond MaxConcurrentRequests.
+// limitConcurrency holds requests beyond MaxConcurrentRequests until one
+// in progress ends, up to EnqueueTimeout, and refuses them then: a burst
+// (or a queue turning slow for a moment) costs latency, not events, since
+// Call Automation does not resend a refused callback.
 func (s *Server) limitConcurrency(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		select {
 		case s.slots <- struct{}{}:
-			defer func() { <-s.slots }()
-			return next(c)
 		default:
-			return unavailable(CauseOverloaded, "too many requests in progress; retry later", time.Second, nil)
+			t := time.NewTimer(s.cfg.EnqueueTimeout)
+			select {
+			case s.slots <- struct{}{}:
+				t.Stop()
+			case <-t.C:
+				return unavailable(CauseOverloaded, "too many requests in progress; retry later", time.Second, nil)
+			case <-c.Request().Context().Done():
+				t.Stop()
+				return unavailable(CauseOverloaded, "too many requests in progress; retry later", time.Second, c.Request().Context().Err())
+			}
 		}
+		defer func() { <-s.slots }()
+		return next(c)
 	}
 }

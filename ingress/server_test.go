@@ -210,27 +210,41 @@ func TestRealQueuePath(t *testing.T) {
 	}
 }
 
+// TestConcurrencyCap: requests beyond the cap wait for a slot, up to the
+// enqueue timeout; only those still waiting then get 503.
 func TestConcurrencyCap(t *testing.T) {
 	t.Parallel()
-	pub := &fakePublisher{delay: 300 * time.Millisecond}
-	h, _ := newServer(t, ingress.Config{Publisher: pub, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}, MaxConcurrentRequests: 2})
-	var wg sync.WaitGroup
-	statuses := make(chan int, 5)
-	for range 5 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			statuses <- do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", callConnected)).status
-		}()
-	}
-	wg.Wait()
-	close(statuses)
-	count := map[int]int{}
-	for s := range statuses {
-		count[s]++
-	}
-	if count[200] != 2 || count[503] != 3 {
-		t.Errorf("statuses %v, want 2×200 and 3×503", count)
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		want200 int
+	}{
+		// Each request holds its slot 300ms: two wait 300ms for a slot,
+		// within the 450ms allowed; the fifth would wait 600ms.
+		{"the burst outlasts the wait", 450 * time.Millisecond, 4},
+		{"slots free up within the wait", 5 * time.Second, 5},
+	} {
+		pub := &fakePublisher{delay: 300 * time.Millisecond}
+		h, _ := newServer(t, ingress.Config{Publisher: pub, ACSVerifiers: []ingress.Verifier{staticVerifier{true}},
+			MaxConcurrentRequests: 2, EnqueueTimeout: tc.timeout})
+		var wg sync.WaitGroup
+		statuses := make(chan int, 5)
+		for range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				statuses <- do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", callConnected)).status
+			}()
+		}
+		wg.Wait()
+		close(statuses)
+		count := map[int]int{}
+		for s := range statuses {
+			count[s]++
+		}
+		if count[200] != tc.want200 || count[503] != 5-tc.want200 {
+			t.Errorf("%s: statuses %v, want %d×200 and the rest 503", tc.name, count, tc.want200)
+		}
 	}
 }
 

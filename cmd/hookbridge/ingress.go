@@ -55,7 +55,7 @@ const defaultDrainDelay = 5 * time.Second
 func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string, defaultDrain time.Duration) {
 	fs.StringVar(&f.listen, "listen", defaultListen, "public listener address (the only port to expose)")
 	fs.Int64Var(&f.maxBody, "max-body-bytes", ingress.DefaultMaxBodyBytes, "largest request body accepted; larger get 413")
-	fs.IntVar(&f.maxConcurrent, "max-concurrent-requests", ingress.DefaultMaxConcurrentRequests, "requests in progress at once; more get 503")
+	fs.IntVar(&f.maxConcurrent, "max-concurrent-requests", ingress.DefaultMaxConcurrentRequests, "requests in progress at once; more wait for a slot up to --enqueue-timeout, then get 503")
 	fs.DurationVar(&f.enqueueTimeout, "enqueue-timeout", ingress.DefaultEnqueueTimeout, "how long a request waits for the queue before it gets 503")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may finish")
 	fs.IntVar(&f.batchMax, "batch-max-messages", 512, "most events in one group commit")
