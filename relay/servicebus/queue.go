@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,8 +177,9 @@ func (q *Queue) getSender() (*azservicebus.Sender, error) {
 }
 
 // SendBatch sends msgs in as few MessageBatches as the link's size limit
-// allows. It returns nil once Service Bus acknowledged every batch; a
-// message too large to fit any batch fails with relay.ErrMessageTooLarge.
+// allows. It returns nil once Service Bus acknowledged every batch. A
+// message too large to fit any batch is left out, the others are sent, and
+// the error then wraps relay.ErrMessageTooLarge and names it.
 // If a later batch fails after an earlier one succeeded, the error says so;
 // a retry is deduplicated by MessageID on a queue with duplicate detection.
 // A message with a DeadLetterReason is sent marked (PropDeadLetterReason),
@@ -199,6 +201,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		batch = nil
 		return nil
 	}
+	var tooLarge []string
 	for i := range msgs {
 		m := toMessage(&msgs[i], sessions)
 		for attempt := 0; ; attempt++ {
@@ -215,15 +218,25 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 				return mapErr("add to batch", err)
 			}
 			if batch.NumMessages() == 0 || attempt > 0 {
-				return fmt.Errorf("%w: message %q (%d bytes of body) exceeds the queue's message size limit",
-					relay.ErrMessageTooLarge, msgs[i].ID, len(msgs[i].Body))
+				// It can never be sent; the others still are, so that one
+				// oversized event does not take the rest of its request
+				// with it.
+				tooLarge = append(tooLarge, fmt.Sprintf("%q (%d bytes of body)", msgs[i].ID, len(msgs[i].Body)))
+				break
 			}
 			if err := send(); err != nil {
 				return err
 			}
 		}
 	}
-	return send()
+	if err := send(); err != nil {
+		return err
+	}
+	if len(tooLarge) > 0 {
+		return fmt.Errorf("%w: %d of %d messages exceed the queue's message size limit and were not sent (the others were): %s",
+			relay.ErrMessageTooLarge, len(tooLarge), len(msgs), strings.Join(tooLarge, ", "))
+	}
+	return nil
 }
 
 // Ping checks the queue is reachable and readable: a peek of one message

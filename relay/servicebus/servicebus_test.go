@@ -109,7 +109,7 @@ func TestMappingRoundTrip(t *testing.T) {
 }
 
 // TestBatchSplitting sends more than one 256 KB batch's worth in one call,
-// and a message that fits no batch.
+// and a message that fits no batch among others that do.
 func TestBatchSplitting(t *testing.T) {
 	t.Parallel()
 	emu := emulator(t)
@@ -133,8 +133,14 @@ func TestBatchSplitting(t *testing.T) {
 	if err := q.SendBatch(tctx(t), []relay.Message{huge}); !errors.Is(err, relay.ErrMessageTooLarge) {
 		t.Fatalf("300 KB message: %v, want ErrMessageTooLarge", err)
 	}
-	if err := q.SendBatch(tctx(t), []relay.Message{event(t, "after", ""), huge}); !errors.Is(err, relay.ErrMessageTooLarge) {
-		t.Fatalf("batch with a 300 KB message: %v, want ErrMessageTooLarge", err)
+	// The oversized message is left out, and the others of its call go
+	// out around it.
+	err := q.SendBatch(tctx(t), []relay.Message{event(t, "before", ""), huge, event(t, "after", "")})
+	if !errors.Is(err, relay.ErrMessageTooLarge) || !strings.Contains(err.Error(), `"huge"`) {
+		t.Fatalf("batch with a 300 KB message: %v, want ErrMessageTooLarge naming it", err)
+	}
+	if st, _ := emu.Stats(name); st.Active != 42 {
+		t.Errorf("%d messages queued, want 42: the 40, then the two around the oversized one", st.Active)
 	}
 }
 
