@@ -18,6 +18,7 @@ import (
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
+	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
 )
 
@@ -383,6 +384,51 @@ func TestBodiesInFlightAreBounded(t *testing.T) {
 			t.Fatalf("after the budget was released: %d", r.status)
 		}
 	}
+}
+
+// gateSender is a queue whose sends wait for open.
+type gateSender struct{ open chan struct{} }
+
+func (g gateSender) SendBatch(ctx context.Context, _ []relay.Message) error {
+	select {
+	case <-g.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestBodiesHeldByAStalledQueueCount: a request that gave up waiting for a
+// stalled queue (503) keeps its share of MaxBodyBytesInFlight while the
+// group commit still holds its messages, so requests piling up behind a
+// stalled queue cannot hold more than the bound; the share comes back when
+// the commit ends.
+func TestBodiesHeldByAStalledQueueCount(t *testing.T) {
+	t.Parallel()
+	send := gateSender{open: make(chan struct{})}
+	b, err := relay.NewBatcher(send, relay.BatchConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Run(context.Background())
+	t.Cleanup(b.Close)
+	reg := prometheus.NewRegistry()
+	h, _ := newServer(t, ingress.Config{Publisher: b, ACSVerifiers: []ingress.Verifier{staticVerifier{true}}, Registerer: reg,
+		MaxBodyBytes: 4096, MaxBodyBytesInFlight: 4096, EnqueueTimeout: 200 * time.Millisecond})
+	big := callConnected + strings.Repeat(" ", 3000)
+	if r := do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)); r.status != 503 {
+		t.Fatalf("a request the stalled queue does not take in time: %d, want 503", r.status)
+	}
+	if r := do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)); r.status != 503 {
+		t.Errorf("a second body while the first's messages are still held: %d, want 503", r.status)
+	}
+	if n := metrictest.Value(t, reg, "hookbridge_ingress_requests_total", "cause", ingress.CauseOverloaded); n != 1 {
+		t.Errorf("requests refused for the body budget: %v, want 1 (the second)", n)
+	}
+	close(send.open)
+	testwait.Until(t, 10*time.Second, "a body is accepted once the stalled commit ended", func() bool {
+		return do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", big)).status == 200
+	})
 }
 
 func TestRateBurstNeedsRateLimit(t *testing.T) {

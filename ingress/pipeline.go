@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -99,7 +100,16 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 	if err != nil {
 		return err
 	}
-	defer s.bodies.Release(reserved)
+	// The share goes back when the request ends, unless publish hands it
+	// to a HoldingPublisher, which gives it back when it lets go of the
+	// messages.
+	release := sync.OnceFunc(func() { s.bodies.Release(reserved) })
+	handed := false
+	defer func() {
+		if !handed {
+			release()
+		}
+	}()
 	if err := readBody(c, &sc.body, s.cfg.MaxBodyBytes); err != nil {
 		return err
 	}
@@ -135,7 +145,8 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 			tc.Apply(&msgs[i])
 		}
 	}
-	err = s.publish(ctx, r, msgs, events, dead)
+	handed = true
+	err = s.publish(ctx, r, msgs, events, dead, release)
 	if send != nil {
 		endSend(send, msgs, events, dead, err)
 	}
@@ -376,13 +387,20 @@ func parseError(err error) error {
 
 // publish hands the request's messages to the queue and waits for the
 // commit.
-func (s *Server) publish(ctx context.Context, r *route, msgs []relay.Message, events, dead int) error {
+func (s *Server) publish(ctx context.Context, r *route, msgs []relay.Message, events, dead int, release func()) error {
 	if len(msgs) == 0 {
+		release()
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.EnqueueTimeout)
 	defer cancel()
-	err := s.cfg.Publisher.Publish(ctx, msgs)
+	var err error
+	if hp, ok := s.cfg.Publisher.(HoldingPublisher); ok {
+		err = hp.PublishHolding(ctx, msgs, release)
+	} else {
+		err = s.cfg.Publisher.Publish(ctx, msgs)
+		release()
+	}
 	switch {
 	case err == nil:
 		r.metrics.enqueued.Add(float64(events))

@@ -30,6 +30,15 @@ type Publisher interface {
 	Publish(ctx context.Context, msgs []relay.Message) error
 }
 
+// HoldingPublisher is a Publisher that says when it no longer holds a
+// request's messages (relay.Batcher does): the request's share of
+// MaxBodyBytesInFlight is released then, not when the request gives up
+// waiting, so a stalled queue cannot pile up more than the bound.
+type HoldingPublisher interface {
+	Publisher
+	PublishHolding(ctx context.Context, msgs []relay.Message, release func()) error
+}
+
 // Routes of the public listener.
 const (
 	PathACSCallbacks = "/acs/callbacks"

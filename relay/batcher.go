@@ -77,10 +77,11 @@ func (c BatchConfig) Validate() error {
 }
 
 type request struct {
-	msgs  []Message
-	size  int
-	start time.Time
-	done  chan error // buffered 1: the committer never blocks on a gone caller
+	msgs    []Message
+	size    int
+	start   time.Time
+	done    chan error // buffered 1: the committer never blocks on a gone caller
+	release func()     // see PublishHolding; nil if none
 }
 
 // Batcher coalesces concurrent Publish calls into few queue writes (group
@@ -143,16 +144,32 @@ func (b *Batcher) Run(ctx context.Context) error {
 // may or may not have been committed, so the caller must treat the outcome as
 // unknown (a retry is deduplicated by MessageID).
 func (b *Batcher) Publish(ctx context.Context, msgs []Message) error {
+	return b.PublishHolding(ctx, msgs, nil)
+}
+
+// PublishHolding is Publish, and calls release (if not nil) once the
+// batcher no longer holds msgs: when Publish returns without having handed
+// them over, or else when their commit ends, which may be after a Publish
+// cut short by ctx returned. A caller bounding the memory of requests in
+// progress releases their share there, so that requests whose callers gave
+// up still count while the queue is stalled.
+func (b *Batcher) PublishHolding(ctx context.Context, msgs []Message, release func()) error {
 	if len(msgs) == 0 {
+		if release != nil {
+			release()
+		}
 		return nil
 	}
-	r := &request{msgs: msgs, start: time.Now(), done: make(chan error, 1)}
+	r := &request{msgs: msgs, start: time.Now(), done: make(chan error, 1), release: release}
 	for i := range msgs {
 		r.size += msgs[i].Size()
 	}
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
+		if release != nil {
+			release()
+		}
 		return ErrClosed
 	}
 	select {
@@ -160,6 +177,9 @@ func (b *Batcher) Publish(ctx context.Context, msgs []Message) error {
 		b.mu.RUnlock()
 	case <-ctx.Done():
 		b.mu.RUnlock()
+		if release != nil {
+			release()
+		}
 		return fmt.Errorf("waiting for the queue: %w", ctx.Err())
 	}
 	select {
@@ -289,6 +309,9 @@ func (b *Batcher) commit(batch []*request, count, size int) {
 	}
 	for _, r := range batch {
 		r.done <- err
+		if r.release != nil {
+			r.release()
+		}
 	}
 }
 

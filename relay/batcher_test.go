@@ -352,6 +352,38 @@ func TestBatcherCallerGivesUp(t *testing.T) {
 	}
 }
 
+// TestBatcherHoldsUntilCommitEnds: a caller that gave up waiting gets its
+// release only once the batcher lets go of its messages (the commit ended);
+// one refused before handing them over gets it at once.
+func TestBatcherHoldsUntilCommitEnds(t *testing.T) {
+	s := newGateSender(false)
+	b := newTestBatcher(t, s, BatchConfig{}, nil)
+	var released atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan error, 1)
+	go func() { res <- b.PublishHolding(ctx, msgs("held", 1), func() { released.Add(1) }) }()
+	waitStarted(t, s)
+	cancel()
+	if err := <-res; !errors.Is(err, context.Canceled) {
+		t.Fatalf("publish: %v, want context.Canceled", err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := released.Load(); n != 0 {
+		t.Fatalf("released %d times while the commit holding the messages still runs", n)
+	}
+	s.open()
+	b.Close()
+	if n := released.Load(); n != 1 {
+		t.Errorf("released %d times after the commit ended, want 1", n)
+	}
+	if err := b.PublishHolding(context.Background(), msgs("late", 1), func() { released.Add(1) }); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after Close: %v, want ErrClosed", err)
+	}
+	if n := released.Load(); n != 2 {
+		t.Errorf("a refused publish released %d times in all, want 2", n)
+	}
+}
+
 // Close commits every request already accepted, then refuses new ones.
 func TestBatcherCloseDrains(t *testing.T) {
 	s := newGateSender(false)
