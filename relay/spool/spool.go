@@ -189,8 +189,9 @@ func waitFor(ctx context.Context, ops []*op) ([]*op, error) {
 // fails with relay.ErrUnavailable or takes longer than Config.After, and
 // returns nil once one of them has every message durably. A message of a
 // session that has messages in the spool goes to the spool, behind them.
-// relay.ErrMessageTooLarge from the primary is returned as is: no retry,
-// and no forwarding, could deliver that message. Errors wrap
+// relay.ErrMessageTooLarge from the primary is returned as is, once the
+// messages bound for the spool are committed: no retry, and no forwarding,
+// could deliver the too-large message. Errors wrap
 // relay.ErrUnavailable when a retry may succeed, ErrFull among them.
 func (s *Spool) SendBatch(ctx context.Context, msgs []relay.Message) error {
 	if len(msgs) == 0 {
@@ -219,7 +220,17 @@ func (s *Spool) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		slow, err := s.sendDirect(ctx, direct)
 		switch {
 		case err == nil:
-		case errors.Is(err, relay.ErrMessageTooLarge), ctx.Err() != nil:
+		case errors.Is(err, relay.ErrMessageTooLarge):
+			// The primary took the others (see servicebus.Queue.SendBatch);
+			// the spool's share is still owed, and the too-large one is
+			// refused for good.
+			if len(spooled) > 0 {
+				if cerr := s.commit(ctx, spooled, counts, nil); cerr != nil {
+					return cerr
+				}
+			}
+			return err
+		case ctx.Err() != nil:
 			return err
 		case slow || errors.Is(err, relay.ErrUnavailable):
 			r := reasonFailed

@@ -402,6 +402,39 @@ func TestTooLargeAndPermanentErrorsAreNotSpooled(t *testing.T) {
 	}
 }
 
+// TestTooLargeKeepsTheSpooledPart: one request carries an event of a call
+// that has events in the spool (bound for the spool) and another call's
+// event too large for Service Bus (sent directly, refused for good): the
+// request fails with ErrMessageTooLarge, and the first event is still
+// committed to the spool and forwarded.
+func TestTooLargeKeepsTheSpooledPart(t *testing.T) {
+	t.Parallel()
+	p := &primary{}
+	p.set(failAll)
+	h := start(t, p, spool.Config{SendTimeout: 10 * time.Second}, "", 0)
+	h.mustSend(msg("a1", "k")) // spooled: Service Bus is down
+	release := make(chan struct{})
+	p.set(func(ctx context.Context, msgs []relay.Message) error {
+		if contains(msgs, "a1") { // the forwarder waits, so k keeps events in the spool
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if contains(msgs, "big") {
+			return fmt.Errorf("%w: 1 of %d messages exceed the limit (the others were sent)", relay.ErrMessageTooLarge, len(msgs))
+		}
+		return nil
+	})
+	time.Sleep(20 * time.Millisecond) // past the cool-down after the failure
+	if err := h.send(msg("a2", "k"), msg("big", "other")); !errors.Is(err, relay.ErrMessageTooLarge) {
+		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
+	}
+	close(release)
+	testwait.Until(t, 10*time.Second, "a2 forwarded after a1", func() bool { return p.has("a2") })
+}
+
 // TestEarlierFailureHoldsBackLaterCommit is the race of concurrent group
 // commits: commit A (call k) is in flight to the primary and will fail;
 // commit B of the same call, started later, must not reach the primary
