@@ -54,7 +54,7 @@ func (s *Spool) Run(ctx context.Context) error {
 		case err == nil:
 			failures = 0
 			size.observe(len(msgs), received.Sub(asked), received)
-			if err := s.forward(ctx, msgs, received); err != nil {
+			if err := s.forward(ctx, msgs, received, &size); err != nil {
 				return err
 			}
 		case errors.Is(err, context.DeadlineExceeded):
@@ -89,6 +89,10 @@ type sizer struct {
 // slowReceive is a Receive that found what it was asked for, slowly: the
 // store had to look far back.
 const slowReceive = 50 * time.Millisecond
+
+// sizerHoldAfterTimeout is how long the forwarder keeps to a batch size
+// that a send timing out made it halve to, before it tries a larger one.
+const sizerHoldAfterTimeout = 10 * time.Second
 
 // observe adjusts n after a Receive of n messages returned got after took.
 func (z *sizer) observe(got int, took time.Duration, now time.Time) {
@@ -143,7 +147,13 @@ func (s *Spool) load(ctx context.Context) error {
 // at a time, so held never has two of one session: their order against
 // each other does not matter, and the next of each session comes only
 // after this one is completed, that is, after the primary has it.
-func (s *Spool) forward(ctx context.Context, held []*relay.Received, received time.Time) error {
+//
+// A send that runs out of Config.SendTimeout is retried with half the
+// messages (the others go back to the store, for later rounds), and size
+// asks the store for no more than that for a while: Service Bus taking
+// events slowly (large events, a slow link, throttling) must slow the
+// drain, not stop it.
+func (s *Spool) forward(ctx context.Context, held []*relay.Received, received time.Time, size *sizer) error {
 	s.noteOldest(held)
 	lockSpan := held[0].LockedUntil.Sub(received)
 	for attempt := 1; ; attempt++ {
@@ -153,6 +163,7 @@ func (s *Spool) forward(ctx context.Context, held []*relay.Received, received ti
 		}
 		sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)
 		err := s.primary.SendBatch(sctx, msgs)
+		timedOut := errors.Is(sctx.Err(), context.DeadlineExceeded)
 		cancel()
 		switch {
 		case err == nil:
@@ -175,6 +186,12 @@ func (s *Spool) forward(ctx context.Context, held []*relay.Received, received ti
 			s.primaryFailed(err)
 			if attempt == 1 || attempt%10 == 0 {
 				s.log.Warn("spool: forwarding to Service Bus failed; retrying", "error", err, "messages", len(held), "attempt", attempt)
+			}
+			if timedOut && len(held) > 1 {
+				half := len(held) / 2
+				s.release(ctx, held[half:])
+				held = held[:half]
+				size.n, size.probeAt = half, time.Now().Add(sizerHoldAfterTimeout)
 			}
 		}
 		if !sleep(ctx, s.retryWait(attempt)) {

@@ -435,6 +435,42 @@ func TestTooLargeKeepsTheSpooledPart(t *testing.T) {
 	testwait.Until(t, 10*time.Second, "a2 forwarded after a1", func() bool { return p.has("a2") })
 }
 
+// TestSlowServiceBusStillDrains: after a restart over leftovers, Service
+// Bus takes events slowly, so that forwarding a whole batch runs out of
+// SendTimeout: the forwarder sends smaller batches and the spool drains.
+func TestSlowServiceBusStillDrains(t *testing.T) {
+	t.Parallel()
+	p := &primary{}
+	p.set(failAll)
+	cfg := spool.Config{SendTimeout: 300 * time.Millisecond, ForwardBatch: 64}
+	h := start(t, p, cfg, "", 0)
+	for i := range 64 {
+		h.mustSend(msg(fmt.Sprintf("m%d", i), fmt.Sprintf("call%d", i)))
+	}
+	h.stop()
+	p2 := &primary{}
+	p2.set(func(ctx context.Context, msgs []relay.Message) error {
+		for range msgs { // 10ms an event: 64 take 640ms, over the 300ms allowed
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-ctx.Done():
+				return fmt.Errorf("%w: %w", relay.ErrUnavailable, ctx.Err())
+			}
+		}
+		return nil
+	})
+	h = start(t, p2, cfg, h.path, 0)
+	testwait.Until(t, 30*time.Second, "the spool drained", func() bool {
+		a, _ := h.counts()
+		return a == 0
+	})
+	for i := range 64 {
+		if id := fmt.Sprintf("m%d", i); !p2.has(id) {
+			t.Errorf("%s not forwarded", id)
+		}
+	}
+}
+
 // TestEarlierFailureHoldsBackLaterCommit is the race of concurrent group
 // commits: commit A (call k) is in flight to the primary and will fail;
 // commit B of the same call, started later, must not reach the primary
