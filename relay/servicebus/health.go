@@ -51,6 +51,7 @@ func (h *health) check(what string, limit time.Duration) error {
 // sees.
 type metrics struct {
 	deadLetteredOnArrival *prometheus.CounterVec
+	deadLetteredUnsent    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -59,9 +60,31 @@ func newMetrics() *metrics {
 			Name: "hookbridge_servicebus_dead_lettered_on_arrival_total",
 			Help: "Messages the ingress marked for the dead-letter queue (a signed but malformed event) that the worker's Service Bus receiver dead-lettered on arrival, by reason.",
 		}, []string{"reason"}),
+		deadLetteredUnsent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookbridge_servicebus_dead_lettered_unsent_total",
+			Help: "Messages received on the last delivery the queue allows that a stopping worker never got, dead-lettered by the Service Bus receiver (giving them back would have had Service Bus dead-letter them unseen), by reason.",
+		}, []string{"reason"}),
 	}
 }
 
 // Collector returns the queue's Prometheus instruments, for the command to
-// register: hookbridge_servicebus_dead_lettered_on_arrival_total{reason}.
-func (q *Queue) Collector() prometheus.Collector { return q.metrics.deadLetteredOnArrival }
+// register: hookbridge_servicebus_dead_lettered_on_arrival_total{reason} and
+// hookbridge_servicebus_dead_lettered_unsent_total{reason}.
+func (q *Queue) Collector() prometheus.Collector {
+	return collectors{q.metrics.deadLetteredOnArrival, q.metrics.deadLetteredUnsent}
+}
+
+// collectors is several collectors as one.
+type collectors []prometheus.Collector
+
+func (cs collectors) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range cs {
+		c.Describe(ch)
+	}
+}
+
+func (cs collectors) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range cs {
+		c.Collect(ch)
+	}
+}

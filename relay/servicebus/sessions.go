@@ -3,6 +3,7 @@ package servicebus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -219,9 +220,26 @@ func (p *sessionPool) handOut(stopped context.Context, log *slog.Logger, s *sess
 // giveBack abandons a message the pool received but did not hand out, so
 // it is the first the session's next holder gets. It runs as the pool
 // stops, so only ctx's values count: the abandon has a deadline of its own.
+//
+// A message received on the last delivery the queue allows would be
+// dead-lettered by Service Bus on that abandon, where nobody sees it; it is
+// dead-lettered here instead, saying why, counted and logged.
 func (p *sessionPool) giveBack(ctx context.Context, log *slog.Logger, h *handle, seq int64, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
+	if maxN := p.q.cfg.MaxDeliveryCount; h.msg != nil && int(h.msg.DeliveryCount) >= maxN {
+		desc := fmt.Sprintf("delivery %d of %d was received but never handed to a worker: the worker stopped first, and giving it back would have dead-lettered it unseen; replay it", h.msg.DeliveryCount, maxN)
+		err := h.settle(ctx, seq, "dead-letter", deadLetterFn(relay.ReasonMaxDelivery, desc))
+		if err == nil {
+			p.q.metrics.deadLetteredUnsent.WithLabelValues(relay.ReasonMaxDelivery).Inc()
+			log.Error("servicebus: dead-lettered a message received on its last allowed delivery that the stopping worker never got",
+				"message_id", id, "event_id", eventID(h.msg), "reason", relay.ReasonMaxDelivery, "delivery_count", h.msg.DeliveryCount)
+			return
+		}
+		log.Error("servicebus: could not dead-letter a message received on its last allowed delivery; Service Bus dead-letters it when its lock lapses",
+			"message_id", id, "event_id", eventID(h.msg), "error", err)
+		return
+	}
 	if err := h.settle(ctx, seq, "abandon", abandonFn); err != nil {
 		log.Warn("servicebus: could not give back a received message on stopping; it is delivered again when its lock lapses",
 			"message_id", id, "error", err)

@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookbridge/hookbridge/internal/metrictest"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
@@ -196,5 +202,47 @@ func TestReadyReportsFailingAccepts(t *testing.T) {
 			t.Fatalf("still unready after accepts recovered: %v", q.Ready(tctx(t)))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStoppingPoolDeadLettersALastDeliveryItHeld: a message the session
+// pool received on the last delivery the queue allows, and never handed to
+// a worker, would be dead-lettered by Service Bus, unseen, when given back
+// as the pool stops. The pool dead-letters it itself, saying why, counts
+// it and logs it with its event id.
+func TestStoppingPoolDeadLettersALastDeliveryItHeld(t *testing.T) {
+	t.Parallel()
+	emu := emulator(t)
+	name := "last-delivery"
+	if err := emu.CreateQueue(sbemu.QueueConfig{Name: name, LockDuration: 30 * time.Second, MaxDeliveryCount: 1, RequiresSession: true}); err != nil {
+		t.Fatal(err)
+	}
+	var logs testlog.Buffer
+	sessions := true
+	q, err := servicebus.Open(context.Background(), servicebus.Config{Queue: name, ConnectionString: emu.ConnectionString(),
+		Sessions: &sessions, LockDuration: 30 * time.Second, MaxDeliveryCount: 1}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(q.Collector())
+	if err := q.SendBatch(tctx(t), []relay.Message{event(t, "e1", "call-1")}); err != nil {
+		t.Fatal(err)
+	}
+	stop := testrun.Start(t, q.Run)
+	waitLocked(t, emu, name, 1) // the pool holds e1, delivery 1 of 1; nobody receives
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	dls, err := q.ListDeadLetters(tctx(t), 0, 10)
+	if err != nil || len(dls) != 1 || dls[0].Reason != relay.ReasonMaxDelivery || !strings.Contains(dls[0].Description, "never handed to a worker") {
+		t.Fatalf("dead letters %+v (%v), want e1 dead-lettered with a description saying it was never delivered", dls, err)
+	}
+	if n := metrictest.Value(t, reg, "hookbridge_servicebus_dead_lettered_unsent_total", "reason", relay.ReasonMaxDelivery); n != 1 {
+		t.Errorf("hookbridge_servicebus_dead_lettered_unsent_total = %v, want 1", n)
+	}
+	if s := logs.String(); !strings.Contains(s, "event_id=e1") || !strings.Contains(s, "last allowed delivery") {
+		t.Errorf("the dead-lettering is not logged with its event id:\n%s", s)
 	}
 }
