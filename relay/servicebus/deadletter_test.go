@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/metrictest"
@@ -81,7 +80,7 @@ func TestMarkedMessagesDeadLetteredOnArrival(t *testing.T) {
 					t.Errorf("dead letter lists %s among its properties", k)
 				}
 			}
-			if n := testutil.ToFloat64(q.Collector().(*prometheus.CounterVec).WithLabelValues(relay.ReasonMalformedEvent)); n != 1 {
+			if n := metrictest.Value(t, reg, "hookbridge_servicebus_dead_lettered_on_arrival_total", "reason", relay.ReasonMalformedEvent); n != 1 {
 				t.Errorf("dead_lettered_on_arrival{reason=MalformedEvent} = %v, want 1", n)
 			}
 			if !strings.Contains(logs.String(), `"event_id":"evt-bad"`) || !strings.Contains(logs.String(), `"reason":"MalformedEvent"`) {
