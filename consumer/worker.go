@@ -295,7 +295,7 @@ func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 		if w.trace != nil {
 			recordLockLost(trace.SpanFromContext(ctx), err)
 		}
-		log.Warn("worker: lock lost during delivery; the queue will deliver the event again", "delivery_error", err)
+		log.Warn("worker: lock lost during delivery; "+againOrDeadLettered(m), "delivery_error", err)
 		return
 	default:
 	}
@@ -411,9 +411,9 @@ func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received
 	}
 	if serr != nil {
 		if errors.Is(serr, relay.ErrLockLost) {
-			log.Warn("worker: lock lost before settlement; the queue will deliver the event again", "settlement", outcome, "error", serr)
+			log.Warn("worker: lock lost before settlement; "+againOrDeadLettered(m), "settlement", outcome, "error", serr)
 		} else {
-			log.Error("worker: settlement failed; the queue will deliver the event again when its lock expires", "settlement", outcome, "error", serr)
+			log.Error("worker: settlement failed; "+againOrDeadLettered(m)+" when its lock expires", "settlement", outcome, "error", serr)
 		}
 		outcome = outcomeSettleFailed
 	}
@@ -460,4 +460,14 @@ func (w *Worker) abandon(runCtx, sctx context.Context, m *relay.Received, delay 
 		return w.src.Abandon(sctx, m, 0)
 	}
 	return err
+}
+
+// againOrDeadLettered says what the queue does with m once its lock is
+// gone without a settlement: deliver it again, or, on the last delivery it
+// allows, dead-letter it (reason MaxDeliveryCountExceeded).
+func againOrDeadLettered(m *relay.Received) string {
+	if m.MaxDeliveryCount > 0 && m.DeliveryCount >= m.MaxDeliveryCount {
+		return "this was the last delivery the queue allows, so the queue dead-letters the event (" + relay.ReasonMaxDelivery + ")"
+	}
+	return "the queue will deliver the event again"
 }

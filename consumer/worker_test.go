@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/freeport"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
@@ -273,24 +275,38 @@ func TestLockRenewedDuringLongDelivery(t *testing.T) {
 
 func TestLockLostCancelsDeliveryWithoutSettling(t *testing.T) {
 	t.Parallel()
-	src := newFakeSource(event(t, "lost", ""))
-	src.pending[0].LockedUntil = time.Now().Add(100 * time.Millisecond)
-	src.renewErr = fmt.Errorf("renew: %w", relay.ErrLockLost)
-	cancelled := make(chan struct{})
-	w, _ := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, _ *schemas.Event) error {
-		<-ctx.Done()
-		close(cancelled)
-		return ctx.Err()
-	}), consumer.Config{})
-	stop := testrun.Start(t, w.Run)
-	select {
-	case <-cancelled:
-	case <-time.After(10 * time.Second):
-		t.Fatal("delivery not cancelled after the lock was lost")
-	}
-	stop()
-	if len(src.settled) != 0 {
-		t.Errorf("settled after losing the lock: %v", src.settled)
+	for _, tc := range []struct {
+		name        string
+		count, max  int
+		wantLogPart string
+	}{
+		{"an early delivery", 1, 10, "the queue will deliver the event again"},
+		{"the last delivery", 10, 10, "the queue dead-letters the event (MaxDeliveryCountExceeded)"},
+	} {
+		src := newFakeSource(event(t, "lost", ""))
+		src.pending[0].LockedUntil = time.Now().Add(100 * time.Millisecond)
+		src.pending[0].DeliveryCount, src.pending[0].MaxDeliveryCount = tc.count, tc.max
+		src.renewErr = fmt.Errorf("renew: %w", relay.ErrLockLost)
+		cancelled := make(chan struct{})
+		var logs testlog.Buffer
+		w, _ := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, _ *schemas.Event) error {
+			<-ctx.Done()
+			close(cancelled)
+			return ctx.Err()
+		}), consumer.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		stop := testrun.Start(t, w.Run)
+		select {
+		case <-cancelled:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: delivery not cancelled after the lock was lost", tc.name)
+		}
+		stop()
+		if len(src.settled) != 0 {
+			t.Errorf("%s: settled after losing the lock: %v", tc.name, src.settled)
+		}
+		if !strings.Contains(logs.String(), tc.wantLogPart) {
+			t.Errorf("%s: the lock-lost log does not say %q:\n%s", tc.name, tc.wantLogPart, logs.String())
+		}
 	}
 }
 

@@ -233,11 +233,11 @@ func (s *Spool) setAside(ctx context.Context, m *relay.Received, cause error) {
 	defer cancel()
 	desc := fmt.Sprintf("Service Bus refused the spooled event: %v", cause)
 	if err := s.store.DeadLetter(sctx, m, ReasonTooLarge, desc); err != nil {
-		s.log.Error("spool: cannot set aside an event Service Bus refuses as too large; it will be tried again", "message_id", m.ID, "partition_key", m.SessionID, "error", err)
+		s.log.Error("spool: cannot set aside an event Service Bus refuses as too large; it will be tried again", "message_id", m.ID, "event_id", m.Properties[relay.PropID], "partition_key", m.SessionID, "error", err)
 		return
 	}
 	s.metrics.deadLettered.Inc()
-	s.log.Error("spool: Service Bus refuses a spooled event as too large; it stays in the spool's dead-letter queue", "message_id", m.ID, "partition_key", m.SessionID, "reason", ReasonTooLarge, "error", cause)
+	s.log.Error("spool: Service Bus refuses a spooled event as too large; it stays in the spool's dead-letter queue", "message_id", m.ID, "event_id", m.Properties[relay.PropID], "partition_key", m.SessionID, "reason", ReasonTooLarge, "error", cause)
 	s.mu.Lock()
 	s.account([]*relay.Received{m})
 	s.mu.Unlock()
