@@ -319,6 +319,29 @@ func TestLogin(t *testing.T) {
 	}
 }
 
+// TestLoginNextStaysOnTheConsole: the page to return to after login is a
+// path on this console; anything a browser could read as another site
+// (a scheme, "//", a backslash, a control character it drops) goes to "/".
+func TestLoginNextStaysOnTheConsole(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for next, want := range map[string]string{
+		"/dlq?reason=x":         "/dlq?reason=x",
+		"https://evil.example/": "/",
+		"//evil.example/":       "/",
+		"/\\evil.example/":      "/",
+		"/\t/evil.example":      "/",
+		"/\t\\evil.example":     "/",
+		"/\n/evil.example":      "/",
+		"/x\x7f":                "/",
+	} {
+		status, _, h := f.get(t, "/login?next="+url.QueryEscape(next))
+		if status != http.StatusSeeOther || h.Get("Location") != want {
+			t.Errorf("next %q: %d to %q, want a redirect to %q", next, status, h.Get("Location"), want)
+		}
+	}
+}
+
 // TestCSRF: a POST without the session's token, or from another origin,
 // is refused and changes nothing.
 func TestCSRF(t *testing.T) {
@@ -370,6 +393,9 @@ func TestReplay(t *testing.T) {
 	status, body := f.post(t, "/dlq/replay", url.Values{"csrf": {token}, "scope": {"filter"}, "partition_key": {callID}}, nil)
 	if status != http.StatusOK || !strings.Contains(body, "1 dead-lettered messages would be replayed") {
 		t.Fatalf("preview: %d\n%s", status, body)
+	}
+	if want := `href="/dlq?partition_key=` + callID + `"`; !strings.Contains(body, want) {
+		t.Errorf("the preview's Cancel link does not keep the filter (%s):\n%s", want, body)
 	}
 	if active, dead := f.counts(t); active != 1 || dead != 2 {
 		t.Fatalf("the preview changed the queue: active %d, dead-lettered %d", active, dead)

@@ -75,6 +75,10 @@ var funcs = template.FuncMap{
 	"dlqURL": func(key, value string) string {
 		return "/dlq?" + url.Values{key: {value}}.Encode()
 	},
+	// filterURL is the dead-letter list with a filter's values. Built
+	// whole here: html/template escapes a query written after "?" in an
+	// attribute as a single value, "=" and "&" included.
+	"filterURL":  func(v url.Values) string { return "/dlq?" + v.Encode() },
 	"messageURL": messageURL,
 	"props":      sortedProps,
 	"join":       strings.Join,

@@ -342,9 +342,12 @@ func (s *Server) renderLogin(w http.ResponseWriter, r *request, status int, next
 	return nil
 }
 
-// safeNext keeps a post-login redirect on this console.
+// safeNext keeps a post-login redirect on this console: a path, with no
+// backslash or control character, which browsers drop or read as "/"
+// (so that "/<tab>/evil.example" would leave the console).
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+	bad := strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' })
+	if bad || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
 		return "/"
 	}
 	return next
