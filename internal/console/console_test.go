@@ -342,6 +342,38 @@ func TestLoginNextStaysOnTheConsole(t *testing.T) {
 	}
 }
 
+// TestCrossSiteFetchesRefused: another site may link to a page (a
+// navigation) but not have the browser fetch one in the background.
+func TestCrossSiteFetchesRefused(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for _, tc := range []struct {
+		site, mode string
+		want       int
+	}{
+		{"", "", http.StatusOK}, // not a browser
+		{"same-origin", "cors", http.StatusOK},
+		{"none", "navigate", http.StatusOK},
+		{"cross-site", "navigate", http.StatusOK},
+		{"cross-site", "no-cors", http.StatusForbidden},
+		{"same-site", "cors", http.StatusForbidden},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, f.srv.URL+"/dlq", nil)
+		if tc.site != "" {
+			req.Header.Set("Sec-Fetch-Site", tc.site)
+			req.Header.Set("Sec-Fetch-Mode", tc.mode)
+		}
+		resp, err := f.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("Sec-Fetch-Site %q, Sec-Fetch-Mode %q: %d, want %d", tc.site, tc.mode, resp.StatusCode, tc.want)
+		}
+	}
+}
+
 // TestCSRF: a POST without the session's token, or from another origin,
 // is refused and changes nothing.
 func TestCSRF(t *testing.T) {

@@ -201,6 +201,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("This console answers only loopback addresses (http://127.0.0.1 or http://localhost), not %q: requests to another name could come from a web page pointed at this machine. To reach it remotely, set HOOKBRIDGE_CONSOLE_TOKEN.", r.Host), http.StatusForbidden)
 		return
 	}
+	// Another site (another port of localhost included) may link to a page,
+	// but not have the browser fetch one behind the operator's back: each
+	// costs a scan of the queue, and on Service Bus some take a session's
+	// lock for a moment.
+	if site := r.Header.Get("Sec-Fetch-Site"); (site == "cross-site" || site == "same-site") && r.Header.Get("Sec-Fetch-Mode") != "navigate" {
+		h.Set("Cache-Control", "no-store")
+		http.Error(w, "This console does not answer requests another site makes in the background; open it directly.", http.StatusForbidden)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
 }
 
