@@ -119,7 +119,7 @@ tunnel) when it is not on loopback.`,
 			// settling the chunk in hand; the listener waits for it.
 			h.grace = consoleDrain + shutdownMargin
 			log.Info("console listening", "url", "http://"+l.Addr().String()+"/", "queue", cfg.QueueName,
-				"token_required", len(tokens) > 0, "metrics_from", metricsFrom, "spool", cfg.SpoolName)
+				"token_required", len(tokens) > 0, "metrics_from", redactedURLs(metricsFrom), "spool", cfg.SpoolName)
 			return h.run(ctx)
 		},
 	}
@@ -130,6 +130,15 @@ tunnel) when it is not on loopback.`,
 	cmd.Flags().DurationVar(&metricsInterval, "metrics-interval", console.DefaultMetricsInterval, "how often --metrics-from URLs are scraped")
 	logs.register(cmd.Flags())
 	return cmd
+}
+
+// redactedURLs is urls without their passwords, for the log.
+func redactedURLs(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = console.RedactedURL(u)
+	}
+	return out
 }
 
 // sqliteFileExists refuses an embedded queue URL whose file does not exist:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -133,6 +134,16 @@ func (s *scraper) scrapeOne(ctx context.Context, u string) scrape {
 	return sc
 }
 
+// RedactedURL is raw with the password of its user part, if any, replaced
+// by "xxxxx", for showing and logging a --metrics-from URL.
+func RedactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
+}
+
 // SourceRates is what the overview shows of one metrics source.
 type SourceRates struct {
 	URL string
@@ -165,7 +176,7 @@ func (s *scraper) rates() []SourceRates {
 	defer s.mu.Unlock()
 	out := make([]SourceRates, 0, len(s.urls))
 	for _, u := range s.urls {
-		sr := SourceRates{URL: u}
+		sr := SourceRates{URL: RedactedURL(u)}
 		last, ok := s.last[u]
 		if !ok {
 			sr.Err = "not scraped yet"

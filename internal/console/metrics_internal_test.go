@@ -82,3 +82,15 @@ func TestScraperRates(t *testing.T) {
 		t.Error("a source answering 404 shows no error")
 	}
 }
+
+func TestRedactedURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"http://127.0.0.1:9090/metrics":           "http://127.0.0.1:9090/metrics",
+		"http://ops:s3cret@10.0.0.5:9090/metrics": "http://ops:xxxxx@10.0.0.5:9090/metrics",
+		"http://ops@10.0.0.5:9090/metrics":        "http://ops@10.0.0.5:9090/metrics",
+	} {
+		if got := RedactedURL(raw); got != want {
+			t.Errorf("RedactedURL(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
