@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -28,9 +29,11 @@ type filterFlags struct {
 	partitionKey string
 	since, until string
 	limit        int
+	fs           *pflag.FlagSet
 }
 
 func (f *filterFlags) register(fs *pflag.FlagSet) {
+	f.fs = fs
 	fs.StringSliceVar(&f.ids, "id", nil, "only these message or event IDs (repeatable)")
 	fs.StringVar(&f.typ, "type", "", "only events of this type, e.g. Microsoft.Communication.IncomingCall")
 	fs.StringVar(&f.reason, "reason", "", "only messages dead-lettered for this reason, e.g. BackendRejected or MaxDeliveryCountExceeded")
@@ -42,6 +45,15 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 
 func (f *filterFlags) filter(now time.Time) (consumer.DeadLetterFilter, error) {
 	out := consumer.DeadLetterFilter{IDs: f.ids, Type: f.typ, Reason: f.reason, PartitionKey: f.partitionKey, Limit: f.limit}
+	// A filter given empty (--id "$ID" with ID unset) would select every
+	// dead-lettered message: for purge, delete them all.
+	for name, empty := range map[string]bool{
+		"id": len(f.ids) == 0 || slices.Contains(f.ids, ""), "type": f.typ == "", "reason": f.reason == "", "partition-key": f.partitionKey == "",
+	} {
+		if empty && f.fs != nil && f.fs.Changed(name) {
+			return out, usageError{fmt.Errorf("--%s is empty, which would select every dead-lettered message; give a value, or leave --%s out to mean all", name, name)}
+		}
+	}
 	var err error
 	if out.Since, err = when.Parse(f.since, now, "--since"); err != nil {
 		return out, usageError{err}
@@ -77,9 +89,22 @@ or replayed but not removed); 2 on a usage error, and for purge without
 	}
 	cmd.PersistentFlags().StringVar(&queueURL, "queue", DefaultQueue, queueHelp)
 	logs.register(cmd.PersistentFlags())
+	// Without this, a mistyped subcommand (dlq repaly) printed the help
+	// and exited 0, as if it had run.
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usageError{fmt.Errorf("unknown command %q for %q; see %s -h", args[0], c.CommandPath(), c.CommandPath())}
+		}
+		return c.Help()
+	}
 	open := func(cmd *cobra.Command) (queue, error) {
 		log, err := logs.logger(cmd.ErrOrStderr())
 		if err != nil {
+			return nil, err
+		}
+		// A mistyped path would otherwise create an empty queue and report
+		// nothing dead-lettered.
+		if err := sqliteFileExists(queueURL); err != nil {
 			return nil, err
 		}
 		return openQueue(cmd.Context(), queueURL, getenv, log, 0, nil)

@@ -69,7 +69,8 @@ func run(ctx context.Context, args []string, getenv env, stdin io.Reader, stdout
 durably, and delivers it to your private backend, in order per call.
 
 Every flag --some-name can also be set as the environment variable
-HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
+HOOKBRIDGE_SOME_NAME; a flag on the command line wins. The exception is
+dlq purge --yes, which counts only on the command line.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -91,7 +92,11 @@ HOOKBRIDGE_SOME_NAME; a flag on the command line wins.`,
 		annotateEnv(c)
 	}
 	prepare(root, getenv)
-	return root.ExecuteContext(ctx)
+	err := root.ExecuteContext(ctx)
+	if err != nil && strings.HasPrefix(err.Error(), "unknown command ") {
+		err = usageError{err} // cobra's own, for a mistyped command
+	}
+	return err
 }
 
 // prepare makes every command of the tree fill its flags from the
@@ -125,10 +130,14 @@ func envName(flag string) string {
 	return "HOOKBRIDGE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
+// noEnv are the flags only the command line sets: a confirmation that
+// counted from the environment would confirm every run.
+var noEnv = map[string]bool{"help": true, "yes": true}
+
 // annotateEnv appends each flag's environment variable to its help text.
 func annotateEnv(cmd *cobra.Command) {
 	annotate := func(f *pflag.Flag) {
-		if tag := " [$" + envName(f.Name) + "]"; f.Name != "help" && !strings.Contains(f.Usage, tag) {
+		if tag := " [$" + envName(f.Name) + "]"; !noEnv[f.Name] && !strings.Contains(f.Usage, tag) {
 			f.Usage += tag
 		}
 	}
@@ -144,7 +153,7 @@ func annotateEnv(cmd *cobra.Command) {
 func bindEnv(cmd *cobra.Command, getenv env) error {
 	var err error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if err != nil || f.Changed || f.Name == "help" {
+		if err != nil || f.Changed || noEnv[f.Name] {
 			return
 		}
 		name := envName(f.Name)

@@ -462,6 +462,42 @@ func seedDeadLetters(t *testing.T) string {
 	return "sqlite:" + path
 }
 
+// TestDLQRefusesWhatWouldActOnEverything: an empty filter (a script's
+// unset variable), a confirmation from the environment, a mistyped queue
+// path and a mistyped subcommand are usage errors that change nothing.
+func TestDLQRefusesWhatWouldActOnEverything(t *testing.T) {
+	t.Parallel()
+	queue := seedDeadLetters(t)
+	missing := "sqlite:" + filepath.Join(t.TempDir(), "typo.db")
+	for _, tc := range []struct {
+		name    string
+		environ map[string]string
+		args    []string
+		want    string
+	}{
+		{"empty --id", nil, []string{"dlq", "purge", "--queue", queue, "--yes", "--id", ""}, "--id is empty"},
+		{"empty --partition-key", nil, []string{"dlq", "replay", "--queue", queue, "--partition-key", ""}, "--partition-key is empty"},
+		{"empty --type", nil, []string{"dlq", "purge", "--queue", queue, "--yes", "--type="}, "--type is empty"},
+		{"--yes from the environment", map[string]string{"HOOKBRIDGE_YES": "true"}, []string{"dlq", "purge", "--queue", queue}, "--yes"},
+		{"mistyped queue path", nil, []string{"dlq", "list", "--queue", missing}, "no queue file"},
+		{"mistyped subcommand", nil, []string{"dlq", "repaly", "--queue", queue}, `unknown command "repaly"`},
+		{"mistyped command", nil, []string{"ingres"}, `unknown command "ingres"`},
+	} {
+		_, stderr, err := runCLI(t, tc.environ, tc.args...)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error()+stderr, tc.want) {
+			t.Errorf("%s: %v (stderr %q), want a usage error mentioning %q", tc.name, err, stderr, tc.want)
+		}
+	}
+	out, _, err := runCLI(t, nil, "dlq", "list", "--queue", queue, "--json")
+	if err != nil || strings.Count(out, `"sequence_number"`) != 3 {
+		t.Errorf("after the refused commands: %v\n%s\nwant the 3 dead letters still there", err, out)
+	}
+	if _, err := os.Stat(strings.TrimPrefix(missing, "sqlite:")); !os.IsNotExist(err) {
+		t.Errorf("the mistyped queue path was created: %v", err)
+	}
+}
+
 func TestDLQCommands(t *testing.T) {
 	t.Parallel()
 	queue := seedDeadLetters(t)
