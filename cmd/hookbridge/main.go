@@ -177,7 +177,7 @@ func secret(getenv env, name string) (string, error) {
 	case v != "" && path != "":
 		return "", usageError{fmt.Errorf("both %s and %s_FILE are set; set one", name, name)}
 	case path != "":
-		b, err := os.ReadFile(path)
+		b, err := readSecretFile(path)
 		if err != nil {
 			return "", fmt.Errorf("read %s_FILE: %w", name, err)
 		}
@@ -247,4 +247,26 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	default:
 		return nil, usageError{fmt.Errorf("--log-format %q: use text or json", l.format)}
 	}
+}
+
+// maxSecretFile bounds a secret file: keys and tokens are short, and a
+// variable pointing at the wrong file (a log, /dev/zero) must not fill the
+// memory.
+const maxSecretFile = 1 << 20
+
+// readSecretFile reads a secret file of at most maxSecretFile bytes.
+func readSecretFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSecretFile {
+		return nil, usageError{fmt.Errorf("%s is larger than %d bytes, too large for a file of keys or tokens; is it the right file?", path, maxSecretFile)}
+	}
+	return b, nil
 }

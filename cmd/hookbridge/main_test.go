@@ -210,6 +210,12 @@ func TestSecretFromFile(t *testing.T) {
 	if _, err := secret(func(string) string { return "v" }, "X"); err == nil {
 		t.Error("both X and X_FILE accepted")
 	}
+	// A variable naming the wrong file is refused, not read whole.
+	_, err = secret(func(k string) string { return map[string]string{"X_FILE": "/dev/zero"}[k] }, "X")
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "is it the right file") {
+		t.Errorf("secret from /dev/zero: %v, want a usage error", err)
+	}
 }
 
 // process is a child process (the hookbridge binary, or this test binary

@@ -16,7 +16,10 @@
 // _CLIENT_KEY, _CLIENT_CERTIFICATE, _COMPRESSION, _TIMEOUT and their
 // _TRACES_ forms) are read by the SDK itself from the process environment,
 // as it documents; headers often carry credentials, and they never pass
-// through hookbridge's code or logs.
+// through hookbridge's logs. FromEnv checks only the headers' format (the
+// SDK would log a malformed pair whole) and the batch queue's sizes (the
+// SDK allocates the queue at start), refusing a bad value without showing
+// a header's text.
 //
 // Off, nothing is built: the instrumented packages (ingress, relay,
 // consumer) take a nil trace.TracerProvider as "off" and pay one nil check

@@ -112,7 +112,16 @@ const (
 	EnvServiceName        = "OTEL_SERVICE_NAME"
 	EnvResourceAttributes = "OTEL_RESOURCE_ATTRIBUTES"
 	EnvBatchDelay         = "OTEL_BSP_SCHEDULE_DELAY"
+	EnvHeaders            = "OTEL_EXPORTER_OTLP_HEADERS"
+	EnvTracesHeaders      = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+	EnvBatchQueueSize     = "OTEL_BSP_MAX_QUEUE_SIZE"
+	EnvBatchExportSize    = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
 )
+
+// maxBatchQueue bounds OTEL_BSP_MAX_QUEUE_SIZE and
+// OTEL_BSP_MAX_EXPORT_BATCH_SIZE: the SDK allocates the queue whole at
+// start, so an absurd value would exhaust memory.
+const maxBatchQueue = 1 << 20
 
 // FromEnv reads the standard OpenTelemetry environment through getenv, with
 // flagEndpoint (the --trace-endpoint flag, "" when unset) taking the place
@@ -202,6 +211,18 @@ func FromEnv(getenv func(string) string, flagEndpoint, service string) (cfg Conf
 	if name := get(EnvServiceName); name != "" {
 		cfg.ServiceName = name
 	}
+	for _, k := range []string{EnvHeaders, EnvTracesHeaders} {
+		if err := checkHeaders(k, getenv(k)); err != nil {
+			return Config{}, false, err
+		}
+	}
+	for _, k := range []string{EnvBatchQueueSize, EnvBatchExportSize} {
+		if v := get(k); v != "" {
+			if n, err := strconv.Atoi(v); err != nil || n < 1 || n > maxBatchQueue {
+				return Config{}, false, fmt.Errorf("%s=%q: use a whole number from 1 to %d", k, v, maxBatchQueue)
+			}
+		}
+	}
 	if d := get(EnvBatchDelay); d != "" {
 		ms, err := strconv.Atoi(d)
 		if err != nil || ms < 0 {
@@ -210,6 +231,27 @@ func FromEnv(getenv func(string) string, flagEndpoint, service string) (cfg Conf
 		cfg.BatchTimeout = time.Duration(ms) * time.Millisecond
 	}
 	return cfg, true, nil
+}
+
+// checkHeaders checks the format of an OTLP headers variable, which the SDK
+// reads itself: comma-separated key=value pairs, values percent-encoded.
+// The SDK drops a malformed pair and logs it whole, and headers carry
+// credentials; so a malformed one is refused here, naming its position and
+// never its text.
+func checkHeaders(name, raw string) error {
+	if strings.TrimSpace(raw) == "" {
+		return nil
+	}
+	for i, pair := range strings.Split(raw, ",") {
+		key, value, ok := strings.Cut(pair, "=")
+		if !ok || strings.TrimSpace(key) == "" {
+			return fmt.Errorf("%s: entry %d is not key=value (its text is not shown: headers carry credentials); write e.g. Authorization=Bearer%%20<token>", name, i+1)
+		}
+		if _, err := url.QueryUnescape(strings.TrimSpace(value)); err != nil {
+			return fmt.Errorf("%s: the value of entry %d (%s) is not valid percent-encoding; encode %%, spaces and commas in it", name, i+1, strings.TrimSpace(key))
+		}
+	}
+	return nil
 }
 
 // joinPath appends p to the path of the URL raw (checked by checkURL).

@@ -110,6 +110,11 @@ func TestFromEnvRefusesWhatItCannotHonour(t *testing.T) {
 		{"resource attribute without =", with("OTEL_RESOURCE_ATTRIBUTES", "a=1,broken"), "", "OTEL_RESOURCE_ATTRIBUTES"},
 		{"resource attribute badly encoded", with("OTEL_RESOURCE_ATTRIBUTES", "a=%zz"), "", "OTEL_RESOURCE_ATTRIBUTES"},
 		{"batch delay not a number", with("OTEL_BSP_SCHEDULE_DELAY", "5s"), "", "OTEL_BSP_SCHEDULE_DELAY"},
+		{"header without =", with("OTEL_EXPORTER_OTLP_HEADERS", "api-key=ok,Authorization Bearer s3cr3tT0ken"), "", "OTEL_EXPORTER_OTLP_HEADERS: entry 2"},
+		{"header badly encoded", with("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Authorization=Bearer%ZZs3cr3t"), "", "OTEL_EXPORTER_OTLP_TRACES_HEADERS: the value of entry 1 (Authorization)"},
+		{"valid headers", with("OTEL_EXPORTER_OTLP_HEADERS", "api-key=ok, Authorization=Bearer%20t0k"), "", ""},
+		{"absurd batch queue", with("OTEL_BSP_MAX_QUEUE_SIZE", "99999999999"), "", "OTEL_BSP_MAX_QUEUE_SIZE"},
+		{"batch size not a number", with("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "lots"), "", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,6 +128,9 @@ func TestFromEnvRefusesWhatItCannotHonour(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want it to name %s", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "s3cr3t") {
+				t.Errorf("the error shows a header's secret: %v", err)
 			}
 		})
 	}
