@@ -99,8 +99,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 		walFull: make(chan struct{}, 1),
 	}
 	q.ops.q, q.ops.arrived = q, make(chan struct{}, 1)
+	_, statErr := os.Stat(path + "-notify")
 	if err := q.open(ctx); err != nil {
 		q.closeFiles()
+		if os.IsNotExist(statErr) {
+			os.Remove(path + "-notify") // a refused path keeps nothing of ours
+		}
 		return nil, fmt.Errorf("open sqlite queue %s: %w", path, err)
 	}
 	return q, nil
@@ -123,6 +127,9 @@ func (q *Queue) open(ctx context.Context) error {
 			return err
 		}
 		if c == &q.send {
+			if err := checkOwnFile(ctx, q.send); err != nil {
+				return err
+			}
 			// WAL mode is persistent: set once, every later connection
 			// uses it.
 			if err := enableWAL(ctx, q.send, q.cfg.BusyTimeout); err != nil {

@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -67,6 +69,36 @@ CREATE TABLE IF NOT EXISTS probe (
 	pad BLOB
 );
 `
+
+// checkOwnFile refuses a SQLite database that holds tables but is not a
+// hookbridge queue (of this version, with its meta table, or of version 1),
+// before anything changes it: a --queue path naming another application's
+// database must not gain tables or switch to WAL.
+func checkOwnFile(ctx context.Context, c *conn) error {
+	rows, err := c.c.QueryContext(ctx, `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+	if err != nil {
+		return explain(err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return explain(err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		return explain(err)
+	}
+	if len(names) == 0 || slices.Contains(names, "meta") || slices.Contains(names, "messages") && slices.Contains(names, "deadletters") {
+		return nil
+	}
+	if len(names) > 5 {
+		names = append(names[:5], "…")
+	}
+	return fmt.Errorf("the file is a SQLite database but not a hookbridge queue (its tables: %s); it was left unchanged: give the path of the queue's file, or a new one", strings.Join(names, ", "))
+}
 
 // createSchema creates the tables and upgrades files written by earlier
 // versions. It runs in a write transaction, so processes opening a new file

@@ -666,3 +666,38 @@ func TestDeadlineDuringCommitLeavesQueueUsable(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenRefusesAnotherApplicationsDatabase: a path naming a SQLite
+// database that is not a hookbridge queue is refused, and the database is
+// left as it was: no tables added, its journal mode unchanged.
+func TestOpenRefusesAnotherApplicationsDatabase(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "app.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}, nil); err == nil || !strings.Contains(err.Error(), "not a hookbridge queue (its tables: users)") {
+		t.Fatalf("Open of another application's database: %v, want a refusal naming its tables", err)
+	}
+	db, err = sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var tables int
+	var mode string
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table'`).Scan(&tables); err != nil || tables != 1 {
+		t.Errorf("tables after the refusal: %d (%v), want the 1 it had", tables, err)
+	}
+	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "delete" {
+		t.Errorf("journal mode after the refusal: %q (%v), want delete, as it was", mode, err)
+	}
+	if _, err := os.Stat(path + "-notify"); !os.IsNotExist(err) {
+		t.Errorf("the refused path got a notification file beside it: %v", err)
+	}
+}
