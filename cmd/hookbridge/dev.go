@@ -59,6 +59,12 @@ delivered in order (non-zero otherwise).`,
 			if err != nil {
 				return err
 			}
+			if err := f.check(vs); err != nil {
+				return err
+			}
+			if err := w.config().Validate(); err != nil {
+				return usageError{err}
+			}
 			ctx, stop := context.WithCancel(cmd.Context())
 			defer stop()
 			q, err := common.openQueue(ctx, getenv, h, w.concurrency)

@@ -186,6 +186,9 @@ same variables with _FILE appended.`,
 			if err != nil {
 				return err
 			}
+			if err := f.check(vs); err != nil {
+				return err
+			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, 0)
 			if err != nil {
 				return err
@@ -213,6 +216,68 @@ same variables with _FILE appended.`,
 	return cmd
 }
 
+// config is the ingress's configuration from its flags and verifiers,
+// without the parts a running host supplies (publisher, logger, metrics,
+// tracing).
+func (f *ingressFlags) config(vs *verifiers) (ingress.Config, error) {
+	var proxies []netip.Prefix
+	for _, p := range f.trustedProxies {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			addr, aerr := netip.ParseAddr(p)
+			if aerr != nil {
+				return ingress.Config{}, usageError{fmt.Errorf("--trusted-proxies %q: not a CIDR or an IP address", p)}
+			}
+			prefix = netip.PrefixFrom(addr, addr.BitLen())
+		}
+		proxies = append(proxies, prefix)
+	}
+	defence, err := ingress.ParseReplayDefence(f.replayDefence)
+	if err != nil {
+		return ingress.Config{}, usageError{fmt.Errorf("--acs-replay-defence: %w", err)}
+	}
+	return ingress.Config{
+		ACSVerifiers:                 vs.acs,
+		EventGridVerifiers:           vs.eventGrid,
+		ReplayCacheSize:              f.replayCacheSize,
+		ReplayDefence:                defence,
+		EventGridAllowedOrigins:      f.allowedOrigins,
+		EventGridAllowedRate:         f.allowedRate,
+		RateLimit:                    f.rateLimit,
+		RateBurst:                    f.rateBurst,
+		TrustedProxies:               proxies,
+		InsecureAllowUnauthenticated: f.insecure,
+		MaxBodyBytes:                 f.maxBody,
+		MaxBodyBytesInFlight:         max(f.bodiesInFlight, f.maxBody),
+		MaxConcurrentRequests:        f.maxConcurrent,
+		EnqueueTimeout:               f.enqueueTimeout,
+		DrainDelay:                   f.drainDelay,
+		ShutdownTimeout:              f.shutdownTimeout,
+	}, nil
+}
+
+// check refuses flags the ingress cannot honour before anything is opened
+// or created (the queue file, the spool).
+func (f *ingressFlags) check(vs *verifiers) error {
+	cfg, err := f.config(vs)
+	if err != nil {
+		return err
+	}
+	cfg.Publisher = noPublisher{}
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	if err := (relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout}).Validate(); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
+
+// noPublisher stands in for the queue while flags are checked.
+type noPublisher struct{}
+
+func (noPublisher) Publish(context.Context, []relay.Message) error { return relay.ErrClosed }
+
 // runningIngress is the public listener and its group commit, as a host
 // part.
 type runningIngress struct {
@@ -228,21 +293,9 @@ func (r *runningIngress) addr() string { return r.l.Addr().String() }
 // server, and readiness. The listener is bound at once; it serves once h
 // runs, and drains before the admin listener closes.
 func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags, q queue, vs *verifiers) (*runningIngress, error) {
-	var proxies []netip.Prefix
-	for _, p := range f.trustedProxies {
-		prefix, err := netip.ParsePrefix(p)
-		if err != nil {
-			addr, aerr := netip.ParseAddr(p)
-			if aerr != nil {
-				return nil, usageError{fmt.Errorf("--trusted-proxies %q: not a CIDR or an IP address", p)}
-			}
-			prefix = netip.PrefixFrom(addr, addr.BitLen())
-		}
-		proxies = append(proxies, prefix)
-	}
-	defence, err := ingress.ParseReplayDefence(f.replayDefence)
+	cfg, err := f.config(vs)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--acs-replay-defence: %w", err)}
+		return nil, err
 	}
 	sender, err := sf.add(ctx, h, q)
 	if err != nil {
@@ -260,30 +313,10 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	// before the loops run, and closes it before the queue.
 	h.loop(b.Run)
 	h.closer(func() error { b.Close(); return nil })
-	srv, err := ingress.New(ingress.Config{
-		Publisher:                    b,
-		ACSVerifiers:                 vs.acs,
-		EventGridVerifiers:           vs.eventGrid,
-		ReplayCacheSize:              f.replayCacheSize,
-		ReplayDefence:                defence,
-		EventGridAllowedOrigins:      f.allowedOrigins,
-		EventGridAllowedRate:         f.allowedRate,
-		RateLimit:                    f.rateLimit,
-		RateBurst:                    f.rateBurst,
-		TrustedProxies:               proxies,
-		InsecureAllowUnauthenticated: f.insecure,
-		MaxBodyBytes:                 f.maxBody,
-		MaxBodyBytesInFlight:         max(f.bodiesInFlight, f.maxBody),
-		MaxConcurrentRequests:        f.maxConcurrent,
-		EnqueueTimeout:               f.enqueueTimeout,
-		DrainDelay:                   f.drainDelay,
-		ShutdownTimeout:              f.shutdownTimeout,
-		Logger:                       h.log,
-		Registerer:                   h.reg,
-		TracerProvider:               h.tp,
-		TraceQueue:                   queueName,
-		TraceQueueAttributes:         queueAttrs,
-	})
+	cfg.Publisher = b
+	cfg.Logger, cfg.Registerer, cfg.TracerProvider = h.log, h.reg, h.tp
+	cfg.TraceQueue, cfg.TraceQueueAttributes = queueName, queueAttrs
+	srv, err := ingress.New(cfg)
 	if err != nil {
 		return nil, usageError{err}
 	}

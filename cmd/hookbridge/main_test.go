@@ -468,6 +468,30 @@ func seedDeadLetters(t *testing.T) string {
 	return "sqlite:" + path
 }
 
+// TestRefusedStartCreatesNothing: a start refused for its flags leaves no
+// queue file (nor a notification file) behind.
+func TestRefusedStartCreatesNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	queue := "sqlite:" + filepath.Join(dir, "new.db")
+	for _, args := range [][]string{
+		{"ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", ""},
+		{"ingress", "--queue", queue, "--insecure-allow-unauthenticated", "--acs-replay-defence", "maybe"},
+		{"ingress", "--queue", queue, "--insecure-allow-unauthenticated", "--max-body-bytes", "-1"},
+		{"worker", "--queue", queue, "--deliver", "stdout", "--min-backoff", "5m", "--max-backoff", "1m"},
+		{"dev", "--queue", queue, "--max-body-bytes", "-1"},
+	} {
+		_, _, err := runCLI(t, nil, args...)
+		var ue usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Fatalf("%v left %d files behind, the first %s", args, len(entries), entries[0].Name())
+		}
+	}
+}
+
 // TestDLQRefusesWhatWouldActOnEverything: an empty filter (a script's
 // unset variable), a confirmation from the environment, a mistyped queue
 // path and a mistyped subcommand are usage errors that change nothing.

@@ -162,6 +162,11 @@ exits once everything it held is settled.`,
 			if err != nil {
 				return err
 			}
+			// Checked before the queue is opened, so a refused start
+			// creates nothing.
+			if err := f.config().Validate(); err != nil {
+				return usageError{err}
+			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, f.concurrency)
 			if err != nil {
 				return err
