@@ -41,6 +41,9 @@ any of the keys (so a retired key keeps verifying until you remove it).`,
 			if ttl <= 0 {
 				return usageError{fmt.Errorf("--ttl %s: must be positive", ttl)}
 			}
+			if ttl < time.Minute {
+				return usageError{fmt.Errorf("--ttl %s: the URL would expire before a call's callbacks arrive; use at least 1m, longer than your longest call", ttl)}
+			}
 			u, err := ingress.SignCallbackURL(base, keys[0], time.Now().Add(ttl))
 			if err != nil {
 				return usageError{err}

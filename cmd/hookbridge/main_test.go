@@ -406,6 +406,7 @@ func TestCallbackURLCommand(t *testing.T) {
 		{map[string]string{envCallbackSigning: keys}, []string{"callback-url"}, "--base is required"},
 		{map[string]string{envCallbackSigning: keys}, []string{"callback-url", "--base", "ftp://h/x"}, "absolute http(s) URL"},
 		{map[string]string{envCallbackSigning: keys}, []string{"callback-url", "--base", "https://h/x", "--ttl", "-1h"}, "must be positive"},
+		{map[string]string{envCallbackSigning: keys}, []string{"callback-url", "--base", "https://h/x", "--ttl", "1ns"}, "use at least 1m"},
 	} {
 		if _, _, err := runCLI(t, tt.env, tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v %v: err = %v, want %q", tt.env, tt.args, err, tt.want)
