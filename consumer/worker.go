@@ -447,19 +447,13 @@ func cause(d delivery) string {
 // abandon (Service Bus) holds the message for the delay; that hold ends when
 // Run's ctx ends, so a backing-off message cannot keep a stopping worker (and
 // its process) waiting, and the message is given back at once instead.
+// Every Source abandons whether or not ctx ended (see Source.Abandon), so
+// ending it can only cut a hold short.
 func (w *Worker) abandon(runCtx, sctx context.Context, m *relay.Received, delay time.Duration) error {
-	if delay <= 0 {
-		return w.src.Abandon(sctx, m, 0)
-	}
-	hctx, cancel := context.WithCancel(sctx)
+	ctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	defer context.AfterFunc(runCtx, cancel)()
-	err := w.src.Abandon(hctx, m, delay)
-	if err != nil && hctx.Err() != nil && sctx.Err() == nil && !errors.Is(err, relay.ErrLockLost) {
-		// The shutdown cut it short before the queue took it.
-		return w.src.Abandon(sctx, m, 0)
-	}
-	return err
+	return w.src.Abandon(ctx, m, delay)
 }
 
 // againOrDeadLettered says what the queue does with m once its lock is

@@ -47,10 +47,14 @@ func (f *filterFlags) filter(now time.Time) (consumer.DeadLetterFilter, error) {
 	out := consumer.DeadLetterFilter{IDs: f.ids, Type: f.typ, Reason: f.reason, PartitionKey: f.partitionKey, Limit: f.limit}
 	// A filter given empty (--id "$ID" with ID unset) would select every
 	// dead-lettered message: for purge, delete them all.
-	for name, empty := range map[string]bool{
-		"id": len(f.ids) == 0 || slices.Contains(f.ids, ""), "type": f.typ == "", "reason": f.reason == "", "partition-key": f.partitionKey == "",
+	for _, flag := range []struct {
+		name  string
+		empty bool
+	}{
+		{"id", len(f.ids) == 0 || slices.Contains(f.ids, "")}, {"type", f.typ == ""},
+		{"reason", f.reason == ""}, {"partition-key", f.partitionKey == ""},
 	} {
-		if empty && f.fs != nil && f.fs.Changed(name) {
+		if name := flag.name; flag.empty && f.fs != nil && f.fs.Changed(name) {
 			return out, usageError{fmt.Errorf("--%s is empty, which would select every dead-lettered message; give a value, or leave --%s out to mean all", name, name)}
 		}
 	}

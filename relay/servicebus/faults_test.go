@@ -10,6 +10,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sbemu"
+	"github.com/hookbridge/hookbridge/internal/testrun"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/servicebus"
@@ -154,16 +155,7 @@ func TestLockLostMidDelivery(t *testing.T) {
 		close(delivered)
 		return nil
 	}), consumer.Config{})
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	defer func() {
-		cancel()
-		<-stopped // the worker settles before the queue and emulator close
-	}()
-	go func() {
-		defer close(stopped)
-		w.Run(ctx)
-	}()
+	testrun.Start(t, w.Run) // stopped, and waited for, before the queue and emulator close
 	select {
 	case <-delivered:
 	case <-time.After(30 * time.Second):
