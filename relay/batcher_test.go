@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -427,37 +428,37 @@ func TestBatcherCloseDrains(t *testing.T) {
 	b.Close() // a second Close is harmless
 }
 
-// With a linger, a lone request waits for company; without one it is
-// committed at once.
+// A commit lingers for more requests only while they come fast enough for
+// the wait to gather several; at a slower rate each commits at once. (In a
+// synctest bubble: time is the bubble's.)
 func TestBatcherLinger(t *testing.T) {
-	s := newGateSender(true)
-	b := newTestBatcher(t, s, BatchConfig{Linger: time.Second}, nil)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := b.Publish(context.Background(), msgs("x", 1)); err != nil {
-			t.Errorf("publish: %v", err)
+	synctest.Test(t, func(t *testing.T) {
+		s := newGateSender(true)
+		b := newTestBatcher(t, s, BatchConfig{Linger: 10 * time.Millisecond}, nil)
+		var wg sync.WaitGroup
+		for i := range 50 {
+			wg.Go(func() {
+				if err := b.Publish(context.Background(), msgs(fmt.Sprint("fast", i), 1)); err != nil {
+					t.Error(err)
+				}
+			})
+			time.Sleep(time.Millisecond)
+		}
+		wg.Wait()
+		if n := len(s.committed()); n > 15 {
+			t.Fatalf("50 requests 1ms apart took %d commits; a 10ms linger should gather about 10 a commit", n)
+		}
+		for i := range 5 {
+			time.Sleep(100 * time.Millisecond)
+			start := time.Now()
+			if err := b.Publish(context.Background(), msgs(fmt.Sprint("slow", i), 1)); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d != 0 {
+				t.Fatalf("request %d, 100ms after the one before, waited %s; it should be committed at once", i, d)
+			}
 		}
 	})
-	time.Sleep(10 * time.Millisecond)
-	wg.Go(func() {
-		if err := b.Publish(context.Background(), msgs("y", 1)); err != nil {
-			t.Errorf("publish: %v", err)
-		}
-	})
-	wg.Wait()
-	if got := s.committed(); len(got) != 1 || len(got[0]) != 2 {
-		t.Fatalf("commits %v, want one commit holding both requests", got)
-	}
-
-	s2 := newGateSender(true)
-	b2 := newTestBatcher(t, s2, BatchConfig{}, nil)
-	start := time.Now()
-	if err := b2.Publish(context.Background(), msgs("z", 1)); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("a lone request without linger took %s", d)
-	}
 }
 
 func TestBatchConfigValidate(t *testing.T) {

@@ -59,7 +59,7 @@ func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string, default
 	fs.DurationVar(&f.enqueueTimeout, "enqueue-timeout", ingress.DefaultEnqueueTimeout, "how long a request waits for the queue before it gets 503")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may finish")
 	fs.IntVar(&f.batchMax, "batch-max-messages", 512, "most events in one group commit")
-	fs.DurationVar(&f.batchLinger, "batch-linger", 0, "how long a group commit waits for more requests (0: commit as soon as the queue is free)")
+	fs.DurationVar(&f.batchLinger, "batch-linger", 2*time.Millisecond, "how long a group commit waits for more requests while they arrive fast enough to gather several (0: commit as soon as the queue is free)")
 	fs.StringSliceVar(&f.allowedOrigins, "eventgrid-allowed-origins", []string{ingress.DefaultEventGridOrigin}, "origins the CloudEvents abuse-protection handshake (OPTIONS /eventgrid) consents to; * for any")
 	fs.StringVar(&f.allowedRate, "eventgrid-allowed-rate", "*", "WebHook-Allowed-Rate answered to that handshake: requests per minute, or *")
 	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "requests per second allowed per client IP (0: no per-client limit); excess get 429")
