@@ -22,6 +22,7 @@ import (
 )
 
 func main() {
+	tuneGC(os.LookupEnv)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
 	// ends the process at once, by the signal's default action. The channel
