@@ -133,7 +133,7 @@ func benchACS(b *testing.B, fn func(b *testing.B, toks []string, h http.Handler)
 		}
 		defer q.Close()
 		reg := prometheus.NewRegistry()
-		batcher, err := relay.NewBatcher(relay.TraceCommits(q, tp, "q.db"), relay.BatchConfig{MaxInFlight: 2}, relay.NewMetrics(reg))
+		batcher, err := relay.NewBatcher(relay.TraceCommits(q, tp, "q.db"), relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger}, relay.NewMetrics(reg))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -257,3 +257,7 @@ func BenchmarkEventGridReusedToken(b *testing.B) {
 		})
 	}
 }
+
+// benchLinger is the group commit's linger as `hookbridge ingress` runs it
+// by default (--batch-linger).
+const benchLinger = 2 * time.Millisecond
