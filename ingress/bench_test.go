@@ -225,7 +225,8 @@ func BenchmarkEventGridReusedToken(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer q.Close()
-			batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2}, nil)
+			reg := prometheus.NewRegistry()
+			batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger}, relay.NewMetrics(reg))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -254,6 +255,8 @@ func BenchmarkEventGridReusedToken(b *testing.B) {
 					}
 				}
 			})
+			b.StopTimer()
+			reportCommits(b, reg)
 		})
 	}
 }
