@@ -62,6 +62,9 @@ delivered in order (non-zero otherwise).`,
 			if err := f.check(vs); err != nil {
 				return err
 			}
+			if err := sf.check(cmd.Flags()); err != nil {
+				return err
+			}
 			if err := w.config().Validate(); err != nil {
 				return usageError{err}
 			}

@@ -54,21 +54,23 @@ const defaultDrainDelay = 5 * time.Second
 
 func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string, defaultDrain time.Duration) {
 	fs.StringVar(&f.listen, "listen", defaultListen, "public listener address (the only port to expose)")
-	fs.Int64Var(&f.maxBody, "max-body-bytes", ingress.DefaultMaxBodyBytes, "largest request body accepted; larger get 413")
-	fs.IntVar(&f.maxConcurrent, "max-concurrent-requests", ingress.DefaultMaxConcurrentRequests, "requests in progress at once; more wait for a slot up to --enqueue-timeout, then get 503")
-	fs.DurationVar(&f.enqueueTimeout, "enqueue-timeout", ingress.DefaultEnqueueTimeout, "how long a request waits for the queue before it gets 503")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may finish")
-	fs.IntVar(&f.batchMax, "batch-max-messages", 512, "most events in one group commit")
-	fs.DurationVar(&f.batchLinger, "batch-linger", 2*time.Millisecond, "how long a group commit waits for more requests while they arrive fast enough to gather several (0: commit as soon as the queue is free)")
+	f.maxBody, f.maxConcurrent, f.batchMax, f.bodiesInFlight = ingress.DefaultMaxBodyBytes, ingress.DefaultMaxConcurrentRequests, 512, ingress.DefaultMaxBodyBytesInFlight
+	f.enqueueTimeout, f.shutdownTimeout, f.batchLinger, f.drainDelay = ingress.DefaultEnqueueTimeout, ingress.DefaultShutdownTimeout, 2*time.Millisecond, defaultDrain
+	fs.Var(&bounded[int64]{p: &f.maxBody, min: 1, max: ingress.MaxBodyBytesLimit}, "max-body-bytes", "largest request body accepted; larger get 413")
+	fs.Var(&bounded[int]{p: &f.maxConcurrent, min: 1, max: 1 << 20}, "max-concurrent-requests", "requests in progress at once; more wait for a slot up to --enqueue-timeout, then get 503")
+	fs.Var(positiveDuration{&f.enqueueTimeout}, "enqueue-timeout", "how long a request waits for the queue before it gets 503")
+	fs.Var(positiveDuration{&f.shutdownTimeout}, "shutdown-timeout", "on SIGTERM, how long requests in progress may finish")
+	fs.Var(&bounded[int]{p: &f.batchMax, min: 1, max: 1 << 16}, "batch-max-messages", "most events in one group commit")
+	fs.Var(boundedDuration{&f.batchLinger, 0, time.Second}, "batch-linger", "how long a group commit waits for more requests while they arrive fast enough to gather several (0: commit as soon as the queue is free)")
 	fs.StringSliceVar(&f.allowedOrigins, "eventgrid-allowed-origins", []string{ingress.DefaultEventGridOrigin}, "origins the CloudEvents abuse-protection handshake (OPTIONS /eventgrid) consents to; * for any")
 	fs.StringVar(&f.allowedRate, "eventgrid-allowed-rate", "*", "WebHook-Allowed-Rate answered to that handshake: requests per minute, or *")
 	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "requests per second allowed per client IP (0: no per-client limit); excess get 429")
-	fs.IntVar(&f.rateBurst, "rate-burst", 0, "burst allowed above --rate-limit (default: one second's worth)")
+	fs.Var(&bounded[int]{p: &f.rateBurst, min: 0, max: 1 << 30}, "rate-burst", "burst allowed above --rate-limit (default: one second's worth)")
 	fs.StringSliceVar(&f.trustedProxies, "trusted-proxies", nil, "CIDRs of reverse proxies whose X-Forwarded-For names the client (for --rate-limit and logs)")
 	fs.IntVar(&f.replayCacheSize, "replay-cache-size", ingress.DefaultReplayCacheSize, "Call Automation tokens remembered with the body they delivered, until they expire (negative: replay defence off)")
 	fs.StringVar(&f.replayDefence, "acs-replay-defence", string(ingress.ReplayAuto), "a Call Automation token reused with another body: auto refuses it only if the token has a jti (else accepts and logs it), strict always refuses, off does not check")
-	fs.DurationVar(&f.drainDelay, "drain-delay", defaultDrain, "on SIGTERM, how long the listener keeps serving with readiness failing, before it stops accepting")
-	fs.Int64Var(&f.bodiesInFlight, "max-body-bytes-in-flight", ingress.DefaultMaxBodyBytesInFlight, "request bodies being parsed and committed at once, in bytes (at least --max-body-bytes); more wait, then get 503")
+	fs.Var(boundedDuration{&f.drainDelay, 0, 10 * time.Minute}, "drain-delay", "on SIGTERM, how long the listener keeps serving with readiness failing, before it stops accepting")
+	fs.Var(&bounded[int64]{p: &f.bodiesInFlight, min: 1, max: 1 << 40}, "max-body-bytes-in-flight", "request bodies being parsed and committed at once, in bytes (at least --max-body-bytes); more wait, then get 503")
 }
 
 // verifierFlags are the settings of the JWT verifiers.
@@ -189,6 +191,9 @@ same variables with _FILE appended.`,
 			if err := f.check(vs); err != nil {
 				return err
 			}
+			if err := sf.check(cmd.Flags()); err != nil {
+				return err
+			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, 0)
 			if err != nil {
 				return err
@@ -259,6 +264,9 @@ func (f *ingressFlags) config(vs *verifiers) (ingress.Config, error) {
 // check refuses flags the ingress cannot honour before anything is opened
 // or created (the queue file, the spool).
 func (f *ingressFlags) check(vs *verifiers) error {
+	if f.rateLimit < 0 {
+		return usageError{fmt.Errorf("--rate-limit %g: must not be negative (0: no per-client limit)", f.rateLimit)}
+	}
 	cfg, err := f.config(vs)
 	if err != nil {
 		return err

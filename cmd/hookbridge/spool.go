@@ -32,8 +32,23 @@ type spoolFlags struct {
 
 func (f *spoolFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.url, "spool", "", "local spool for a Service Bus --queue, sqlite:<path>[?options] on a persistent volume: when Service Bus fails or is slow, events are committed there and answered 200, then forwarded in each call's order")
-	fs.DurationVar(&f.after, "spool-after", spool.DefaultAfter, "with --spool: how long a send to Service Bus may take before its events go to the spool instead (healthy sends take milliseconds; the SDK's first retries of a brief blip fit in 1s)")
-	fs.Int64Var(&f.maxMessages, "spool-max-messages", spool.DefaultMaxMessages, "with --spool: the most events the spool holds (a few KB of disk each); past it requests get 503")
+	f.after, f.maxMessages = spool.DefaultAfter, spool.DefaultMaxMessages
+	fs.Var(boundedDuration{&f.after, time.Millisecond, time.Minute}, "spool-after", "with --spool: how long a send to Service Bus may take before its events go to the spool instead (healthy sends take milliseconds; the SDK's first retries of a brief blip fit in 1s)")
+	fs.Var(&bounded[int64]{p: &f.maxMessages, min: 1, max: 1 << 40}, "spool-max-messages", "with --spool: the most events the spool holds (a few KB of disk each); past it requests get 503")
+}
+
+// check refuses spool settings given without --spool, where they would do
+// nothing.
+func (f *spoolFlags) check(fs *pflag.FlagSet) error {
+	if f.url != "" {
+		return nil
+	}
+	for _, name := range []string{"spool-after", "spool-max-messages"} {
+		if fs.Changed(name) {
+			return usageError{fmt.Errorf("--%s is a setting of the spool, and there is no --spool: add --spool sqlite:<path> (for a Service Bus --queue), or leave --%s out", name, name)}
+		}
+	}
+	return nil
 }
 
 // enabled reports whether --spool is set.

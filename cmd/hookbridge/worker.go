@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -34,63 +33,12 @@ const maxConcurrency = 1024
 func (f *workerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.deliver, "deliver", "stdout", "where events go: stdout (one JSON line each) or an http(s):// URL to POST them to")
 	f.concurrency = consumer.DefaultConcurrency
-	fs.Var(&boundedInt{p: &f.concurrency, min: 1, max: maxConcurrency}, "concurrency", "deliveries in flight at once, across calls (a call's events always go one at a time), 1 to 1024")
+	fs.Var(&bounded[int]{p: &f.concurrency, min: 1, max: maxConcurrency}, "concurrency", "deliveries in flight at once, across calls (a call's events always go one at a time), 1 to 1024")
 	f.deliveryTimeout, f.minBackoff, f.maxBackoff = consumer.DefaultDeliveryTimeout, consumer.DefaultMinBackoff, consumer.DefaultMaxBackoff
 	fs.Var(positiveDuration{&f.deliveryTimeout}, "delivery-timeout", "how long one delivery may take; a slower one is retried, so keep it above the backend's slowest answer")
 	fs.Var(positiveDuration{&f.minBackoff}, "min-backoff", "wait before the first retry of a failed delivery (doubles per attempt, with jitter)")
 	fs.Var(positiveDuration{&f.maxBackoff}, "max-backoff", "longest wait between retries")
 }
-
-// boundedInt is an int flag limited to [min, max].
-type boundedInt struct {
-	p        *int
-	min, max int
-}
-
-func (b *boundedInt) String() string {
-	if b.p == nil {
-		return "0"
-	}
-	return strconv.Itoa(*b.p)
-}
-
-func (b *boundedInt) Set(s string) error {
-	v, err := strconv.Atoi(s)
-	if err != nil {
-		return fmt.Errorf("not a whole number")
-	}
-	if v < b.min || v > b.max {
-		return fmt.Errorf("must be between %d and %d", b.min, b.max)
-	}
-	*b.p = v
-	return nil
-}
-
-func (b *boundedInt) Type() string { return "int" }
-
-// positiveDuration is a duration flag that must be above zero.
-type positiveDuration struct{ p *time.Duration }
-
-func (d positiveDuration) String() string {
-	if d.p == nil {
-		return "0s"
-	}
-	return d.p.String()
-}
-
-func (d positiveDuration) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("not a duration; use e.g. 30s or 2m")
-	}
-	if v <= 0 {
-		return fmt.Errorf("must be positive, e.g. 30s")
-	}
-	*d.p = v
-	return nil
-}
-
-func (d positiveDuration) Type() string { return "duration" }
 
 // target builds the delivery handler named by --deliver, traced with h's
 // tracer provider.

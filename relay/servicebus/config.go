@@ -139,6 +139,12 @@ func ParseURL(raw, connectionString string) (Config, error) {
 		default:
 			return Config{}, fmt.Errorf("queue URL %q: unknown option %q; known: sessions, max_sessions, session_idle, lock, max_delivery", raw, name)
 		}
+		if err == nil && (name == "lock" && cfg.LockDuration == 0 || name == "max_sessions" && cfg.MaxSessions == 0 ||
+			name == "session_idle" && cfg.SessionIdle == 0) {
+			// Zero means the default in Config; written in a URL it is a
+			// mistake, not a request for the default.
+			err = errors.New("must be more than zero (leave the option out for the default)")
+		}
 		if err != nil {
 			return Config{}, fmt.Errorf("queue URL %q: option %s=%q: %w", raw, name, v, err)
 		}

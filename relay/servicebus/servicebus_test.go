@@ -239,7 +239,8 @@ func TestParseURL(t *testing.T) {
 	if _, err := servicebus.ParseURL("servicebus:///events", "Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b"); err != nil {
 		t.Errorf("connection string form: %v", err)
 	}
-	for _, bad := range []string{"servicebus:///events", "servicebus://ns/", "servicebus://ns/a/b", "servicebus://ns/q?colour=red", "servicebus://ns/q?max_sessions=x", "sqlite:q.db"} {
+	for _, bad := range []string{"servicebus:///events", "servicebus://ns/", "servicebus://ns/a/b", "servicebus://ns/q?colour=red", "servicebus://ns/q?max_sessions=x",
+		"servicebus://ns/q?max_sessions=0", "servicebus://ns/q?lock=0s", "servicebus://ns/q?session_idle=0", "sqlite:q.db"} {
 		if _, err := servicebus.ParseURL(bad, ""); err == nil {
 			t.Errorf("ParseURL(%q) accepted", bad)
 		}

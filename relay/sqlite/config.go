@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -142,6 +143,12 @@ func ParseURL(raw string) (Config, error) {
 			}
 		default:
 			return Config{}, fmt.Errorf("queue URL %q: unknown option %q; known: lock, max_delivery, dedup_window, max_message_bytes, busy_timeout, prefetch", raw, name)
+		}
+		if err == nil && (name == "lock" && cfg.LockDuration == 0 || name == "max_message_bytes" && cfg.MaxMessageBytes == 0 ||
+			name == "busy_timeout" && cfg.BusyTimeout == 0) {
+			// Zero means the default in Config; written in a URL it is a
+			// mistake, not a request for the default.
+			err = errors.New("must be more than zero (leave the option out for the default)")
 		}
 		if err != nil {
 			return Config{}, fmt.Errorf("queue URL %q: option %s=%q: %w", raw, name, v, err)
