@@ -253,6 +253,24 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 			err := q.SendBatch(sctx, copies)
 			cancel()
+			if notSent := (*relay.NotSentError)(nil); errors.As(err, &notSent) {
+				// Only the named copies were left out (too large, say): their
+				// originals go back, and the others', whose copies were
+				// sent, are removed as usual, so that a later run does not
+				// replay them twice.
+				var sent, back []*relay.DeadLetterLock
+				for i, l := range locks {
+					if slices.Contains(notSent.IDs, copies[i].ID) {
+						back = append(back, l)
+					} else {
+						sent = append(sent, l)
+					}
+				}
+				errs.add(fmt.Errorf("re-send %d of %d dead letters (those stay in the dead-letter queue): %w", len(back), len(locks), err))
+				errs.add(release(ctx, q, back))
+				res.Failed += len(back)
+				locks, err = sent, nil
+			}
 			if err != nil {
 				errs.add(fmt.Errorf("re-send %d dead letters (nothing was removed from the dead-letter queue): %w", len(locks), err))
 				errs.add(release(ctx, q, locks))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
+	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/relaytest"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
@@ -135,5 +136,60 @@ func TestPurgeInterruptedGivesBackWhatItTook(t *testing.T) {
 	res2, err := consumer.Purge(context.Background(), q, consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
 	if err != nil || res2.Vanished != 0 || res.Done+res2.Done != 4 {
 		t.Errorf("after the interruption: first %+v, then %+v %v; want every message purged, none left locked", res, res2, err)
+	}
+}
+
+// notSending sends every message but the replayed copy of one original,
+// which it reports left out, as a backend does with a message too large
+// for it.
+type notSending struct {
+	consumer.DeadLetterQueue
+	original string
+}
+
+func (n notSending) SendBatch(ctx context.Context, msgs []relay.Message) error {
+	var send []relay.Message
+	var left []string
+	for _, m := range msgs {
+		if m.Properties[relay.PropReplayOf] == n.original {
+			left = append(left, m.ID)
+		} else {
+			send = append(send, m)
+		}
+	}
+	if err := n.DeadLetterQueue.SendBatch(ctx, send); err != nil {
+		return err
+	}
+	if len(left) > 0 {
+		return &relay.NotSentError{IDs: left, Err: fmt.Errorf("%w: injected", relay.ErrMessageTooLarge)}
+	}
+	return nil
+}
+
+// TestReplayOfACopyNotSent: when the queue sends a chunk's copies but one,
+// only that one's original stays dead-lettered; the others are removed, so
+// a later run replays nothing twice.
+func TestReplayOfACopyNotSent(t *testing.T) {
+	t.Parallel()
+	q := deadLettered(t, 4)
+	dls, err := q.ListDeadLetters(context.Background(), 0, 10)
+	if err != nil || len(dls) != 4 {
+		t.Fatalf("dead letters: %v %v", dls, err)
+	}
+	res, err := consumer.Replay(context.Background(), notSending{q, dls[0].ID}, consumer.DeadLetterFilter{}, consumer.ReplayOptions{ChunkSize: 2})
+	if !errors.Is(err, relay.ErrMessageTooLarge) || !strings.Contains(err.Error(), "re-send 1 of 2 dead letters") {
+		t.Errorf("replay: %v, want the copy left out reported", err)
+	}
+	if res.Done != 3 || res.Failed != 1 || res.Duplicated != 0 {
+		t.Errorf("replay: done %d failed %d duplicated %d, want 3 1 0", res.Done, res.Failed, res.Duplicated)
+	}
+	// A clean run replays the one left, once.
+	res, err = consumer.Replay(context.Background(), q, consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
+	if err != nil || res.Done != 1 || res.Vanished != 0 {
+		t.Fatalf("second replay: done %d vanished %d (%v), want the one left replayed", res.Done, res.Vanished, err)
+	}
+	active, dead, err := q.Counts(context.Background())
+	if err != nil || active != 4 || dead != 0 {
+		t.Errorf("after both runs: %d in the queue, %d dead-lettered (%v); want each event once in the queue", active, dead, err)
 	}
 }

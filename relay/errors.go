@@ -21,3 +21,17 @@ var (
 	// ErrNotFound: no message with the given sequence number or ID.
 	ErrNotFound = errors.New("message not found")
 )
+
+// NotSentError is a SendBatch failure that left out only the messages it
+// names: every other message of the batch was sent. A backend that sends a
+// batch whole or not at all never returns it. Err says why (for instance
+// ErrMessageTooLarge), and errors.Is sees through to it.
+type NotSentError struct {
+	// IDs are the MessageIDs of the messages not sent.
+	IDs []string
+	Err error
+}
+
+func (e *NotSentError) Error() string { return e.Err.Error() }
+
+func (e *NotSentError) Unwrap() error { return e.Err }

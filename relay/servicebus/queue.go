@@ -179,7 +179,8 @@ func (q *Queue) getSender() (*azservicebus.Sender, error) {
 // SendBatch sends msgs in as few MessageBatches as the link's size limit
 // allows. It returns nil once Service Bus acknowledged every batch. A
 // message too large to fit any batch is left out, the others are sent, and
-// the error then wraps relay.ErrMessageTooLarge and names it.
+// the error is then a *relay.NotSentError naming it, wrapping
+// relay.ErrMessageTooLarge.
 // If a later batch fails after an earlier one succeeded, the error says so;
 // a retry is deduplicated by MessageID on a queue with duplicate detection.
 // A message with a DeadLetterReason is sent marked (PropDeadLetterReason),
@@ -201,7 +202,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		batch = nil
 		return nil
 	}
-	var tooLarge []string
+	var tooLarge, tooLargeIDs []string
 	for i := range msgs {
 		m := toMessage(&msgs[i], sessions)
 		for attempt := 0; ; attempt++ {
@@ -222,6 +223,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 				// oversized event does not take the rest of its request
 				// with it.
 				tooLarge = append(tooLarge, fmt.Sprintf("%q (%d bytes of body)", msgs[i].ID, len(msgs[i].Body)))
+				tooLargeIDs = append(tooLargeIDs, msgs[i].ID)
 				break
 			}
 			if err := send(); err != nil {
@@ -233,8 +235,8 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		return err
 	}
 	if len(tooLarge) > 0 {
-		return fmt.Errorf("%w: %d of %d messages exceed the queue's message size limit and were not sent (the others were): %s",
-			relay.ErrMessageTooLarge, len(tooLarge), len(msgs), strings.Join(tooLarge, ", "))
+		return &relay.NotSentError{IDs: tooLargeIDs, Err: fmt.Errorf("%w: %d of %d messages exceed the queue's message size limit and were not sent (the others were): %s",
+			relay.ErrMessageTooLarge, len(tooLarge), len(msgs), strings.Join(tooLarge, ", "))}
 	}
 	return nil
 }

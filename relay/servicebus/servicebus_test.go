@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -138,6 +139,10 @@ func TestBatchSplitting(t *testing.T) {
 	err := q.SendBatch(tctx(t), []relay.Message{event(t, "before", ""), huge, event(t, "after", "")})
 	if !errors.Is(err, relay.ErrMessageTooLarge) || !strings.Contains(err.Error(), `"huge"`) {
 		t.Fatalf("batch with a 300 KB message: %v, want ErrMessageTooLarge naming it", err)
+	}
+	var notSent *relay.NotSentError
+	if !errors.As(err, &notSent) || !slices.Equal(notSent.IDs, []string{"huge"}) {
+		t.Errorf("batch with a 300 KB message: %#v, want a NotSentError naming only it", err)
 	}
 	if st, _ := emu.Stats(name); st.Active != 42 {
 		t.Errorf("%d messages queued, want 42: the 40, then the two around the oversized one", st.Active)
