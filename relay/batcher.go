@@ -28,8 +28,10 @@ type BatchConfig struct {
 	// arrive fast enough for the wait to gather at least 4 more (at a 2ms
 	// linger, above 2,000 requests a second): fewer, larger commits then
 	// carry more. Below that rate a commit starts at once, so light load
-	// sees no delay. Requests that arrive while a commit runs always join
-	// the next one, so a zero linger still batches under load. Default 0.
+	// sees no delay; and the wait ends early when requests stop coming
+	// (senders waiting for their answers). Requests that arrive while a
+	// commit runs always join the next one, so a zero linger still batches
+	// under load. Default 0.
 	Linger time.Duration
 	// MaxInFlight is how many commits may run at once. Default 1, right for
 	// SQLite (one writer); Service Bus takes concurrent sends.
@@ -218,8 +220,12 @@ func (b *Batcher) shutdown() {
 
 // lingerCompany is how many more requests a linger must be expected to
 // gather, at the recent arrival rate, for a commit to wait for them (see
-// BatchConfig.Linger).
-const lingerCompany = 4
+// BatchConfig.Linger); a linger ends early once no request came for
+// lingerQuiet gaps (at least an eighth of the linger).
+const (
+	lingerCompany = 4
+	lingerQuiet   = 3
+)
 
 func (b *Batcher) loop() {
 	// Long-lived committers, one per slot: a commit runs deep in the
@@ -241,8 +247,8 @@ func (b *Batcher) loop() {
 	}
 	defer close(works)
 	var carry *request // a request that did not fit the previous batch
-	// The recent gap between requests (a moving average: quick to grow,
-	// slower to shrink), from when each was published; -1 until measured.
+	// The recent gap between requests, from when each was published: a
+	// moving average weighing the newest gap an eighth; -1 until measured.
 	gap, prev := time.Duration(-1), time.Time{}
 	arrived := func(r *request) {
 		d := max(r.start.Sub(prev), 0) // received out of order: published at once
@@ -284,8 +290,10 @@ func (b *Batcher) loop() {
 		// a linger would gather several more, wait for them: fewer, larger
 		// commits carry more (each costs a transaction and an fsync whatever
 		// its size). At a slower rate a commit starts at once, so light load
-		// sees no delay.
-		var linger <-chan time.Time
+		// sees no delay. A linger also ends once requests stop coming for a
+		// while: senders that each wait for their answer before sending
+		// again have nothing more to send until this commit ends.
+		var end time.Time
 		var timer *time.Timer
 	gather:
 		for count < b.cfg.MaxMessages && size < b.cfg.MaxBytes {
@@ -293,17 +301,27 @@ func (b *Batcher) loop() {
 			select {
 			case r = <-b.reqs:
 			default:
-				if linger == nil {
-					if b.cfg.Linger == 0 || timer != nil || gap < 0 || b.cfg.Linger < lingerCompany*gap {
+				if end.IsZero() {
+					if b.cfg.Linger == 0 || gap < 0 || b.cfg.Linger < lingerCompany*gap {
 						break gather
 					}
-					timer = time.NewTimer(b.cfg.Linger)
-					linger = timer.C
+					end = time.Now().Add(b.cfg.Linger)
+				}
+				wait := min(time.Until(end), max(lingerQuiet*gap, b.cfg.Linger/8))
+				if wait <= 0 {
+					break gather
+				}
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
 				}
 				select {
 				case r = <-b.reqs:
-				case <-linger:
+				case <-timer.C:
 					break gather
+				case <-b.stop:
+					break gather // nothing more can come; Run drains what is buffered
 				}
 			}
 			arrived(r)

@@ -461,6 +461,57 @@ func TestBatcherLinger(t *testing.T) {
 	})
 }
 
+// A linger ends early when requests stop coming: four senders that each
+// wait for their answer have nothing more to send while a commit waits.
+func TestBatcherLingerEndsWhenSendersWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newGateSender(true)
+		b := newTestBatcher(t, s, BatchConfig{Linger: 10 * time.Millisecond}, nil)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Go(func() {
+				for i := range 100 {
+					if err := b.Publish(context.Background(), msgs(fmt.Sprint(w, "-", i), 1)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		// Each round of four lingers at most an eighth of the linger once
+		// the four are in; a full linger a round would take a second.
+		if d := time.Since(start); d > 250*time.Millisecond {
+			t.Fatalf("100 rounds of 4 waiting senders took %s with a 10ms linger", d)
+		}
+	})
+}
+
+// Close ends a linger at once: nothing more can come.
+func TestBatcherCloseEndsLinger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newGateSender(true)
+		b, err := NewBatcher(s, BatchConfig{Linger: time.Second}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go b.Run(context.Background())
+		for i := range 20 { // fast enough to linger
+			go b.Publish(context.Background(), msgs(fmt.Sprint("r", i), 1))
+			time.Sleep(time.Millisecond)
+		}
+		start := time.Now()
+		b.Close()
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("Close waited %s for a linger", d)
+		}
+		if n := len(s.committed()); n == 0 {
+			t.Fatal("nothing committed")
+		}
+	})
+}
+
 func TestBatchConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
 		cfg  BatchConfig
