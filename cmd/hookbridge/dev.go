@@ -62,7 +62,7 @@ delivered in order (non-zero otherwise).`,
 			if err := f.check(vs); err != nil {
 				return err
 			}
-			if err := sf.check(cmd.Flags()); err != nil {
+			if err := sf.check(cmd.Flags(), common.queueURL); err != nil {
 				return err
 			}
 			if err := w.config().Validate(); err != nil {

@@ -25,7 +25,7 @@ func (b *bounded[T]) String() string {
 }
 
 func (b *bounded[T]) Set(s string) error {
-	v, err := strconv.ParseInt(s, 10, 64)
+	v, err := strconv.ParseInt(s, 0, 64) // as pflag reads ints: 0x10, 1_000 too
 	if err != nil {
 		return fmt.Errorf("not a whole number")
 	}

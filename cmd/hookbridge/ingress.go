@@ -191,7 +191,7 @@ same variables with _FILE appended.`,
 			if err := f.check(vs); err != nil {
 				return err
 			}
-			if err := sf.check(cmd.Flags()); err != nil {
+			if err := sf.check(cmd.Flags(), common.queueURL); err != nil {
 				return err
 			}
 			q, err := common.openQueue(cmd.Context(), getenv, h, 0)

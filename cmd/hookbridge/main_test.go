@@ -481,6 +481,9 @@ func TestRefusedStartCreatesNothing(t *testing.T) {
 		{"ingress", "--queue", queue, "--insecure-allow-unauthenticated", "--max-body-bytes", "-1"},
 		{"worker", "--queue", queue, "--deliver", "stdout", "--min-backoff", "5m", "--max-backoff", "1m"},
 		{"dev", "--queue", queue, "--max-body-bytes", "-1"},
+		{"ingress", "--queue", queue, "--insecure-allow-unauthenticated", "--spool", "sqlite:" + filepath.Join(dir, "spool.db")},
+		{"ingress", "--queue", "servicebus://ns.servicebus.windows.net/q", "--insecure-allow-unauthenticated", "--spool", filepath.Join(dir, "spool.db")},
+		{"dev", "--queue", queue, "--spool-after", "2s"},
 	} {
 		_, _, err := runCLI(t, nil, args...)
 		var ue usageError

@@ -37,10 +37,19 @@ func (f *spoolFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&bounded[int64]{p: &f.maxMessages, min: 1, max: 1 << 40}, "spool-max-messages", "with --spool: the most events the spool holds (a few KB of disk each); past it requests get 503")
 }
 
-// check refuses spool settings given without --spool, where they would do
-// nothing.
-func (f *spoolFlags) check(fs *pflag.FlagSet) error {
-	if f.url != "" {
+// check refuses, before anything is opened, a spool that cannot be used
+// with queueURL, and spool settings given without --spool, where they would
+// do nothing.
+func (f *spoolFlags) check(fs *pflag.FlagSet, queueURL string) error {
+	switch {
+	case f.url != "" && !strings.HasPrefix(queueURL, "servicebus:"):
+		return usageError{fmt.Errorf("--spool %q: the spool stands in for Service Bus; the embedded --queue is already local and durable, so leave --spool out", f.url)}
+	case f.url != "" && !strings.HasPrefix(f.url, "sqlite:"):
+		return usageError{fmt.Errorf("--spool %q: use a sqlite:<path> URL, e.g. sqlite:/var/lib/hookbridge/spool.db", f.url)}
+	case f.url != "":
+		if _, err := sqlite.ParseURL(f.url); err != nil {
+			return usageError{fmt.Errorf("--spool: %w", err)}
+		}
 		return nil
 	}
 	for _, name := range []string{"spool-after", "spool-max-messages"} {
@@ -68,9 +77,7 @@ func (f *spoolFlags) add(ctx context.Context, h *host, q queue) (relay.BatchSend
 	case f.url == "":
 		return q, nil
 	case !onServiceBus:
-		return nil, usageError{fmt.Errorf("--spool %q: the spool stands in for Service Bus; the embedded --queue is already local and durable, so leave --spool out", f.url)}
-	case !strings.HasPrefix(f.url, "sqlite:"):
-		return nil, usageError{fmt.Errorf("--spool %q: use a sqlite:<path> URL, e.g. sqlite:/var/lib/hookbridge/spool.db", f.url)}
+		return nil, usageError{fmt.Errorf("--spool %q: the spool stands in for Service Bus, not for the embedded queue", f.url)} // see check
 	}
 	cfg, err := sqlite.ParseURL(f.url)
 	if err != nil {
