@@ -668,3 +668,54 @@ func TestOverviewSpoolAndRates(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestLoginLimitIsPerClient: a client that keeps guessing gets 429, and
+// another address can still log in.
+func TestLoginLimitIsPerClient(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-token-0123456789abcdef"
+	q := sqlitetest.Open(t, sqlite.Config{})
+	c, err := console.New(console.Config{Queue: q, QueueName: "sqlite:test.db", Tokens: []console.Token{{Name: "alice", Secret: secret}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// login posts token from addr, with the CSRF cookie and token of a
+	// login page fetched from there.
+	login := func(addr, token string) int {
+		get := httptest.NewRequest(http.MethodGet, "/login", nil)
+		get.RemoteAddr = addr
+		page := httptest.NewRecorder()
+		c.ServeHTTP(page, get)
+		m := csrfRE.FindStringSubmatch(page.Body.String())
+		if m == nil {
+			t.Fatalf("no CSRF token on the login page: %d", page.Code)
+		}
+		post := httptest.NewRequest(http.MethodPost, "/login", strings.NewReader(url.Values{"csrf": {m[1]}, "token": {token}}.Encode()))
+		post.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for _, ck := range page.Result().Cookies() {
+			post.AddCookie(ck)
+		}
+		post.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		c.ServeHTTP(rec, post)
+		return rec.Code
+	}
+	limited := false
+	for range 30 {
+		if code := login("192.0.2.1:4000", "wrong-token-0123456789"); code == http.StatusTooManyRequests {
+			limited = true
+			break
+		} else if code != http.StatusUnauthorized {
+			t.Fatalf("wrong token: %d, want 401 or 429", code)
+		}
+	}
+	if !limited {
+		t.Fatal("30 wrong tokens in a row from one address were never limited")
+	}
+	if code := login("192.0.2.1:4001", secret); code != http.StatusTooManyRequests {
+		t.Errorf("the limited address, another port: %d, want 429", code)
+	}
+	if code := login("198.51.100.7:5000", secret); code != http.StatusSeeOther {
+		t.Errorf("another address while the first is limited: %d, want 303 (logged in)", code)
+	}
+}

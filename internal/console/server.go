@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/time/rate"
 
 	"github.com/hookbridge/hookbridge/consumer"
@@ -98,10 +100,13 @@ type Server struct {
 	auth    *auth
 	pages   pages
 	scraper *scraper
-	// loginLimit bounds login attempts, across clients.
-	loginLimit *rate.Limiter
-	mux        *http.ServeMux
-	now        func() time.Time
+	// loginLimits bound each client address's login attempts, so that one
+	// client guessing tokens cannot keep the others out; loginLimit bounds
+	// them across all clients, against guessing from many addresses.
+	loginLimits *lru.Cache[string, *rate.Limiter]
+	loginLimit  *rate.Limiter
+	mux         *http.ServeMux
+	now         func() time.Time
 	// stopping ends with StopActions.
 	stopping    context.Context
 	stopActions context.CancelFunc
@@ -129,9 +134,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: log, auth: a, pages: p,
-		loginLimit: rate.NewLimiter(rate.Every(200*time.Millisecond), 10),
+		loginLimit: rate.NewLimiter(rate.Every(20*time.Millisecond), 100),
 		now:        time.Now,
 	}
+	s.loginLimits, _ = lru.New[string, *rate.Limiter](loginClients) // size > 0: no error
 	s.stopping, s.stopActions = context.WithCancel(context.Background())
 	if len(cfg.MetricsFrom) > 0 {
 		s.scraper = newScraper(cfg.MetricsFrom, cfg.MetricsInterval)
@@ -311,7 +317,7 @@ func (s *Server) login(w http.ResponseWriter, r *request) error {
 		http.Redirect(w, r.Request, next, http.StatusSeeOther)
 		return nil
 	}
-	if !s.loginLimit.Allow() {
+	if !s.allowLogin(r.RemoteAddr) {
 		return errorf(http.StatusTooManyRequests, "Too many login attempts; wait a few seconds and try again.")
 	}
 	identity, ok := s.auth.check(r.PostForm.Get("token"))
@@ -327,6 +333,27 @@ func (s *Server) login(w http.ResponseWriter, r *request) error {
 	s.log.Info("console: login", r.who()...)
 	http.Redirect(w, r.Request, next, http.StatusSeeOther)
 	return nil
+}
+
+// loginClients is how many client addresses' login limits are remembered
+// (the least recently seen are forgotten first).
+const loginClients = 4096
+
+// allowLogin reports whether a login attempt from remoteAddr may go ahead:
+// 10 at once, then 5 a second, for each client address, and 100 at once,
+// then 50 a second, for all. A client over its own limit does not use up
+// the others'.
+func (s *Server) allowLogin(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	fresh := rate.NewLimiter(rate.Every(200*time.Millisecond), 10)
+	l, found, _ := s.loginLimits.PeekOrAdd(host, fresh)
+	if !found {
+		l = fresh
+	}
+	return l.Allow() && s.loginLimit.Allow()
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *request) error {
