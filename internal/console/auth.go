@@ -163,10 +163,15 @@ func (a *auth) logout(id string) {
 	a.logins.Remove(id)
 }
 
+// setSessionCookie sets the session cookie, Secure when the browser reached
+// the console over TLS: its own, or a reverse proxy's that says so in
+// X-Forwarded-Proto. (A client that sends that header over plain HTTP only
+// makes its own cookie one its browser will not send back.)
 func setSessionCookie(w http.ResponseWriter, r *http.Request, id string, maxAge int) {
 	http.SetCookie(w, &http.Cookie{
 		Name: cookieName, Value: id, Path: "/", MaxAge: maxAge,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https"),
 	})
 }
 

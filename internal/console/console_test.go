@@ -679,26 +679,9 @@ func TestLoginLimitIsPerClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// login posts token from addr, with the CSRF cookie and token of a
-	// login page fetched from there.
 	login := func(addr, token string) int {
-		get := httptest.NewRequest(http.MethodGet, "/login", nil)
-		get.RemoteAddr = addr
-		page := httptest.NewRecorder()
-		c.ServeHTTP(page, get)
-		m := csrfRE.FindStringSubmatch(page.Body.String())
-		if m == nil {
-			t.Fatalf("no CSRF token on the login page: %d", page.Code)
-		}
-		post := httptest.NewRequest(http.MethodPost, "/login", strings.NewReader(url.Values{"csrf": {m[1]}, "token": {token}}.Encode()))
-		post.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		for _, ck := range page.Result().Cookies() {
-			post.AddCookie(ck)
-		}
-		post.RemoteAddr = addr
-		rec := httptest.NewRecorder()
-		c.ServeHTTP(rec, post)
-		return rec.Code
+		code, _ := loginAs(t, c, addr, token, nil)
+		return code
 	}
 	limited := false
 	for range 30 {
@@ -717,5 +700,63 @@ func TestLoginLimitIsPerClient(t *testing.T) {
 	}
 	if code := login("198.51.100.7:5000", secret); code != http.StatusSeeOther {
 		t.Errorf("another address while the first is limited: %d, want 303 (logged in)", code)
+	}
+}
+
+// loginAs posts token to c's login form from addr, with the CSRF cookie and
+// token of a login page fetched from there and the given headers; it
+// returns the status and the response's cookies.
+func loginAs(t *testing.T, c http.Handler, addr, token string, header map[string]string) (int, []*http.Cookie) {
+	t.Helper()
+	get := httptest.NewRequest(http.MethodGet, "/login", nil)
+	get.RemoteAddr = addr
+	page := httptest.NewRecorder()
+	c.ServeHTTP(page, get)
+	m := csrfRE.FindStringSubmatch(page.Body.String())
+	if m == nil {
+		t.Fatalf("no CSRF token on the login page: %d", page.Code)
+	}
+	post := httptest.NewRequest(http.MethodPost, "/login", strings.NewReader(url.Values{"csrf": {m[1]}, "token": {token}}.Encode()))
+	post.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, v := range header {
+		post.Header.Set(k, v)
+	}
+	for _, ck := range page.Result().Cookies() {
+		post.AddCookie(ck)
+	}
+	post.RemoteAddr = addr
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, post)
+	return rec.Code, rec.Result().Cookies()
+}
+
+// TestSessionCookieSecureBehindTLS: the session cookie is Secure when a
+// reverse proxy says the browser came over HTTPS, and not over plain HTTP
+// (where a browser would not send it back).
+func TestSessionCookieSecureBehindTLS(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-token-0123456789abcdef"
+	c, err := console.New(console.Config{Queue: sqlitetest.Open(t, sqlite.Config{}), QueueName: "sqlite:test.db",
+		Tokens: []console.Token{{Name: "alice", Secret: secret}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		header map[string]string
+		secure bool
+	}{
+		{nil, false},
+		{map[string]string{"X-Forwarded-Proto": "https"}, true},
+		{map[string]string{"X-Forwarded-Proto": "http"}, false},
+	} {
+		code, cookies := loginAs(t, c, "192.0.2.9:1000", secret, tc.header)
+		if code != http.StatusSeeOther || len(cookies) == 0 {
+			t.Fatalf("login %v: %d, cookies %v", tc.header, code, cookies)
+		}
+		for _, ck := range cookies {
+			if ck.Secure != tc.secure {
+				t.Errorf("login %v: cookie %s Secure %v, want %v", tc.header, ck.Name, ck.Secure, tc.secure)
+			}
+		}
 	}
 }
