@@ -76,9 +76,8 @@ func (f *spoolFlags) add(ctx context.Context, h *host, q queue) (relay.BatchSend
 		return q, nil
 	case f.url == "":
 		return q, nil
-	case !onServiceBus:
-		return nil, usageError{fmt.Errorf("--spool %q: the spool stands in for Service Bus, not for the embedded queue", f.url)} // see check
 	}
+	// check refused a spool beside the embedded queue, or not sqlite:.
 	cfg, err := sqlite.ParseURL(f.url)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--spool: %w", err)}
