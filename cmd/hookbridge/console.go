@@ -27,7 +27,7 @@ const consoleDrain = 30 * time.Second
 func consoleCommand(getenv env) *cobra.Command {
 	var (
 		listen, queueURL, spoolURL string
-		metricsFrom                []string
+		metricsFrom, proxies       []string
 		metricsInterval            time.Duration
 		logs                       logFlags
 	)
@@ -44,7 +44,8 @@ loopback names. To listen elsewhere, set ` + envConsoleToken + ` (or
 ` + envConsoleToken + `_FILE): comma-separated tokens of at least 16
 characters, each optionally prefixed with a name ("alice:<token>") that
 actions are logged under. Put it behind TLS (a reverse proxy or an SSH
-tunnel) when it is not on loopback.`,
+tunnel) when it is not on loopback, and name the proxy with
+--trusted-proxy so that each client keeps its own address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logs.logger(cmd.ErrOrStderr())
@@ -64,6 +65,10 @@ tunnel) when it is not on loopback.`,
 			}
 			if metricsInterval < time.Second {
 				return usageError{fmt.Errorf("--metrics-interval %s: use 1s or more", metricsInterval)}
+			}
+			trusted, err := console.ParseTrustedProxies(proxies)
+			if err != nil {
+				return usageError{fmt.Errorf("--trusted-proxy: %w", err)}
 			}
 			if spoolURL != "" && !strings.HasPrefix(spoolURL, "sqlite:") {
 				return usageError{fmt.Errorf("--spool %q: the spool is an embedded queue file: sqlite:<path>", spoolURL)}
@@ -91,7 +96,7 @@ tunnel) when it is not on loopback.`,
 			cfg := console.Config{
 				Queue: cq, QueueName: redactQueueURL(queueURL),
 				MetricsFrom: metricsFrom, MetricsInterval: metricsInterval,
-				Tokens: tokens, Logger: log,
+				Tokens: tokens, TrustedProxies: trusted, Logger: log,
 			}
 			if spoolURL != "" {
 				sp, err := openQueue(ctx, spoolURL, getenv, log, 0, nil)
@@ -128,6 +133,7 @@ tunnel) when it is not on loopback.`,
 	cmd.Flags().StringVar(&spoolURL, "spool", "", "the spool of a Service Bus ingress (sqlite:<path>), to show its depth and oldest event")
 	cmd.Flags().StringSliceVar(&metricsFrom, "metrics-from", nil, "an admin listener's metrics URL for live rates, e.g. http://127.0.0.1:9090/metrics (repeatable)")
 	cmd.Flags().DurationVar(&metricsInterval, "metrics-interval", console.DefaultMetricsInterval, "how often --metrics-from URLs are scraped")
+	cmd.Flags().StringSliceVar(&proxies, "trusted-proxy", nil, "a reverse proxy in front of the console, an IP address or CIDR range (repeatable): its requests count as from the client its X-Forwarded-For names, for the login limit and the action logs")
 	logs.register(cmd.Flags())
 	return cmd
 }

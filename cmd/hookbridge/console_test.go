@@ -35,6 +35,7 @@ func TestConsoleUsageErrors(t *testing.T) {
 		{"spool not sqlite", nil, []string{"--queue", queue, "--spool", "servicebus:///q", "--listen", "127.0.0.1:0"}, "the spool is an embedded queue file"},
 		{"metrics URL", nil, []string{"--queue", queue, "--metrics-from", "ftp://x", "--listen", "127.0.0.1:0"}, "metrics URL"},
 		{"fast scrape", nil, []string{"--queue", queue, "--metrics-interval", "10ms"}, "--metrics-interval"},
+		{"trusted proxy by name", nil, []string{"--queue", queue, "--trusted-proxy", "proxy.internal"}, "--trusted-proxy: trusted proxy \"proxy.internal\" is neither an IP address nor a CIDR range"},
 	}
 	for _, tt := range tests {
 		_, _, err := runCLI(t, tt.env, append([]string{"console"}, tt.args...)...)

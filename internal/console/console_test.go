@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -700,6 +701,49 @@ func TestLoginLimitIsPerClient(t *testing.T) {
 	}
 	if code := login("198.51.100.7:5000", secret); code != http.StatusSeeOther {
 		t.Errorf("another address while the first is limited: %d, want 303 (logged in)", code)
+	}
+}
+
+// TestLoginLimitBehindTrustedProxy: behind a reverse proxy named with
+// TrustedProxies, each client keeps its own login limit (by the address the
+// proxy appended to X-Forwarded-For), a client cannot escape its limit by
+// sending X-Forwarded-For itself, and the action log names the client and
+// the proxy.
+func TestLoginLimitBehindTrustedProxy(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-token-0123456789abcdef"
+	const proxy = "10.0.0.5:4000"
+	q := sqlitetest.Open(t, sqlite.Config{})
+	logs := &testlog.Buffer{}
+	c, err := console.New(console.Config{Queue: q, QueueName: "sqlite:test.db",
+		Tokens:         []console.Token{{Name: "alice", Secret: secret}},
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")},
+		Logger:         slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := func(xff string) map[string]string { return map[string]string{"X-Forwarded-For": xff} }
+	limited := false
+	for range 30 {
+		code, _ := loginAs(t, c, proxy, "wrong-token-0123456789", via("192.0.2.1"))
+		if code == http.StatusTooManyRequests {
+			limited = true
+			break
+		} else if code != http.StatusUnauthorized {
+			t.Fatalf("wrong token: %d, want 401 or 429", code)
+		}
+	}
+	if !limited {
+		t.Fatal("30 wrong tokens in a row from one client behind the proxy were never limited")
+	}
+	if code, _ := loginAs(t, c, proxy, secret, via("198.51.100.99, 192.0.2.1")); code != http.StatusTooManyRequests {
+		t.Errorf("the limited client, naming another address itself: %d, want 429", code)
+	}
+	if code, _ := loginAs(t, c, proxy, secret, via("198.51.100.7")); code != http.StatusSeeOther {
+		t.Errorf("another client behind the same proxy: %d, want 303 (logged in)", code)
+	}
+	if got := logs.String(); !strings.Contains(got, "remote_addr=198.51.100.7 via=10.0.0.5 identity=alice") {
+		t.Errorf("the login log does not name the client and the proxy:\n%s", got)
 	}
 }
 

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -56,6 +56,11 @@ type Config struct {
 	// Tokens, when any, are required to log in; without them the console
 	// answers only requests addressed to a loopback name.
 	Tokens []Token
+	// TrustedProxies are the reverse proxies in front of the console
+	// (ParseTrustedProxies): a request from one of them is attributed to
+	// the client its X-Forwarded-For names, for the per-client login limit
+	// and the action logs. Without any, the TCP peer is the client.
+	TrustedProxies []netip.Prefix
 	// Logger receives one line per action (replay, purge, login). Default:
 	// discarded.
 	Logger *slog.Logger
@@ -224,15 +229,20 @@ type request struct {
 	*http.Request
 	sid      string // session ID (cookie)
 	identity string // who is logged in; "" without tokens
+	client   client
 }
 
-// who describes the requester for action logs: remote address and
-// identity, never a token.
+// who describes the requester for action logs: client address (and the
+// proxy it came through) and identity, never a token.
 func (r *request) who() []any {
-	if r.identity == "" { // no tokens: whoever reaches loopback
-		return []any{"remote_addr", r.RemoteAddr}
+	attrs := []any{"remote_addr", r.client.addr}
+	if r.client.via != "" {
+		attrs = append(attrs, "via", r.client.via)
 	}
-	return []any{"remote_addr", r.RemoteAddr, "identity", r.identity}
+	if r.identity != "" { // without tokens: whoever reaches loopback
+		attrs = append(attrs, "identity", r.identity)
+	}
+	return attrs
 }
 
 type handlerFunc func(w http.ResponseWriter, r *request) error
@@ -255,7 +265,7 @@ func errorf(status int, format string, args ...any) error {
 func (s *Server) wrap(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, hr *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
-		r := &request{Request: hr, sid: sessionID(hr)}
+		r := &request{Request: hr, sid: sessionID(hr), client: clientOf(hr, s.cfg.TrustedProxies)}
 		if r.sid == "" {
 			r.sid = newSessionID()
 			setSessionCookie(w, hr, r.sid, 0)
@@ -317,7 +327,7 @@ func (s *Server) login(w http.ResponseWriter, r *request) error {
 		http.Redirect(w, r.Request, next, http.StatusSeeOther)
 		return nil
 	}
-	if !s.allowLogin(r.RemoteAddr) {
+	if !s.allowLogin(r.client.addr) {
 		return errorf(http.StatusTooManyRequests, "Too many login attempts; wait a few seconds and try again.")
 	}
 	identity, ok := s.auth.check(r.PostForm.Get("token"))
@@ -339,15 +349,11 @@ func (s *Server) login(w http.ResponseWriter, r *request) error {
 // (the least recently seen are forgotten first).
 const loginClients = 4096
 
-// allowLogin reports whether a login attempt from remoteAddr may go ahead:
+// allowLogin reports whether a login attempt from the client at host may go ahead:
 // 10 at once, then 5 a second, for each client address, and 100 at once,
 // then 50 a second, for all. A client over its own limit does not use up
 // the others'.
-func (s *Server) allowLogin(remoteAddr string) bool {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		host = remoteAddr
-	}
+func (s *Server) allowLogin(host string) bool {
 	fresh := rate.NewLimiter(rate.Every(200*time.Millisecond), 10)
 	l, found, _ := s.loginLimits.PeekOrAdd(host, fresh)
 	if !found {
