@@ -39,8 +39,10 @@ import (
 //     CPU per request of the server process, and request latency.
 //  2. The host: `hookbridge ingress`, `hookbridge worker` and a stub HTTP
 //     backend process together. Its capacity is the highest offered rate the
-//     worker keeps up with (the backlog does not grow); at half of that rate,
-//     the end-to-end latency from request sent to event at the backend.
+//     worker keeps up with (the backlog does not grow).
+//  3. End to end, from request sent to event at the backend, at half of that
+//     capacity and at 50, 200 and 500 requests a second (the rates of a
+//     contact centre), with the CPU the three processes spent on each event.
 //
 // It takes a few minutes, so it runs only when asked:
 //
@@ -100,21 +102,56 @@ func TestLoadLoopback(t *testing.T) {
 		}
 		backend.waitIdle(10 * time.Second)
 	}
-	backend.reset()
-	half := lt.run(t, host, capacity/2, duration)
-	backend.waitFor(int64(half.accepted), 30*time.Second)
-	e2e := backend.latencies()
+	t.Logf("host capacity %.0f req/s = %.2f × the ingress alone (target ≥ 0.5)", capacity, capacity/dPeak.rate)
+	// 3. End to end: at half of the host's capacity, and at the rates a
+	// contact centre sends, with what the whole host (ingress, worker and
+	// backend) spends on each event.
+	for _, rate := range []float64{capacity / 2, 50, 200, 500} {
+		if rate > capacity/2 {
+			continue
+		}
+		h := lt.runHost(t, host, worker, backend, rate, duration)
+		t.Logf("end to end at %.0f req/s: p50 %v p99 %v over %d events (target p99 ≤ 5ms at half capacity); the host spent %.0f CPU-µs an event, the ingress %.0f",
+			rate, pct(h.e2e, 0.5), pct(h.e2e, 0.99), len(h.e2e), h.cpuPerEvent, h.ingress.cpuPerReq)
+	}
 	worker.stop(t)
 	host.stop(t)
-	t.Logf("host capacity %.0f req/s = %.2f × the ingress alone (target ≥ 0.5)", capacity, capacity/dPeak.rate)
-	t.Logf("end to end at half capacity (%.0f req/s): p50 %v p99 %v (target p99 ≤ 5ms), over %d events",
-		capacity/2, pct(e2e, 0.5), pct(e2e, 0.99), len(e2e))
-	if half.failed > 0 {
-		t.Errorf("%d requests failed at half capacity", half.failed)
+}
+
+// hostResult is one run against the whole host.
+type hostResult struct {
+	ingress     result
+	e2e         []time.Duration
+	cpuPerEvent float64 // CPU µs of the ingress, worker and backend together
+}
+
+// runHost posts to the host's ingress at rate for d and waits for every
+// accepted event to reach the backend.
+func (lt *loadTarget) runHost(t *testing.T, host *server, worker *process, backend *loadBackend, rate float64, d time.Duration) hostResult {
+	t.Helper()
+	procs := []*process{host.proc, worker, backend.proc}
+	cpu := func() (sum time.Duration) {
+		for _, p := range procs {
+			sum += procCPU(p.cmd.Process.Pid)
+		}
+		return sum
 	}
-	if backend.delivered() < int64(half.accepted) {
-		t.Errorf("%d accepted, %d delivered", half.accepted, backend.delivered())
+	backend.reset()
+	cpu0 := cpu()
+	r := lt.run(t, host, rate, d)
+	backend.waitFor(int64(r.accepted), 30*time.Second)
+	spent := cpu() - cpu0
+	if r.failed > 0 {
+		t.Errorf("%d requests failed at %.0f req/s", r.failed, rate)
 	}
+	if n := backend.delivered(); n < int64(r.accepted) {
+		t.Errorf("at %.0f req/s: %d accepted, %d delivered", rate, r.accepted, n)
+	}
+	h := hostResult{ingress: r, e2e: backend.latencies()}
+	if r.accepted > 0 {
+		h.cpuPerEvent = float64(spent.Microseconds()) / float64(r.accepted)
+	}
+	return h
 }
 
 // loadTarget holds what every load run shares: the token issuer and a pool
