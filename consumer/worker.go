@@ -180,7 +180,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelHard()
 	slots := make(chan struct{}, w.cfg.Concurrency)
 	var wg sync.WaitGroup
-	runErr := w.receiveLoop(ctx, hard, slots, &wg)
+	work := make(chan *relay.Received)
+	defer close(work) // idle deliverers return
+	runErr := w.receiveLoop(ctx, hard, slots, work, &wg)
 	if n := len(slots); n > 0 {
 		w.log.Info("worker: stopping; letting deliveries in flight finish", "in_flight", n, "timeout", w.cfg.ShutdownTimeout)
 	}
@@ -198,7 +200,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	return runErr
 }
 
-func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wg *sync.WaitGroup) error {
+func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, work chan *relay.Received, wg *sync.WaitGroup) error {
+	// A delivery runs on a deliverer that stays for the next one, so its
+	// stack, grown deep in the queue's settlement (SQLite's interpreter on
+	// the embedded queue), is not grown from scratch for every message.
+	// Deliverers are started as needed, up to the slots in use at once.
+	deliverer := func(m *relay.Received) {
+		for ok := true; ok; m, ok = <-work {
+			w.process(ctx, hard, m)
+			<-slots
+			wg.Done()
+		}
+	}
 	failures := 0
 	for {
 		// Wait for one free slot, then take every other free one.
@@ -240,11 +253,11 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wg 
 		}
 		for _, m := range msgs {
 			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-slots }()
-				w.process(ctx, hard, m)
-			}()
+			select {
+			case work <- m: // an idle deliverer
+			default:
+				go deliverer(m)
+			}
 		}
 		if ctx.Err() != nil {
 			return nil
