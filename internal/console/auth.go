@@ -166,11 +166,16 @@ func (a *auth) logout(id string) {
 // setSessionCookie sets the session cookie, Secure when the browser reached
 // the console over TLS: its own, or a reverse proxy's that says so in
 // X-Forwarded-Proto. (A client that sends that header over plain HTTP only
-// makes its own cookie one its browser will not send back.)
+// makes its own cookie one its browser will not send back.) SameSite=Lax,
+// not Strict: a link to the console from an alert or a chat message must
+// open the page logged in, where Strict withheld the cookie and the console
+// answered with a new, logged-out session. Another site's form posts and
+// fetches still go without the cookie, and would fail the CSRF, Origin and
+// Sec-Fetch-Site checks besides.
 func setSessionCookie(w http.ResponseWriter, r *http.Request, id string, maxAge int) {
 	http.SetCookie(w, &http.Cookie{
 		Name: cookieName, Value: id, Path: "/", MaxAge: maxAge,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		HttpOnly: true, SameSite: http.SameSiteLaxMode,
 		Secure: r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https"),
 	})
 }

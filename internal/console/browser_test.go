@@ -3,7 +3,9 @@ package console_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -87,18 +89,9 @@ func fillDemo(t *testing.T, q *sqlite.Queue) {
 // Screenshots of each page are kept in the test's artifact directory
 // (go test -artifacts) and, when HOOKBRIDGE_CONSOLE_SCREENSHOTS names a
 // directory, there too.
-func TestBrowser(t *testing.T) {
-	t.Parallel()
-	exe := chromium(t)
-	q := sqlitetest.Open(t, sqlite.Config{})
-	fillDemo(t, q)
-	c, err := console.New(console.Config{Queue: q, QueueName: "sqlite:/var/lib/hookbridge/queue.db", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(c)
-	defer srv.Close()
-
+// newBrowser starts a headless Chromium with a profile of its own, closed
+// when the test ends.
+func newBrowser(t *testing.T, exe string) context.Context {
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(exe),
 		chromedp.Flag("headless", true),
@@ -113,9 +106,88 @@ func TestBrowser(t *testing.T) {
 		chromedp.WindowSize(1280, 900),
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	ctx, cancelBrowser := chromedp.NewContext(actx)
-	defer cancelBrowser()
+	t.Cleanup(cancelBrowser)
+	attach(t, ctx)
+	return ctx
+}
+
+// attach starts ctx's browser or tab now, so that it lives as long as ctx:
+// the first action run on a chromedp context ties the browser (or tab) to
+// that action's context, which a step's deadline would end.
+func attach(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start the browser: %v", err)
+	}
+}
+
+// stepper returns a function running actions in ctx's tab, each call with
+// a deadline of its own, that fails the test with what the page shows.
+func stepper(t *testing.T, ctx context.Context) func(what string, actions ...chromedp.Action[chromedp.Void]) {
+	return func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := chromedp.Do(sctx, actions...); err != nil {
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			page, _ := chromedp.Run(dctx, chromedp.Evaluate[string](`document.location.href + "\n" + document.body.innerText`))
+			t.Fatalf("%s: %v; the page shows:\n%s", what, err, page)
+		}
+	}
+}
+
+// TestBrowserLinkFromAnotherSite: an operator logged in to the console
+// follows a link to one of its pages from another site (an alert, a chat
+// message) and gets the page, still logged in. A SameSite=Strict session
+// cookie is withheld on such a navigation: the console showed its login form
+// and replaced the session cookie with a new, logged-out one.
+func TestBrowserLinkFromAnotherSite(t *testing.T) {
+	t.Parallel()
+	exe := chromium(t)
+	q := sqlitetest.Open(t, sqlite.Config{})
+	fillDemo(t, q)
+	const secret = "s3cret-token-0123456789abcdef"
+	c, err := console.New(console.Config{Queue: q, QueueName: "sqlite:queue.db",
+		Tokens: []console.Token{{Name: "alice", Secret: secret}}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c) // http://127.0.0.1:<port>
+	defer srv.Close()
+	// Another site: localhost is not the same site as 127.0.0.1.
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><a id="to-console" href="%s/dlq">the dead letters</a>`, srv.URL)
+	}))
+	defer other.Close()
+	otherURL := strings.Replace(other.URL, "127.0.0.1", "localhost", 1)
+
+	ctx := newBrowser(t, exe)
+	step := stepper(t, ctx)
+	step("log in", chromedp.Navigate(srv.URL+"/login"),
+		chromedp.SendKeys(`input[name="token"]`, secret, chromedp.NodeVisible),
+		chromedp.Submit(`input[name="token"]`), chromedp.WaitVisible("#sessions"))
+	step("open the other site", chromedp.Navigate(otherURL), chromedp.WaitVisible("#to-console"))
+	step("follow its link to the console's dead letters", chromedp.Click("#to-console", chromedp.NodeVisible), chromedp.WaitVisible("#deadletters"))
+	step("still logged in on the console's own pages", chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible("#sessions"))
+}
+
+func TestBrowser(t *testing.T) {
+	t.Parallel()
+	exe := chromium(t)
+	q := sqlitetest.Open(t, sqlite.Config{})
+	fillDemo(t, q)
+	c, err := console.New(console.Config{Queue: q, QueueName: "sqlite:/var/lib/hookbridge/queue.db", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+
+	ctx := newBrowser(t, exe)
 
 	// Any script error or blocked resource (a CSP violation) fails the test.
 	var mu sync.Mutex
@@ -137,18 +209,7 @@ func TestBrowser(t *testing.T) {
 	if _, err := chromedp.Call(ctx, log.Enable, cdp.Empty{}); err != nil {
 		t.Fatalf("enable the log domain: %v", err)
 	}
-	// The browser lives as long as ctx; each step gets its own deadline.
-	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := chromedp.Do(sctx, actions...); err != nil {
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			page, _ := chromedp.Run(dctx, chromedp.Evaluate[string](`document.location.href + "\n" + document.body.innerText`))
-			t.Fatalf("%s: %v; the page shows:\n%s", what, err, page)
-		}
-	}
+	step := stepper(t, ctx)
 	read := func(what string, a chromedp.Action[string]) string {
 		t.Helper()
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -25,7 +25,8 @@
 // Security: without tokens the console answers only requests addressed to
 // a loopback name (a defence against DNS rebinding); the command refuses a
 // non-loopback listener without one. With tokens, a login form sets an
-// HttpOnly, SameSite=Strict session cookie; tokens are compared in constant
+// HttpOnly, SameSite=Lax session cookie (sent when an operator follows a
+// link from another site, never on another site's form posts or fetches); tokens are compared in constant
 // time and never rendered or logged. Every POST needs the session's CSRF
 // token (an HMAC of the session ID, compared in constant time) and passes
 // Origin and Sec-Fetch-Site checks. Responses carry a Content Security
