@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -204,12 +205,18 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wor
 	// A delivery runs on a deliverer that stays for the next one, so its
 	// stack, grown deep in the queue's settlement (SQLite's interpreter on
 	// the embedded queue), is not grown from scratch for every message.
-	// Deliverers are started as needed, up to the slots in use at once.
+	// Deliverers are started as needed, at most one per slot. A message
+	// holds a slot, so when all deliverers exist at least one of them is
+	// idle or about to be: handing the message over waits only for that.
+	var live atomic.Int32
 	deliverer := func(m *relay.Received) {
+		defer live.Add(-1) // also if a handler ends the goroutine (runtime.Goexit)
 		for ok := true; ok; m, ok = <-work {
-			w.process(ctx, hard, m)
-			<-slots
-			wg.Done()
+			func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				w.process(ctx, hard, m)
+			}()
 		}
 	}
 	failures := 0
@@ -256,7 +263,12 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wor
 			select {
 			case work <- m: // an idle deliverer
 			default:
-				go deliverer(m)
+				if live.Load() < int32(cap(slots)) {
+					live.Add(1)
+					go deliverer(m)
+				} else {
+					work <- m
+				}
 			}
 		}
 		if ctx.Err() != nil {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -472,6 +473,43 @@ func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 	active, _, err := q.Counts(context.Background())
 	if err != nil || active != 0 {
 		t.Errorf("%d messages left after a graceful shutdown (err %v), want 0", active, err)
+	}
+}
+
+// TestHandlerGoexitFreesItsSlot: a handler that ends its goroutine
+// (runtime.Goexit, as t.FailNow does) still gives its delivery slot back,
+// so the worker goes on delivering with a concurrency of 1 and its Run
+// returns on shutdown.
+func TestHandlerGoexitFreesItsSlot(t *testing.T) {
+	t.Parallel()
+	q := sqlitetest.Open(t, sqlite.Config{})
+	sendAll(t, q, event(t, "exits", "ka"), event(t, "next", "kb"))
+	delivered := make(chan string, 2)
+	w, _ := consumer.New(q, consumer.HandlerFunc(func(_ context.Context, e *schemas.Event) error {
+		if e.ID == "exits" {
+			runtime.Goexit()
+		}
+		delivered <- e.ID
+		return nil
+	}), consumer.Config{Concurrency: 1, ShutdownTimeout: 5 * time.Second})
+	stop := testrun.Start(t, w.Run)
+	select {
+	case id := <-delivered:
+		if id != "next" {
+			t.Errorf("delivered %q, want next", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing delivered after a handler ended its goroutine: its slot was never given back")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return: a delivery was never counted as done")
 	}
 }
 
