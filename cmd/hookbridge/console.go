@@ -133,7 +133,7 @@ tunnel) when it is not on loopback, and name the proxy with
 	cmd.Flags().StringVar(&spoolURL, "spool", "", "the spool of a Service Bus ingress (sqlite:<path>), to show its depth and oldest event")
 	cmd.Flags().StringSliceVar(&metricsFrom, "metrics-from", nil, "an admin listener's metrics URL for live rates, e.g. http://127.0.0.1:9090/metrics (repeatable)")
 	cmd.Flags().DurationVar(&metricsInterval, "metrics-interval", console.DefaultMetricsInterval, "how often --metrics-from URLs are scraped")
-	cmd.Flags().StringSliceVar(&proxies, "trusted-proxy", nil, "a reverse proxy in front of the console, an IP address or CIDR range (repeatable): its requests count as from the client its X-Forwarded-For names, for the login limit and the action logs")
+	cmd.Flags().StringSliceVar(&proxies, "trusted-proxy", nil, "a reverse proxy in front of the console, its IP address (or a CIDR range of proxies only; repeatable): its requests count as from the client its X-Forwarded-For names, for the login limit and the action logs")
 	logs.register(cmd.Flags())
 	return cmd
 }

@@ -85,8 +85,9 @@ backend rejected them (BackendRejected, also for a redirect), when they
 failed max delivery count times (MaxDeliveryCountExceeded), when a
 verified sender's event broke an envelope rule and was stored as received
 (MalformedEvent), when they were not events (InvalidMessage), when a Go
-handler refused them for good (HandlerRejected), or, in a spool's
-dead-letter queue, when Service Bus would not take them (MessageTooLarge).
+handler refused them for good (the reason it gave, else HandlerRejected),
+or, in a spool's dead-letter queue, when Service Bus would not take them
+(MessageTooLarge).
 
 Exit status of replay and purge: 0 when every selected message was
 replayed or purged; 1 on an error, or when a run did less than it
