@@ -147,10 +147,11 @@ func (lt *loadTarget) runHost(t *testing.T, host *server, worker *process, backe
 	if r.failed > 0 {
 		t.Errorf("%d requests failed at %.0f req/s", r.failed, rate)
 	}
-	if n := backend.delivered(); n < int64(r.accepted) {
+	n, e2e := backend.stats()
+	if n < int64(r.accepted) {
 		t.Errorf("at %.0f req/s: %d accepted, %d delivered", rate, r.accepted, n)
 	}
-	h := hostResult{ingress: r, e2e: backend.latencies()}
+	h := hostResult{ingress: r, e2e: e2e}
 	if r.accepted > 0 {
 		h.cpuPerEvent = float64((hb1 - hb0).Microseconds()) / float64(r.accepted)
 		h.backendPerEvent = float64((be1 - be0).Microseconds()) / float64(r.accepted)
@@ -374,8 +375,6 @@ func (b *loadBackend) stats() (delivered int64, e2e []time.Duration) {
 }
 
 func (b *loadBackend) delivered() int64 { n, _ := b.stats(); return n }
-
-func (b *loadBackend) latencies() []time.Duration { _, l := b.stats(); return l }
 
 func (b *loadBackend) reset() {
 	if resp, err := http.Post(b.ctl+"/reset", "", nil); err == nil {
