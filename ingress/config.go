@@ -151,6 +151,8 @@ func (c Config) Validate() error {
 		return errors.New("ingress: no verifier configured for any route; configure one (--acs-audience, --eventgrid-entra-tenant with --eventgrid-entra-audience, or API keys) or, for development only, pass --insecure-allow-unauthenticated")
 	case c.ReplayDefence != "" && c.ReplayDefence != ReplayAuto && c.ReplayDefence != ReplayStrict && c.ReplayDefence != ReplayOff:
 		return fmt.Errorf("ingress: replay defence %q: use auto, strict or off", c.ReplayDefence)
+	case c.ReplayCacheSize > MaxReplayCacheSize:
+		return fmt.Errorf("ingress: --replay-cache-size %d is above the most it takes (%d); each token costs about 100 bytes, so size it for the tokens of the last few minutes", c.ReplayCacheSize, MaxReplayCacheSize)
 	case c.RateLimit < 0 || c.RateBurst < 0:
 		return fmt.Errorf("ingress: rate limit %g/s burst %d: must not be negative", c.RateLimit, c.RateBurst)
 	case c.RateBurst > 0 && c.RateLimit == 0:

@@ -34,9 +34,11 @@
 //     X-Api-Key header, in constant time, and removes it from the request.
 //   - SignedURLVerifier checks a callback URL signed with SignCallbackURL.
 //
-// The three bounded caches (replay defence, Entra tokens, per-client rate
-// limits) are LRUs from hashicorp/golang-lru's simplelru under the owner's
-// lock.
+// The Entra token cache and the per-client rate limits are LRUs from
+// hashicorp/golang-lru's simplelru under the owner's lock. The replay
+// defence, which holds every Call Automation token of the last minutes, is
+// a ring of pointer-free slots with a map index, so the garbage collector
+// never scans it (see replayGuard).
 //
 // Serve drains on shutdown: readiness (Server.Ready) fails at once while
 // the listener keeps serving for DrainDelay, then requests in progress

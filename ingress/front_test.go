@@ -438,9 +438,10 @@ func TestRateBurstNeedsRateLimit(t *testing.T) {
 		t.Fatalf("burst without a rate: %v, want an error naming --rate-limit", err)
 	}
 	for name, change := range map[string]func(*ingress.Config){
-		"unknown replay defence":      func(c *ingress.Config) { c.ReplayDefence = "sometimes" },
-		"negative drain delay":        func(c *ingress.Config) { c.DrainDelay = -time.Second },
-		"bodies in flight below body": func(c *ingress.Config) { c.MaxBodyBytesInFlight = 1024 },
+		"unknown replay defence":       func(c *ingress.Config) { c.ReplayDefence = "sometimes" },
+		"negative drain delay":         func(c *ingress.Config) { c.DrainDelay = -time.Second },
+		"bodies in flight below body":  func(c *ingress.Config) { c.MaxBodyBytesInFlight = 1024 },
+		"replay cache above its bound": func(c *ingress.Config) { c.ReplayCacheSize = ingress.MaxReplayCacheSize + 1 },
 	} {
 		c := ingress.Config{Publisher: &fakePublisher{}, ACSVerifiers: []ingress.Verifier{staticVerifier{}}}
 		change(&c)

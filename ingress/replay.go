@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,30 +22,47 @@ import (
 // carry byte-identical tokens. A body is recorded as delivered only once its
 // events are queued, so a token whose request failed (503) stays usable.
 //
-// Entries live until the token stops being acceptable (Credential.Expires).
-// The guard holds at most max of them in an LRU (hashicorp/golang-lru's
-// simplelru, under the guard's own lock so that check-and-record is one
-// step): expired entries are dropped from the old end as new ones come in,
-// pending or not (an expired token can no longer pass verification); when
-// the cache is full of live entries the oldest is evicted, which weakens the
-// defence for that token alone and is counted in
+// Entries live until the token stops being acceptable (Credential.Expires),
+// in arrival order, and the guard holds at most max of them: expired
+// entries are dropped from the old end as new ones come in, pending or not
+// (an expired token can no longer pass verification); when the guard is
+// full of live entries the oldest is evicted, which weakens the defence for
+// that token alone and is counted in
 // hookbridge_ingress_replay_evictions_total.
+//
+// At sustained load the guard holds hundreds of thousands of tokens for
+// minutes, so it is laid out for the garbage collector: the entries sit in a
+// ring of fixed-size slots and the index maps a token's digest to its slot,
+// neither holding a pointer, so a collection never scans them, and a token
+// costs about 110 bytes (TestReplayGuardMemory). A general LRU keeps a
+// linked node per entry, which the collector walks on every cycle, at twice
+// the size.
 type replayGuard struct {
 	mode      ReplayDefence
 	evictions prometheus.Counter
 	log       *slog.Logger
 
-	mu  sync.Mutex
-	lru *simplelru.LRU[[16]byte, *replayEntry]
-	max int
+	mu    sync.Mutex
+	max   int
+	index map[[16]byte]uint32 // token digest → slot
+	// ring holds the entries in arrival order, positions head to tail-1;
+	// position p is slot p % max. Its chunks are allocated as first used.
+	ring       [][]replaySlot
+	head, tail uint64
+	// more holds the further bodies of a token reused without a jti (auto
+	// mode), by slot; rare, and at most maxBodiesPerToken-1 each.
+	more map[uint32][]bodyState
 }
 
-// replayEntry is one token: the bodies it delivered (or is delivering).
-type replayEntry struct {
-	expires int64 // unix nanoseconds
-	jti     bool
+// replaySlot is one token: the first body it delivered (or is delivering).
+type replaySlot struct {
+	key     [16]byte // the token's digest
 	first   bodyState
-	more    []bodyState // further bodies of a token without jti, in auto mode
+	pos     uint64 // the entry's position: tells a ticket's entry from a later one in its slot
+	expires int64  // unix nanoseconds
+	jti     bool
+	more    bool // further bodies are in replayGuard.more
+	gone    bool // removed before reaching the old end
 }
 
 type bodyState struct {
@@ -55,13 +71,24 @@ type bodyState struct {
 	queued  bool
 }
 
+// replayChunk is the number of slots allocated at a time.
+const replayChunk = 4096
+
 // maxBodiesPerToken bounds the bodies remembered for one token reused
 // without a jti; later ones are accepted without being remembered.
 const maxBodiesPerToken = 8
 
+// MaxReplayCacheSize bounds Config.ReplayCacheSize (slots are numbered in 32
+// bits); at about 100 bytes a token it is far above any machine's memory.
+const MaxReplayCacheSize = 1 << 31
+
 func newReplayGuard(max int, mode ReplayDefence, evictions prometheus.Counter, log *slog.Logger) *replayGuard {
-	lru, _ := simplelru.NewLRU[[16]byte, *replayEntry](max, nil) // max > 0: no error
-	return &replayGuard{mode: mode, evictions: evictions, log: log, lru: lru, max: max}
+	return &replayGuard{
+		mode: mode, evictions: evictions, log: log, max: max,
+		index: make(map[[16]byte]uint32),
+		ring:  make([][]replaySlot, (max+replayChunk-1)/replayChunk),
+		more:  make(map[uint32][]bodyState),
+	}
 }
 
 var errTokenReplayed = errors.New("token already delivered a different body")
@@ -73,9 +100,10 @@ type replayTicket struct {
 	// reused: the token, without a jti, delivered another body before.
 	reused bool
 
-	entry *replayEntry // nil: nothing to release
-	key   [16]byte
-	body  [16]byte
+	held bool   // false: nothing to release
+	pos  uint64 // the entry's position
+	key  [16]byte
+	body [16]byte
 }
 
 // check binds the bearer token among creds to body. Unless the ticket says
@@ -97,39 +125,50 @@ func (g *replayGuard) check(creds []Credential, body []byte, now time.Time) (rep
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.sweep(nowNanos)
-	e, ok := g.lru.Peek(t.key)
-	if ok && e.expires < nowNanos {
-		g.lru.Remove(t.key)
-		ok = false
+	i, ok := g.index[t.key]
+	var s *replaySlot
+	if ok {
+		s = g.slot(i)
+		if s.expires < nowNanos {
+			g.remove(i, s)
+			ok = false
+		}
 	}
 	if !ok {
-		if g.lru.Len() >= g.max {
-			g.lru.RemoveOldest() // live: sweep dropped every expired one before it
+		if g.tail-g.head >= uint64(g.max) {
+			// Full: sweep left a live entry at the old end.
+			g.pop()
 			g.evictions.Inc()
 		}
-		e = &replayEntry{expires: cred.Expires.UnixNano(), jti: cred.JTI != "", first: bodyState{digest: t.body, pending: 1}}
-		g.lru.Add(t.key, e)
-		t.entry = e
+		i = uint32(g.tail % uint64(g.max))
+		s = g.slot(i)
+		*s = replaySlot{key: t.key, pos: g.tail, expires: cred.Expires.UnixNano(), jti: cred.JTI != "",
+			first: bodyState{digest: t.body, pending: 1}}
+		g.index[t.key] = i
+		g.tail++
+		t.held, t.pos = true, s.pos
 		return t, nil
 	}
-	if b := e.body(t.body); b != nil {
+	if b := g.body(i, s, t.body); b != nil {
 		if b.queued {
 			t.seen = true
 			return t, nil
 		}
 		b.pending++
-		t.entry = e
+		t.held, t.pos = true, s.pos
 		return t, nil
 	}
-	if g.mode == ReplayStrict || e.jti {
+	if g.mode == ReplayStrict || s.jti {
 		return replayTicket{}, unauthorized(CauseTokenReplayed, "token already used for a different request; every callback needs its own token", errTokenReplayed)
 	}
 	t.reused = true
+	more := g.more[i]
 	g.log.Warn("Call Automation token without jti delivered a second, different body; accepted (--acs-replay-defence auto)",
-		"token_digest", hex.EncodeToString(t.key[:8]), "bodies", 2+len(e.more))
-	if len(e.more)+1 < maxBodiesPerToken {
-		e.more = append(e.more, bodyState{digest: t.body, pending: 1})
-		t.entry = e
+		"token_digest", hex.EncodeToString(t.key[:8]), "bodies", 2+len(more))
+	if len(more)+1 < maxBodiesPerToken {
+		g.more[i] = append(more, bodyState{digest: t.body, pending: 1})
+		s.more = true
+		t.held, t.pos = true, s.pos
 	}
 	return t, nil
 }
@@ -139,13 +178,17 @@ func (g *replayGuard) check(creds []Credential, body []byte, now time.Time) (rep
 // with it when it delivered nothing else), so the sender's retry is
 // admitted again. It is safe on a nil guard and on an empty ticket.
 func (g *replayGuard) release(t replayTicket, queued bool) {
-	if g == nil || t.entry == nil {
+	if g == nil || !t.held {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	e := t.entry
-	b := e.body(t.body)
+	i := uint32(t.pos % uint64(g.max))
+	s := g.slot(i)
+	if s.pos != t.pos || s.gone || t.pos < g.head {
+		return // the entry expired or was evicted meanwhile
+	}
+	b := g.body(i, s, t.body)
 	if b == nil {
 		return
 	}
@@ -157,57 +200,106 @@ func (g *replayGuard) release(t replayTicket, queued bool) {
 	if b.pending > 0 || b.queued {
 		return
 	}
-	e.forget(t.body)
-	if e.empty() {
-		if cur, ok := g.lru.Peek(t.key); ok && cur == e {
-			g.lru.Remove(t.key) // nothing queued: the token stays usable
-		}
+	g.forget(i, s, t.body)
+	if s.first.pending == 0 && !s.first.queued && !s.more {
+		g.remove(i, s) // nothing queued: the token stays usable
 	}
+}
+
+// slot returns slot i, allocating its chunk on first use.
+func (g *replayGuard) slot(i uint32) *replaySlot {
+	c := g.ring[i/replayChunk]
+	if c == nil {
+		c = make([]replaySlot, min(replayChunk, g.max-int(i/replayChunk)*replayChunk))
+		g.ring[i/replayChunk] = c
+	}
+	return &c[i%replayChunk]
 }
 
 // sweep drops expired entries from the old end. Tokens are fresh when first
-// seen, so insertion order is close to expiry order; an entry that expires
-// out of order waits behind a live one until it reaches the old end or the
-// cache evicts it.
+// seen, so arrival order is close to expiry order; an entry that expires
+// out of order waits behind a live one until it reaches the old end or is
+// evicted.
 func (g *replayGuard) sweep(now int64) {
-	for {
-		_, e, ok := g.lru.GetOldest()
-		if !ok || e.expires >= now {
+	for g.head < g.tail {
+		s := g.slot(uint32(g.head % uint64(g.max)))
+		if !s.gone && s.expires >= now {
 			return
 		}
-		g.lru.RemoveOldest()
+		g.pop()
 	}
 }
 
-// body returns the state of the body with digest d, or nil.
-func (e *replayEntry) body(d [16]byte) *bodyState {
-	if e.first.digest == d && (e.first.pending > 0 || e.first.queued) {
-		return &e.first
+// pop drops the entry at the old end.
+func (g *replayGuard) pop() {
+	i := uint32(g.head % uint64(g.max))
+	s := g.slot(i)
+	g.head++
+	if !s.gone {
+		g.unindex(i, s)
 	}
-	for i := range e.more {
-		if e.more[i].digest == d {
-			return &e.more[i]
+}
+
+// remove takes the entry in slot i out of the index before it reaches the
+// old end; its slot is reclaimed when it does, so until then it counts
+// toward the bound (only a request that failed to publish leaves one).
+func (g *replayGuard) remove(i uint32, s *replaySlot) {
+	g.unindex(i, s)
+	s.gone = true
+}
+
+func (g *replayGuard) unindex(i uint32, s *replaySlot) {
+	delete(g.index, s.key)
+	if s.more {
+		delete(g.more, i)
+		s.more = false
+	}
+}
+
+// len is the number of tokens held.
+func (g *replayGuard) len() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.index)
+}
+
+// body returns the state of the body with digest d of the entry in slot i,
+// or nil.
+func (g *replayGuard) body(i uint32, s *replaySlot, d [16]byte) *bodyState {
+	if s.first.digest == d && (s.first.pending > 0 || s.first.queued) {
+		return &s.first
+	}
+	if !s.more {
+		return nil
+	}
+	more := g.more[i]
+	for j := range more {
+		if more[j].digest == d {
+			return &more[j]
 		}
 	}
 	return nil
 }
 
-// forget drops the body with digest d.
-func (e *replayEntry) forget(d [16]byte) {
-	if e.first.digest == d {
-		e.first = bodyState{}
+// forget drops the body with digest d of the entry in slot i.
+func (g *replayGuard) forget(i uint32, s *replaySlot, d [16]byte) {
+	if s.first.digest == d {
+		s.first = bodyState{}
 		return
 	}
-	for i := range e.more {
-		if e.more[i].digest == d {
-			e.more = append(e.more[:i], e.more[i+1:]...)
-			return
+	more := g.more[i]
+	for j := range more {
+		if more[j].digest == d {
+			more = append(more[:j], more[j+1:]...)
+			break
 		}
 	}
-}
-
-func (e *replayEntry) empty() bool {
-	return e.first.pending == 0 && !e.first.queued && len(e.more) == 0
+	if len(more) == 0 {
+		delete(g.more, i)
+		s.more = false
+		return
+	}
+	g.more[i] = more
 }
 
 func digest16(b []byte) [16]byte {

@@ -3,6 +3,8 @@ package ingress
 import (
 	"fmt"
 	"log/slog"
+	"runtime"
+	rtmetrics "runtime/metrics"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,6 +44,66 @@ func BenchmarkReplayGuard(b *testing.B) {
 	})
 }
 
+// heapAfterGC returns the live heap and the part of it the collector
+// scans, after a collection.
+func heapAfterGC() (live, scan uint64) {
+	runtime.GC()
+	s := []rtmetrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/heap:bytes"}}
+	rtmetrics.Read(s)
+	return s[0].Value.Uint64(), s[1].Value.Uint64()
+}
+
+// fillGuard records n fresh tokens, each delivering its body.
+func fillGuard(tb testing.TB, g *replayGuard, n, from int, expires time.Time) {
+	tok := make([]byte, 0, 64)
+	creds := make([]Credential, 1)
+	body := []byte("body")
+	for i := range n {
+		tok = fmt.Appendf(tok[:0], "token-%d", from+i)
+		creds[0] = Credential{Token: string(tok), Expires: expires, JTI: "x"}
+		t, err := g.check(creds, body, time.Now())
+		if err != nil || t.seen {
+			tb.Fatalf("fresh token: seen %v, err %v", t.seen, err)
+		}
+		g.release(t, true)
+	}
+}
+
+// The guard holds its tokens in about 100 bytes each, and none of it is
+// memory the garbage collector scans: under sustained load it holds
+// hundreds of thousands of tokens, which a pointer per token would have the
+// collector walk on every cycle (and which took 200 bytes each in an LRU).
+func TestReplayGuardMemory(t *testing.T) {
+	const n = 200_000
+	g := testGuard(n, ReplayAuto)
+	live0, scan0 := heapAfterGC()
+	fillGuard(t, g, n, 0, time.Now().Add(time.Hour))
+	live1, scan1 := heapAfterGC()
+	runtime.KeepAlive(g)
+	perToken := (float64(live1) - float64(live0)) / n
+	scanned := (float64(scan1) - float64(scan0)) / n
+	t.Logf("%.1f bytes a token, %.2f of them scanned", perToken, scanned)
+	if perToken > 140 {
+		t.Errorf("%.1f bytes a token, want at most 140", perToken)
+	}
+	if scanned > 2 {
+		t.Errorf("%.2f scanned bytes a token, want none (at most 2: other tests' garbage)", scanned)
+	}
+}
+
+// BenchmarkReplayGuardFull measures the guard at its default bound: every
+// new token evicts the oldest.
+func BenchmarkReplayGuardFull(b *testing.B) {
+	g := testGuard(DefaultReplayCacheSize, ReplayAuto)
+	live0, _ := heapAfterGC()
+	fillGuard(b, g, DefaultReplayCacheSize, 0, time.Now().Add(time.Hour))
+	live1, _ := heapAfterGC()
+	b.ReportAllocs()
+	b.ResetTimer()
+	fillGuard(b, g, b.N, DefaultReplayCacheSize, time.Now().Add(time.Hour))
+	b.ReportMetric(float64(live1-live0)/DefaultReplayCacheSize, "B/token")
+}
+
 func TestReplayGuardBound(t *testing.T) {
 	t.Parallel()
 	g := testGuard(100, ReplayStrict)
@@ -53,8 +115,8 @@ func TestReplayGuardBound(t *testing.T) {
 			t.Fatal(err)
 		}
 		g.release(tk, true)
-		if g.lru.Len() > 100 {
-			t.Fatalf("%d entries, bound 100", g.lru.Len())
+		if g.len() > 100 {
+			t.Fatalf("%d entries, bound 100", g.len())
 		}
 	}
 	if testutil.ToFloat64(g.evictions) == 0 {
@@ -68,7 +130,7 @@ func TestReplayGuardBound(t *testing.T) {
 		g2.release(tk, true)
 	}
 	g2.check([]Credential{{Token: "fresh", Expires: exp}}, []byte("b"), time.Now())
-	if n, ev := g2.lru.Len(), testutil.ToFloat64(g2.evictions); n != 1 || ev != 0 {
+	if n, ev := g2.len(), testutil.ToFloat64(g2.evictions); n != 1 || ev != 0 {
 		t.Errorf("after a sweep: %d entries, %v evicted; want 1 and 0", n, ev)
 	}
 }
@@ -88,12 +150,12 @@ func TestReplayGuardSweepsExpiredPendingEntries(t *testing.T) {
 		tk, _ := g.check([]Credential{{Token: fmt.Sprint("next", i), Expires: later.Add(time.Minute)}}, []byte("b"), later)
 		g.release(tk, true)
 	}
-	if _, ok := g.lru.Peek(pending.key); ok || g.lru.Len() != 3 {
-		t.Fatalf("expired pending entry kept: %d entries", g.lru.Len())
+	if _, ok := g.index[pending.key]; ok || g.len() != 3 {
+		t.Fatalf("expired pending entry kept: %d entries", g.len())
 	}
 	g.release(pending, true)
-	if g.lru.Len() != 3 {
-		t.Errorf("a late release brought an entry back: %d entries", g.lru.Len())
+	if g.len() != 3 {
+		t.Errorf("a late release brought an entry back: %d entries", g.len())
 	}
 	if ev := testutil.ToFloat64(g.evictions); ev != 0 {
 		t.Errorf("sweeping an expired entry counted %v evictions", ev)
@@ -138,5 +200,60 @@ func TestReplayGuardModes(t *testing.T) {
 				t.Errorf("%s: retry of body %q: seen %v err %v", tt.mode, body, again.seen, err)
 			}
 		}
+	}
+}
+
+// A slot is reused once its entry leaves: a late release of an evicted
+// token's ticket leaves the token now in its slot alone, and an entry
+// forgotten after a failed publish gives its room back without counting
+// as an eviction.
+func TestReplayGuardSlotReuse(t *testing.T) {
+	t.Parallel()
+	exp := time.Now().Add(time.Minute)
+	cred := func(tok string) []Credential { return []Credential{{Token: tok, Expires: exp, JTI: "j"}} }
+	g := testGuard(3, ReplayStrict)
+	slow, err := g.check(cred("a"), []byte("body"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{"b", "c"} {
+		tk, err := g.check(cred(tok), []byte("body"), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.release(tk, true)
+	}
+	d, err := g.check(cred("d"), []byte("body"), time.Now()) // evicts a, takes its slot, still publishing
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := testutil.ToFloat64(g.evictions); ev != 1 {
+		t.Fatalf("%v evictions, want 1", ev)
+	}
+	g.release(slow, false)
+	if _, err := g.check(cred("d"), []byte("forged"), time.Now()); err == nil {
+		t.Fatal("d with another body accepted after a's late release")
+	}
+	g.release(d, true)
+	if tk, err := g.check(cred("d"), []byte("body"), time.Now()); err != nil || !tk.seen {
+		t.Fatalf("d's retry: seen %v, err %v; want seen", tk.seen, err)
+	}
+
+	g = testGuard(2, ReplayStrict)
+	failed, _ := g.check(cred("x"), []byte("body"), time.Now())
+	g.release(failed, false) // x is forgotten: its retry must be admitted
+	for _, tok := range []string{"y", "z"} {
+		tk, _ := g.check(cred(tok), []byte("body"), time.Now())
+		g.release(tk, true)
+	}
+	if n, ev := g.len(), testutil.ToFloat64(g.evictions); n != 2 || ev != 0 {
+		t.Fatalf("%d tokens, %v evictions; want 2 and 0", n, ev)
+	}
+	retry, err := g.check(cred("x"), []byte("body"), time.Now())
+	if err != nil || retry.seen {
+		t.Fatalf("retry of a failed request: seen %v, err %v", retry.seen, err)
+	}
+	if n, ev := g.len(), testutil.ToFloat64(g.evictions); n != 2 || ev != 1 {
+		t.Errorf("%d tokens, %v evictions; want 2 and 1 (y)", n, ev)
 	}
 }
