@@ -3,6 +3,8 @@ package sqlite
 import (
 	"container/heap"
 	"context"
+	"crypto/sha256"
+	"slices"
 	"time"
 )
 
@@ -25,7 +27,10 @@ import (
 // the queue (seen, read from dedup_log, which every process appends to when
 // a message is completed or dead-lettered). A duplicate is dropped when it
 // reaches the head of its session, so the send path never looks anything
-// up.
+// up. The window knows an ID by a digest of it (idKey), so its maps hold
+// no pointers: at a sustained 2,000 events a second a 10-minute window
+// holds over a million IDs, which string keys would make about 100 MB that
+// the garbage collector walks on every cycle.
 //
 // All fields are guarded by the queue's writeMu.
 type index struct {
@@ -38,8 +43,8 @@ type index struct {
 	parked  sessionHeap         // sessions whose head is locked or delayed, by when that ends
 	held    map[int64]bool      // heads this process handed out and has not settled
 
-	first map[string]seenID // duplicate window: MessageID → its first waiting message
-	seen  map[string]int64  // duplicate window: MessageID that left → window end (unix ns)
+	first map[idKey]seenID // duplicate window: MessageID → its first waiting message
+	seen  seenWindow       // duplicate window: MessageIDs that left, with their window's end
 
 	outside, checked uint64 // commits signalled by other processes; the count last acted on
 	lastPrune        time.Time
@@ -68,15 +73,17 @@ type seenID struct {
 	expires int64 // unix ns: enqueued time + window
 }
 
-func newIndex() *index {
+// newIndex returns an empty view for a queue whose duplicate window is
+// window (0 or negative: off).
+func newIndex(window time.Duration) *index {
 	return &index{
 		keyed:   make(map[string]*session),
 		keyless: make(map[int64]*session),
 		ready:   sessionHeap{less: byHead, place: inReady},
 		parked:  sessionHeap{less: byUntil, place: inParked},
 		held:    make(map[int64]bool),
-		first:   make(map[string]seenID),
-		seen:    make(map[string]int64),
+		first:   make(map[idKey]seenID),
+		seen:    newSeenWindow(window),
 	}
 }
 
@@ -103,8 +110,10 @@ func (x *index) refresh(ctx context.Context, c *conn, window int64) error {
 			return err
 		}
 		x.add(seq, key)
-		if _, ok := x.first[id]; !ok && window > 0 {
-			x.first[id] = seenID{seq: seq, expires: enq + window}
+		if window > 0 {
+			if k := keyOf(id); !x.hasFirst(k) {
+				x.first[k] = seenID{seq: seq, expires: enq + window}
+			}
 		}
 	}
 	if err := rows.Close(); err != nil {
@@ -124,7 +133,7 @@ func (x *index) refresh(ctx context.Context, c *conn, window int64) error {
 			rows.Close()
 			return err
 		}
-		x.seen[id] = max(x.seen[id], expires)
+		x.seen.add(keyOf(id), expires)
 	}
 	return rows.Close()
 }
@@ -246,31 +255,114 @@ func (x *index) due() time.Time {
 // repeats one sent within the window before it: one still waiting, or one
 // that already left the queue.
 func (x *index) duplicate(id string, seq, enq int64) bool {
-	if f, ok := x.first[id]; ok && f.seq < seq && enq < f.expires {
+	k := keyOf(id)
+	if f, ok := x.first[k]; ok && f.seq < seq && enq < f.expires {
 		return true
 	}
-	return enq < x.seen[id]
+	return x.seen.repeats(k, enq)
 }
 
-// forgetFirst drops message seq from the waiting IDs once it left.
-func (x *index) forgetFirst(id string, seq int64) {
-	if f, ok := x.first[id]; ok && f.seq == seq {
-		delete(x.first, id)
+func (x *index) hasFirst(k idKey) bool {
+	_, ok := x.first[k]
+	return ok
+}
+
+// left records that message seq with MessageID id left the queue, its
+// window ending at expires.
+func (x *index) left(id string, seq, expires int64) {
+	k := keyOf(id)
+	if f, ok := x.first[k]; ok && f.seq == seq {
+		delete(x.first, k)
 	}
+	x.seen.add(k, expires)
 }
 
 // prune forgets window entries that no pending message can still repeat.
+// The waiting IDs are as many as the messages waiting; the IDs that left
+// are dropped a bucket at a time.
 func (x *index) prune(cutoff int64) {
-	for id, expires := range x.seen {
-		if expires <= cutoff {
-			delete(x.seen, id)
-		}
-	}
-	for id, f := range x.first {
+	x.seen.prune(cutoff)
+	for k, f := range x.first {
 		if f.expires <= cutoff {
-			delete(x.first, id)
+			delete(x.first, k)
 		}
 	}
+}
+
+// idKey is how the duplicate window knows a MessageID: the first 16 bytes
+// of its SHA-256. Two IDs with one key would make the later a false
+// duplicate; at 2^-128 a pair that does not happen by chance, and choosing
+// an ID to match another's would take breaking SHA-256.
+type idKey [16]byte
+
+func keyOf(id string) idKey {
+	sum := sha256.Sum256([]byte(id))
+	return idKey(sum[:16])
+}
+
+// seenWindow holds the IDs of messages that left the queue, each with the
+// end of its window, in buckets by that end: pruning drops whole buckets
+// instead of visiting every ID, and a lookup visits at most
+// seenBuckets+1 maps. An ID is kept at most one bucket's width (a
+// sixteenth of the window, at least a second) past its window's end.
+type seenWindow struct {
+	width   int64        // ns
+	buckets []seenBucket // ascending by end
+}
+
+type seenBucket struct {
+	end int64           // no entry's window ends after it (unix ns)
+	ids map[idKey]int64 // ID → its window's end
+}
+
+const seenBuckets = 16
+
+func newSeenWindow(window time.Duration) seenWindow {
+	return seenWindow{width: max(int64(window)/seenBuckets, int64(time.Second))}
+}
+
+// add records that id's window ends at expires.
+func (w *seenWindow) add(k idKey, expires int64) {
+	end := (expires/w.width + 1) * w.width
+	i := len(w.buckets)
+	for i > 0 && w.buckets[i-1].end >= end { // entries come mostly in order: look from the newest
+		i--
+	}
+	if i == len(w.buckets) || w.buckets[i].end != end {
+		w.buckets = slices.Insert(w.buckets, i, seenBucket{end: end, ids: make(map[idKey]int64)})
+	}
+	if b := w.buckets[i].ids; b[k] < expires {
+		b[k] = expires
+	}
+}
+
+// repeats reports whether a message with id enqueued at enq falls in the
+// window of one that left.
+func (w *seenWindow) repeats(k idKey, enq int64) bool {
+	for i := len(w.buckets) - 1; i >= 0 && enq < w.buckets[i].end; i-- {
+		if expires, ok := w.buckets[i].ids[k]; ok && enq < expires {
+			return true
+		}
+	}
+	return false
+}
+
+// prune drops the buckets whose windows all ended by cutoff.
+func (w *seenWindow) prune(cutoff int64) {
+	n := 0
+	for n < len(w.buckets) && w.buckets[n].end <= cutoff {
+		n++
+	}
+	w.buckets = slices.Delete(w.buckets, 0, n)
+}
+
+// len is the number of IDs held (an ID in two buckets counts twice).
+func (w *seenWindow) len() int {
+	n := 0
+	for _, b := range w.buckets {
+		n += len(b.ids)
+	}
+	return n
 }
 
 // sessionHeap is a heap of sessions ordered by less; it keeps each

@@ -95,7 +95,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 	}
 	q := &Queue{
 		cfg: cfg, log: log, metrics: cfg.Metrics, path: path,
-		idx: newIndex(), wake: newNotifier(), receiving: make(chan struct{}), closing: make(chan struct{}),
+		idx: newIndex(cfg.DuplicateWindow), wake: newNotifier(), receiving: make(chan struct{}), closing: make(chan struct{}),
 		walFull: make(chan struct{}, 1),
 	}
 	q.ops.q, q.ops.arrived = q, make(chan struct{}, 1)

@@ -295,8 +295,7 @@ func (q *Queue) leave(ctx context.Context, seq int64, id string, enq int64) erro
 	if _, err := q.settle.exec(ctx, sqlDedupAppend, id, expires); err != nil {
 		return unavailable("record duplicate window", err)
 	}
-	q.idx.forgetFirst(id, seq)
-	q.idx.seen[id] = max(q.idx.seen[id], expires)
+	q.idx.left(id, seq, expires)
 	return nil
 }
 

@@ -220,7 +220,7 @@ func (q *Queue) apply(ops []*op) {
 		})
 		if err != nil && b.mutated {
 			// The view holds changes the rollback undid: rebuild it.
-			q.idx = newIndex()
+			q.idx = newIndex(q.cfg.DuplicateWindow)
 		}
 	}
 	q.writeMu.Unlock()
