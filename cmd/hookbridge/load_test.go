@@ -120,6 +120,8 @@ func TestLoadLoopback(t *testing.T) {
 		t.Logf("end to end at %.0f req/s: p50 %v p99 %v over %d events (target p99 ≤ 5ms at half capacity); hookbridge spent %.0f CPU-µs an event (the ingress %.0f), the stub backend %.0f",
 			rate, pct(h.e2e, 0.5), pct(h.e2e, 0.99), len(h.e2e), h.cpuPerEvent, h.ingress.cpuPerReq, h.backendPerEvent)
 	}
+	t.Logf("host peak resident memory: ingress %.1f MiB, worker %.1f MiB",
+		float64(vmHWM(host.proc.cmd.Process.Pid))/1024, float64(vmHWM(worker.cmd.Process.Pid))/1024)
 	worker.stop(t)
 	host.stop(t)
 }
