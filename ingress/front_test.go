@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -438,15 +439,20 @@ func TestRateBurstNeedsRateLimit(t *testing.T) {
 		t.Fatalf("burst without a rate: %v, want an error naming --rate-limit", err)
 	}
 	for name, change := range map[string]func(*ingress.Config){
-		"unknown replay defence":       func(c *ingress.Config) { c.ReplayDefence = "sometimes" },
-		"negative drain delay":         func(c *ingress.Config) { c.DrainDelay = -time.Second },
-		"bodies in flight below body":  func(c *ingress.Config) { c.MaxBodyBytesInFlight = 1024 },
-		"replay cache above its bound": func(c *ingress.Config) { c.ReplayCacheSize = ingress.MaxReplayCacheSize + 1 },
+		"unknown replay defence":      func(c *ingress.Config) { c.ReplayDefence = "sometimes" },
+		"negative drain delay":        func(c *ingress.Config) { c.DrainDelay = -time.Second },
+		"bodies in flight below body": func(c *ingress.Config) { c.MaxBodyBytesInFlight = 1024 },
 	} {
 		c := ingress.Config{Publisher: &fakePublisher{}, ACSVerifiers: []ingress.Verifier{staticVerifier{}}}
 		change(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+	if over := int64(ingress.MaxReplayCacheSize) + 1; over <= math.MaxInt { // an int holds it (64 bits)
+		c := ingress.Config{Publisher: &fakePublisher{}, ACSVerifiers: []ingress.Verifier{staticVerifier{}}, ReplayCacheSize: int(over)}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--replay-cache-size") {
+			t.Errorf("replay cache above its bound: %v, want an error naming --replay-cache-size", err)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -31,12 +32,14 @@ import (
 // hookbridge_ingress_replay_evictions_total.
 //
 // At sustained load the guard holds hundreds of thousands of tokens for
-// minutes, so it is laid out for the garbage collector: the entries sit in a
-// ring of fixed-size slots and the index maps a token's digest to its slot,
-// neither holding a pointer, so a collection never scans them, and a token
-// costs about 110 bytes (TestReplayGuardMemory). A general LRU keeps a
-// linked node per entry, which the collector walks on every cycle, at twice
-// the size.
+// minutes, so it is laid out for the garbage collector: the entries are
+// slots in chunked arrays, linked in arrival order by slot number, with
+// the index mapping a token's digest to its slot; nothing holds a pointer,
+// so a collection never scans them, and a token costs about 110 bytes
+// (TestReplayGuardMemory). A general LRU keeps a linked node per entry,
+// which the collector walks on every cycle, at twice the size. A removed
+// entry's slot is reused at once; the arrays grow to the most tokens held
+// at one time and stay.
 type replayGuard struct {
 	mode      ReplayDefence
 	evictions prometheus.Counter
@@ -45,10 +48,13 @@ type replayGuard struct {
 	mu    sync.Mutex
 	max   int
 	index map[[16]byte]uint32 // token digest → slot
-	// ring holds the entries in arrival order, positions head to tail-1;
-	// position p is slot p % max. Its chunks are allocated as first used.
-	ring       [][]replaySlot
-	head, tail uint64
+	// slots, allocated a chunk at a time as first used; used counts those
+	// ever handed out, free heads a list of unused ones (linked by next).
+	chunks [][]replaySlot
+	used   uint32
+	free   uint32
+	// oldest and newest end the list of entries in arrival order.
+	oldest, newest uint32
 	// more holds the further bodies of a token reused without a jti (auto
 	// mode), by slot; rare, and at most maxBodiesPerToken-1 each.
 	more map[uint32][]bodyState
@@ -56,13 +62,14 @@ type replayGuard struct {
 
 // replaySlot is one token: the first body it delivered (or is delivering).
 type replaySlot struct {
-	key     [16]byte // the token's digest
-	first   bodyState
-	pos     uint64 // the entry's position: tells a ticket's entry from a later one in its slot
-	expires int64  // unix nanoseconds
-	jti     bool
-	more    bool // further bodies are in replayGuard.more
-	gone    bool // removed before reaching the old end
+	key        [16]byte // the token's digest
+	first      bodyState
+	expires    int64  // unix nanoseconds
+	prev, next uint32 // arrival order (toward oldest, toward newest); next links the free list
+	gen        uint32 // counts the slot's entries: tells a ticket's entry from a later one
+	live       bool
+	jti        bool
+	more       bool // further bodies are in replayGuard.more
 }
 
 type bodyState struct {
@@ -70,6 +77,9 @@ type bodyState struct {
 	pending int32 // requests with this body still publishing
 	queued  bool
 }
+
+// noSlot ends a list of slots.
+const noSlot = ^uint32(0)
 
 // replayChunk is the number of slots allocated at a time.
 const replayChunk = 4096
@@ -79,15 +89,16 @@ const replayChunk = 4096
 const maxBodiesPerToken = 8
 
 // MaxReplayCacheSize bounds Config.ReplayCacheSize (slots are numbered in 32
-// bits); at about 100 bytes a token it is far above any machine's memory.
-const MaxReplayCacheSize = 1 << 31
+// bits); at about 110 bytes a token it is far above any machine's memory.
+const MaxReplayCacheSize = math.MaxInt32
 
 func newReplayGuard(max int, mode ReplayDefence, evictions prometheus.Counter, log *slog.Logger) *replayGuard {
 	return &replayGuard{
 		mode: mode, evictions: evictions, log: log, max: max,
-		index: make(map[[16]byte]uint32),
-		ring:  make([][]replaySlot, (max+replayChunk-1)/replayChunk),
-		more:  make(map[uint32][]bodyState),
+		index:  make(map[[16]byte]uint32),
+		chunks: make([][]replaySlot, max/replayChunk+1),
+		free:   noSlot, oldest: noSlot, newest: noSlot,
+		more: make(map[uint32][]bodyState),
 	}
 }
 
@@ -101,7 +112,8 @@ type replayTicket struct {
 	reused bool
 
 	held bool   // false: nothing to release
-	pos  uint64 // the entry's position
+	slot uint32 // the entry's slot,
+	gen  uint32 // and its generation there
 	key  [16]byte
 	body [16]byte
 }
@@ -130,23 +142,27 @@ func (g *replayGuard) check(creds []Credential, body []byte, now time.Time) (rep
 	if ok {
 		s = g.slot(i)
 		if s.expires < nowNanos {
-			g.remove(i, s)
+			g.remove(i)
 			ok = false
 		}
 	}
 	if !ok {
-		if g.tail-g.head >= uint64(g.max) {
-			// Full: sweep left a live entry at the old end.
-			g.pop()
+		if len(g.index) >= g.max {
+			g.remove(g.oldest) // live: sweep dropped every expired one before it
 			g.evictions.Inc()
 		}
-		i = uint32(g.tail % uint64(g.max))
+		i = g.alloc()
 		s = g.slot(i)
-		*s = replaySlot{key: t.key, pos: g.tail, expires: cred.Expires.UnixNano(), jti: cred.JTI != "",
-			first: bodyState{digest: t.body, pending: 1}}
+		*s = replaySlot{key: t.key, expires: cred.Expires.UnixNano(), jti: cred.JTI != "", live: true,
+			first: bodyState{digest: t.body, pending: 1}, gen: s.gen, prev: g.newest, next: noSlot}
+		if g.newest != noSlot {
+			g.slot(g.newest).next = i
+		} else {
+			g.oldest = i
+		}
+		g.newest = i
 		g.index[t.key] = i
-		g.tail++
-		t.held, t.pos = true, s.pos
+		t.held, t.slot, t.gen = true, i, s.gen
 		return t, nil
 	}
 	if b := g.body(i, s, t.body); b != nil {
@@ -155,7 +171,7 @@ func (g *replayGuard) check(creds []Credential, body []byte, now time.Time) (rep
 			return t, nil
 		}
 		b.pending++
-		t.held, t.pos = true, s.pos
+		t.held, t.slot, t.gen = true, i, s.gen
 		return t, nil
 	}
 	if g.mode == ReplayStrict || s.jti {
@@ -168,7 +184,7 @@ func (g *replayGuard) check(creds []Credential, body []byte, now time.Time) (rep
 	if len(more)+1 < maxBodiesPerToken {
 		g.more[i] = append(more, bodyState{digest: t.body, pending: 1})
 		s.more = true
-		t.held, t.pos = true, s.pos
+		t.held, t.slot, t.gen = true, i, s.gen
 	}
 	return t, nil
 }
@@ -183,12 +199,11 @@ func (g *replayGuard) release(t replayTicket, queued bool) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	i := uint32(t.pos % uint64(g.max))
-	s := g.slot(i)
-	if s.pos != t.pos || s.gone || t.pos < g.head {
+	s := g.slot(t.slot)
+	if !s.live || s.gen != t.gen {
 		return // the entry expired or was evicted meanwhile
 	}
-	b := g.body(i, s, t.body)
+	b := g.body(t.slot, s, t.body)
 	if b == nil {
 		return
 	}
@@ -200,60 +215,61 @@ func (g *replayGuard) release(t replayTicket, queued bool) {
 	if b.pending > 0 || b.queued {
 		return
 	}
-	g.forget(i, s, t.body)
+	g.forget(t.slot, s, t.body)
 	if s.first.pending == 0 && !s.first.queued && !s.more {
-		g.remove(i, s) // nothing queued: the token stays usable
+		g.remove(t.slot) // nothing queued: the token stays usable
 	}
 }
 
-// slot returns slot i, allocating its chunk on first use.
+// slot returns slot i.
 func (g *replayGuard) slot(i uint32) *replaySlot {
-	c := g.ring[i/replayChunk]
-	if c == nil {
-		c = make([]replaySlot, min(replayChunk, g.max-int(i/replayChunk)*replayChunk))
-		g.ring[i/replayChunk] = c
+	return &g.chunks[i/replayChunk][i%replayChunk]
+}
+
+// alloc returns an unused slot: a freed one, or the next never used,
+// allocating its chunk on first use.
+func (g *replayGuard) alloc() uint32 {
+	if i := g.free; i != noSlot {
+		g.free = g.slot(i).next
+		return i
 	}
-	return &c[i%replayChunk]
+	i := g.used
+	g.used++
+	if g.chunks[i/replayChunk] == nil {
+		g.chunks[i/replayChunk] = make([]replaySlot, replayChunk)
+	}
+	return i
 }
 
 // sweep drops expired entries from the old end. Tokens are fresh when first
 // seen, so arrival order is close to expiry order; an entry that expires
-// out of order waits behind a live one until it reaches the old end or is
-// evicted.
+// out of order waits behind a live one until it reaches the old end, is
+// looked up, or is evicted.
 func (g *replayGuard) sweep(now int64) {
-	for g.head < g.tail {
-		s := g.slot(uint32(g.head % uint64(g.max)))
-		if !s.gone && s.expires >= now {
-			return
-		}
-		g.pop()
+	for g.oldest != noSlot && g.slot(g.oldest).expires < now {
+		g.remove(g.oldest)
 	}
 }
 
-// pop drops the entry at the old end.
-func (g *replayGuard) pop() {
-	i := uint32(g.head % uint64(g.max))
+// remove drops the entry in slot i and frees the slot.
+func (g *replayGuard) remove(i uint32) {
 	s := g.slot(i)
-	g.head++
-	if !s.gone {
-		g.unindex(i, s)
-	}
-}
-
-// remove takes the entry in slot i out of the index before it reaches the
-// old end; its slot is reclaimed when it does, so until then it counts
-// toward the bound (only a request that failed to publish leaves one).
-func (g *replayGuard) remove(i uint32, s *replaySlot) {
-	g.unindex(i, s)
-	s.gone = true
-}
-
-func (g *replayGuard) unindex(i uint32, s *replaySlot) {
 	delete(g.index, s.key)
 	if s.more {
 		delete(g.more, i)
-		s.more = false
 	}
+	if s.prev != noSlot {
+		g.slot(s.prev).next = s.next
+	} else {
+		g.oldest = s.next
+	}
+	if s.next != noSlot {
+		g.slot(s.next).prev = s.prev
+	} else {
+		g.newest = s.prev
+	}
+	*s = replaySlot{gen: s.gen + 1, next: g.free, prev: noSlot}
+	g.free = i
 }
 
 // len is the number of tokens held.

@@ -3,8 +3,10 @@ package ingress
 import (
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"runtime"
 	rtmetrics "runtime/metrics"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -209,9 +211,10 @@ func TestReplayGuardModes(t *testing.T) {
 }
 
 // A slot is reused once its entry leaves: a late release of an evicted
-// token's ticket leaves the token now in its slot alone, and an entry
-// forgotten after a failed publish gives its room back without counting
-// as an eviction.
+// token's ticket leaves the token now in its slot alone, and a token
+// forgotten after a failed request gives its room back at once, so failures
+// (a sender retrying through an outage, or bodies that do not parse) cannot
+// push live tokens out.
 func TestReplayGuardSlotReuse(t *testing.T) {
 	t.Parallel()
 	exp := time.Now().Add(time.Minute)
@@ -244,21 +247,203 @@ func TestReplayGuardSlotReuse(t *testing.T) {
 		t.Fatalf("d's retry: seen %v, err %v; want seen", tk.seen, err)
 	}
 
-	g = testGuard(2, ReplayStrict)
-	failed, _ := g.check(cred("x"), []byte("body"), time.Now())
-	g.release(failed, false) // x is forgotten: its retry must be admitted
-	for _, tok := range []string{"y", "z"} {
-		tk, _ := g.check(cred(tok), []byte("body"), time.Now())
-		g.release(tk, true)
+	g = testGuard(3, ReplayStrict)
+	victim, _ := g.check(cred("victim"), []byte("body"), time.Now())
+	g.release(victim, true)
+	for i := range 1000 { // one token whose requests all fail, and a stranger
+		tk, _ := g.check(cred("failing"), []byte(fmt.Sprint(i)), time.Now())
+		g.release(tk, false)
 	}
+	other, _ := g.check(cred("other"), []byte("body"), time.Now())
+	g.release(other, true)
 	if n, ev := g.len(), testutil.ToFloat64(g.evictions); n != 2 || ev != 0 {
 		t.Fatalf("%d tokens, %v evictions; want 2 and 0", n, ev)
 	}
-	retry, err := g.check(cred("x"), []byte("body"), time.Now())
+	if _, err := g.check(cred("victim"), []byte("forged"), time.Now()); err == nil {
+		t.Fatal("a live token was pushed out by failed requests: its forged body was accepted")
+	}
+	retry, err := g.check(cred("failing"), []byte("body"), time.Now())
 	if err != nil || retry.seen {
 		t.Fatalf("retry of a failed request: seen %v, err %v", retry.seen, err)
 	}
-	if n, ev := g.len(), testutil.ToFloat64(g.evictions); n != 2 || ev != 1 {
-		t.Errorf("%d tokens, %v evictions; want 2 and 1 (y)", n, ev)
+}
+
+// The guard's memory follows the most tokens it held at once, not how many
+// it has seen.
+func TestReplayGuardMemoryFollowsLiveTokens(t *testing.T) {
+	t.Parallel()
+	g := testGuard(DefaultReplayCacheSize, ReplayAuto)
+	start := time.Now()
+	for i := range 50 * replayChunk {
+		now := start.Add(time.Duration(i) * time.Millisecond)
+		tk, err := g.check([]Credential{{Token: fmt.Sprint(i), Expires: now.Add(time.Second), JTI: "j"}}, []byte("b"), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.release(tk, true)
+	}
+	chunks := 0
+	for _, c := range g.chunks {
+		if c != nil {
+			chunks++
+		}
+	}
+	if n := g.len(); n > 1001 || chunks > 1 {
+		t.Errorf("%d tokens in %d chunks of %d after %d requests a second long; want about 1,000 in 1",
+			n, chunks, replayChunk, 50*replayChunk)
+	}
+}
+
+// replayModel is the guard's contract written plainly: entries in a slice
+// in arrival order.
+type replayModel struct {
+	max, evictions int
+	strict         bool
+	entries        []*modelEntry
+}
+
+type modelEntry struct {
+	key     string
+	expires int64
+	jti     bool
+	first   bodyState
+	more    []bodyState
+}
+
+func (m *replayModel) find(key string) int {
+	for i, e := range m.entries {
+		if e.key == key {
+			return i
+		}
+	}
+	return -1
+}
+
+func (m *replayModel) body(e *modelEntry, d [16]byte) *bodyState {
+	if e.first.digest == d && (e.first.pending > 0 || e.first.queued) {
+		return &e.first
+	}
+	for i := range e.more {
+		if e.more[i].digest == d {
+			return &e.more[i]
+		}
+	}
+	return nil
+}
+
+// check returns the entry a ticket holds (nil: none), and seen, reused
+// and refused as the guard's check reports them.
+func (m *replayModel) check(key string, jti bool, expires int64, d [16]byte, now int64) (held *modelEntry, seen, reused, refused bool) {
+	for len(m.entries) > 0 && m.entries[0].expires < now {
+		m.entries = m.entries[1:]
+	}
+	i := m.find(key)
+	if i >= 0 && m.entries[i].expires < now {
+		m.entries = slices.Delete(m.entries, i, i+1)
+		i = -1
+	}
+	if i < 0 {
+		if len(m.entries) >= m.max {
+			m.entries = m.entries[1:]
+			m.evictions++
+		}
+		e := &modelEntry{key: key, expires: expires, jti: jti, first: bodyState{digest: d, pending: 1}}
+		m.entries = append(m.entries, e)
+		return e, false, false, false
+	}
+	e := m.entries[i]
+	if b := m.body(e, d); b != nil {
+		if b.queued {
+			return nil, true, false, false
+		}
+		b.pending++
+		return e, false, false, false
+	}
+	if m.strict || e.jti {
+		return nil, false, false, true
+	}
+	if len(e.more)+1 < maxBodiesPerToken {
+		e.more = append(e.more, bodyState{digest: d, pending: 1})
+		return e, false, true, false
+	}
+	return nil, false, true, false
+}
+
+func (m *replayModel) release(e *modelEntry, d [16]byte, queued bool) {
+	if e == nil || !slices.Contains(m.entries, e) {
+		return
+	}
+	b := m.body(e, d)
+	if b == nil {
+		return
+	}
+	b.pending--
+	if queued {
+		b.queued = true
+		return
+	}
+	if b.pending > 0 || b.queued {
+		return
+	}
+	if e.first.digest == d {
+		e.first = bodyState{}
+	} else {
+		e.more = slices.DeleteFunc(e.more, func(x bodyState) bool { return x.digest == d })
+	}
+	if e.first.pending == 0 && !e.first.queued && len(e.more) == 0 {
+		m.entries = slices.DeleteFunc(m.entries, func(x *modelEntry) bool { return x == e })
+	}
+}
+
+// The guard answers every check as the plain model does, through random
+// requests with retries, reused tokens, failed publishes, late releases,
+// and expiries in and out of arrival order, at several bounds.
+func TestReplayGuardMatchesModel(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(60) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		max := 1 + rng.IntN(40)
+		strict := rng.IntN(3) == 0
+		mode := ReplayAuto
+		if strict {
+			mode = ReplayStrict
+		}
+		g := testGuard(max, mode)
+		m := &replayModel{max: max, strict: strict}
+		type open struct {
+			tk replayTicket
+			e  *modelEntry
+		}
+		var inFlight []open
+		now := int64(1e12)
+		for step := range 3000 {
+			now += rng.Int64N(int64(time.Millisecond))
+			if len(inFlight) > 0 && rng.IntN(2) == 0 {
+				j := rng.IntN(len(inFlight))
+				o := inFlight[j]
+				inFlight = slices.Delete(inFlight, j, j+1)
+				queued := rng.IntN(4) > 0
+				g.release(o.tk, queued)
+				m.release(o.e, o.tk.body, queued)
+				continue
+			}
+			tok := fmt.Sprint("t", rng.IntN(3*max))
+			jti := rng.IntN(2) == 0 && tok[len(tok)-1] != '7' // tokens ending in 7 never have one
+			expires := now + rng.Int64N(int64(60*time.Millisecond))
+			body := []byte(fmt.Sprint("b", rng.IntN(3)))
+			tk, err := g.check([]Credential{{Token: tok, Expires: time.Unix(0, expires), JTI: map[bool]string{true: "j"}[jti]}}, body, time.Unix(0, now))
+			e, seen, reused, refused := m.check(tok, jti, expires, digest16(body), now)
+			if (err != nil) != refused || tk.seen != seen || tk.reused != reused || tk.held != (e != nil) {
+				t.Fatalf("seed %d step %d: %s: guard seen %v reused %v held %v err %v; model seen %v reused %v held %v refused %v",
+					seed, step, tok, tk.seen, tk.reused, tk.held, err, seen, reused, e != nil, refused)
+			}
+			if g.len() != len(m.entries) || int(testutil.ToFloat64(g.evictions)) != m.evictions {
+				t.Fatalf("seed %d step %d: guard %d tokens, %v evictions; model %d, %d",
+					seed, step, g.len(), testutil.ToFloat64(g.evictions), len(m.entries), m.evictions)
+			}
+			if tk.held {
+				inFlight = append(inFlight, open{tk, e})
+			}
+		}
 	}
 }
