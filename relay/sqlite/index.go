@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"crypto/sha256"
@@ -301,68 +302,59 @@ func keyOf(id string) idKey {
 }
 
 // seenWindow holds the IDs of messages that left the queue, each with the
-// end of its window, in buckets by that end: pruning drops whole buckets
-// instead of visiting every ID, and a lookup visits at most
-// seenBuckets+1 maps. An ID is kept at most one bucket's width (a
-// sixteenth of the window, at least a second) past its window's end.
+// latest end of its window. A lookup is one map access. For pruning, each
+// ID is also listed in a bucket by when its window ends, so dropping the
+// IDs whose windows ended visits those alone, a bucket at a time, instead
+// of every ID. An ID is kept at most one bucket's width (a sixteenth of the
+// window, at least a second) past its window's end.
 type seenWindow struct {
-	width   int64        // ns
-	buckets []seenBucket // ascending by end
+	ids     map[idKey]int64 // ID → the latest end of its window (unix ns)
+	width   int64           // ns
+	buckets []seenBucket    // ascending by end
 }
 
 type seenBucket struct {
-	end int64           // no entry's window ends after it (unix ns)
-	ids map[idKey]int64 // ID → its window's end
+	end  int64   // no listed ID's window ends after it (unix ns)
+	keys []idKey // IDs whose window ends in (end-width, end]
 }
 
 const seenBuckets = 16
 
 func newSeenWindow(window time.Duration) seenWindow {
-	return seenWindow{width: max(int64(window)/seenBuckets, int64(time.Second))}
+	return seenWindow{ids: make(map[idKey]int64), width: max(int64(window)/seenBuckets, int64(time.Second))}
 }
 
 // add records that id's window ends at expires.
 func (w *seenWindow) add(k idKey, expires int64) {
+	if w.ids[k] >= expires {
+		return // listed already, until later
+	}
+	w.ids[k] = expires
 	end := (expires/w.width + 1) * w.width
-	i := len(w.buckets)
-	for i > 0 && w.buckets[i-1].end >= end { // entries come mostly in order: look from the newest
-		i--
+	i, found := slices.BinarySearchFunc(w.buckets, end, func(b seenBucket, end int64) int { return cmp.Compare(b.end, end) })
+	if !found {
+		w.buckets = slices.Insert(w.buckets, i, seenBucket{end: end})
 	}
-	if i == len(w.buckets) || w.buckets[i].end != end {
-		w.buckets = slices.Insert(w.buckets, i, seenBucket{end: end, ids: make(map[idKey]int64)})
-	}
-	if b := w.buckets[i].ids; b[k] < expires {
-		b[k] = expires
-	}
+	w.buckets[i].keys = append(w.buckets[i].keys, k)
 }
 
 // repeats reports whether a message with id enqueued at enq falls in the
 // window of one that left.
 func (w *seenWindow) repeats(k idKey, enq int64) bool {
-	for i := len(w.buckets) - 1; i >= 0 && enq < w.buckets[i].end; i-- {
-		if expires, ok := w.buckets[i].ids[k]; ok && enq < expires {
-			return true
-		}
-	}
-	return false
+	return enq < w.ids[k]
 }
 
-// prune drops the buckets whose windows all ended by cutoff.
+// prune drops the IDs whose windows all ended by cutoff.
 func (w *seenWindow) prune(cutoff int64) {
 	n := 0
-	for n < len(w.buckets) && w.buckets[n].end <= cutoff {
-		n++
+	for ; n < len(w.buckets) && w.buckets[n].end <= cutoff; n++ {
+		for _, k := range w.buckets[n].keys {
+			if w.ids[k] <= cutoff { // else listed again in a later bucket
+				delete(w.ids, k)
+			}
+		}
 	}
 	w.buckets = slices.Delete(w.buckets, 0, n)
-}
-
-// len is the number of IDs held (an ID in two buckets counts twice).
-func (w *seenWindow) len() int {
-	n := 0
-	for _, b := range w.buckets {
-		n += len(b.ids)
-	}
-	return n
 }
 
 // sessionHeap is a heap of sessions ordered by less; it keeps each

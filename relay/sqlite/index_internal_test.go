@@ -48,18 +48,18 @@ func TestDuplicateWindowMemory(t *testing.T) {
 	}
 }
 
-// The bucketed window answers as a map of each ID's latest window end
-// pruned exactly at each cutoff would, for every message that can still
-// arrive (enqueued at or after the cutoff), with IDs added out of order;
-// and it keeps no bucket whose windows all ended a bucket's width before
-// the cutoff.
+// The window answers as a map of each ID's latest window end pruned
+// exactly at each cutoff would, for every message that can still arrive
+// (enqueued at or after the cutoff), with IDs added out of order; it keeps
+// no bucket whose windows all ended by the cutoff, and no ID a bucket's
+// width past its window.
 func TestSeenWindowMatchesExactModel(t *testing.T) {
 	t.Parallel()
 	const window = 16 * int64(time.Second)
 	w := newSeenWindow(time.Duration(window))
 	model := map[idKey]int64{}
 	rng := rand.New(rand.NewPCG(1, 2))
-	key := func() idKey { return keyOf(fmt.Sprint(rng.IntN(500))) }
+	key := func() idKey { return keyOf(fmt.Sprint(rng.IntN(5000))) }
 	var now, cutoff int64 = 1e12, 0
 	for step := range 200_000 {
 		now += rng.Int64N(int64(time.Millisecond))
@@ -69,7 +69,7 @@ func TestSeenWindowMatchesExactModel(t *testing.T) {
 			w.add(k, exp)
 			model[k] = max(model[k], exp)
 		case r < 52:
-			cutoff = now - rng.Int64N(2*int64(time.Second))
+			cutoff = max(cutoff, now-rng.Int64N(2*int64(time.Second))) // as windowCutoff: never behind the last
 			w.prune(cutoff)
 			for k, exp := range model {
 				if exp <= cutoff {
@@ -84,6 +84,11 @@ func TestSeenWindowMatchesExactModel(t *testing.T) {
 			if got, want := w.repeats(k, enq), enq < model[k]; got != want {
 				t.Fatalf("step %d: repeats(enq %d) = %v, the exact window says %v", step, enq, got, want)
 			}
+		}
+	}
+	for _, exp := range w.ids {
+		if exp <= cutoff-w.width {
+			t.Fatalf("an ID whose window ended %v before the last cutoff is kept", time.Duration(cutoff-exp))
 		}
 	}
 	if n := len(w.buckets); n > seenBuckets+2 {
