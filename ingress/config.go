@@ -152,7 +152,7 @@ func (c Config) Validate() error {
 	case c.ReplayDefence != "" && c.ReplayDefence != ReplayAuto && c.ReplayDefence != ReplayStrict && c.ReplayDefence != ReplayOff:
 		return fmt.Errorf("ingress: replay defence %q: use auto, strict or off", c.ReplayDefence)
 	case c.ReplayCacheSize > MaxReplayCacheSize:
-		return fmt.Errorf("ingress: --replay-cache-size %d is above the most it takes (%d); each token costs about 100 bytes, so size it for the tokens of the last few minutes", c.ReplayCacheSize, MaxReplayCacheSize)
+		return fmt.Errorf("ingress: --replay-cache-size %d is above the most it takes (%d); each token costs about 110 bytes, so size it for the tokens of the last few minutes", c.ReplayCacheSize, MaxReplayCacheSize)
 	case c.RateLimit < 0 || c.RateBurst < 0:
 		return fmt.Errorf("ingress: rate limit %g/s burst %d: must not be negative", c.RateLimit, c.RateBurst)
 	case c.RateBurst > 0 && c.RateLimit == 0:

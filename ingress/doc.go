@@ -36,9 +36,9 @@
 //
 // The Entra token cache and the per-client rate limits are LRUs from
 // hashicorp/golang-lru's simplelru under the owner's lock. The replay
-// defence, which holds every Call Automation token of the last minutes, is
-// a ring of pointer-free slots with a map index, so the garbage collector
-// never scans it (see replayGuard).
+// defence, which holds every Call Automation token of the last minutes,
+// keeps them in pointer-free slots linked in arrival order, with a map
+// index, so the garbage collector never scans them (see replayGuard).
 //
 // Serve drains on shutdown: readiness (Server.Ready) fails at once while
 // the listener keeps serving for DrainDelay, then requests in progress

@@ -48,7 +48,7 @@ type replayGuard struct {
 	mu    sync.Mutex
 	max   int
 	index map[[16]byte]uint32 // token digest → slot
-	// slots, allocated a chunk at a time as first used; used counts those
+	// slots, allocated a chunk at a time as first needed; used counts those
 	// ever handed out, free heads a list of unused ones (linked by next).
 	chunks [][]replaySlot
 	used   uint32
@@ -95,9 +95,8 @@ const MaxReplayCacheSize = math.MaxInt32
 func newReplayGuard(max int, mode ReplayDefence, evictions prometheus.Counter, log *slog.Logger) *replayGuard {
 	return &replayGuard{
 		mode: mode, evictions: evictions, log: log, max: max,
-		index:  make(map[[16]byte]uint32),
-		chunks: make([][]replaySlot, max/replayChunk+1),
-		free:   noSlot, oldest: noSlot, newest: noSlot,
+		index: make(map[[16]byte]uint32),
+		free:  noSlot, oldest: noSlot, newest: noSlot,
 		more: make(map[uint32][]bodyState),
 	}
 }
@@ -200,7 +199,7 @@ func (g *replayGuard) release(t replayTicket, queued bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := g.slot(t.slot)
-	if !s.live || s.gen != t.gen {
+	if !s.live || s.gen != t.gen || s.key != t.key {
 		return // the entry expired or was evicted meanwhile
 	}
 	b := g.body(t.slot, s, t.body)
@@ -235,8 +234,8 @@ func (g *replayGuard) alloc() uint32 {
 	}
 	i := g.used
 	g.used++
-	if g.chunks[i/replayChunk] == nil {
-		g.chunks[i/replayChunk] = make([]replaySlot, replayChunk)
+	if int(i/replayChunk) == len(g.chunks) {
+		g.chunks = append(g.chunks, make([]replaySlot, replayChunk))
 	}
 	return i
 }

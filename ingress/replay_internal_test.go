@@ -282,13 +282,7 @@ func TestReplayGuardMemoryFollowsLiveTokens(t *testing.T) {
 		}
 		g.release(tk, true)
 	}
-	chunks := 0
-	for _, c := range g.chunks {
-		if c != nil {
-			chunks++
-		}
-	}
-	if n := g.len(); n > 1001 || chunks > 1 {
+	if n, chunks := g.len(), len(g.chunks); n > 1001 || chunks > 1 {
 		t.Errorf("%d tokens in %d chunks of %d after %d requests a second long; want about 1,000 in 1",
 			n, chunks, replayChunk, 50*replayChunk)
 	}
@@ -445,5 +439,25 @@ func TestReplayGuardMatchesModel(t *testing.T) {
 				inFlight = append(inFlight, open{tk, e})
 			}
 		}
+	}
+}
+
+// A ticket names its token too, so a release cannot touch another token
+// even if the slot's generation came round to the ticket's again (2^32
+// reuses while one request publishes).
+func TestReplayGuardStaleTicketAfterGenerationWraps(t *testing.T) {
+	t.Parallel()
+	exp := time.Now().Add(time.Minute)
+	cred := func(tok string) []Credential { return []Credential{{Token: tok, Expires: exp, JTI: "j"}} }
+	g := testGuard(1, ReplayStrict)
+	stale, _ := g.check(cred("a"), []byte("body"), time.Now())
+	b, _ := g.check(cred("b"), []byte("body"), time.Now()) // evicts a, reuses its slot
+	if b.slot != stale.slot {
+		t.Fatalf("b in slot %d, a was in %d", b.slot, stale.slot)
+	}
+	g.slot(b.slot).gen = stale.gen // as after 2^32 reuses
+	g.release(stale, false)
+	if _, err := g.check(cred("b"), []byte("forged"), time.Now()); err == nil {
+		t.Fatal("a stale ticket's release removed another token")
 	}
 }

@@ -315,7 +315,7 @@ type seenWindow struct {
 
 type seenBucket struct {
 	end  int64   // no listed ID's window ends after it (unix ns)
-	keys []idKey // IDs whose window ends in (end-width, end]
+	keys []idKey // IDs whose window ends in [end-width, end)
 }
 
 const seenBuckets = 16

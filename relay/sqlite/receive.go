@@ -185,7 +185,9 @@ func (q *Queue) claim(ctx context.Context, op *op, now time.Time, b *batch) erro
 		}
 		if window > 0 && now.Sub(x.lastPrune) > pruneEvery {
 			x.lastPrune = now
-			x.prune(q.windowCutoff(ctx, db, now.UnixNano()))
+			if cutoff, err := q.windowCutoff(ctx, db, now.UnixNano()); err == nil {
+				x.prune(cutoff)
+			}
 		}
 	}
 	nowNS := now.UnixNano()
@@ -330,13 +332,26 @@ func (h *head) received(seq int64) (*relay.Received, error) {
 }
 
 // windowCutoff is the time before which no duplicate-window entry can still
-// match: now, or the enqueue time of the oldest message waiting, whichever
-// is earlier (a duplicate sent within the window but delivered after it is
-// still a duplicate).
-func (q *Queue) windowCutoff(ctx context.Context, c *conn, now int64) int64 {
+// match: now less pruneSlack and busy_timeout, or the enqueue time of the oldest message
+// waiting, whichever is earlier (a duplicate sent within the window but
+// delivered after it is still a duplicate). An error means nothing may be
+// pruned.
+func (q *Queue) windowCutoff(ctx context.Context, c *conn, now int64) (int64, error) {
+	cutoff := now - int64(pruneSlack+q.cfg.BusyTimeout)
 	var oldest int64
-	if err := c.row(ctx, `SELECT enqueued_at FROM queue ORDER BY seq LIMIT 1`, nil, &oldest); err != nil {
-		return now
+	err := c.row(ctx, `SELECT enqueued_at FROM queue ORDER BY seq LIMIT 1`, nil, &oldest)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return cutoff, nil
+	case err != nil:
+		return 0, err
 	}
-	return min(now, oldest)
+	return min(cutoff, oldest), nil
 }
+
+// pruneSlack, with busy_timeout, keeps the duplicate window's entries a
+// while past the end of their window: a send stamps its messages before it
+// waits for the write lock (up to busy_timeout), so a message can be
+// committed after a receiver saw an empty queue, with an enqueue time
+// before that receiver's now.
+const pruneSlack = time.Minute

@@ -263,7 +263,10 @@ func (q *Queue) restart(ctx context.Context) error {
 // The log is in delivery order, so the expired entries are a prefix.
 func (q *Queue) pruneWindow(ctx context.Context) error {
 	_, err := q.writeTx(ctx, q.ckpt, func() error {
-		cutoff := q.windowCutoff(ctx, q.ckpt, time.Now().UnixNano())
+		cutoff, err := q.windowCutoff(ctx, q.ckpt, time.Now().UnixNano())
+		if err != nil {
+			return unavailable("prune duplicate window", err)
+		}
 		var first sql.NullInt64
 		if err := q.ckpt.row(ctx, `SELECT min(id) FROM dedup_log WHERE expires_at > ?`, []any{cutoff}, &first); err != nil {
 			return unavailable("prune duplicate window", err)
