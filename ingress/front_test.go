@@ -250,7 +250,8 @@ func TestReplayDefenceWithoutJTI(t *testing.T) {
 }
 
 // TestReplayEvictionsAreExported: when the replay cache is full of live
-// tokens, each new one evicts an old one, counted on /metrics.
+// tokens, each new one evicts an old one, counted on /metrics, where the
+// tokens held are too.
 func TestReplayEvictionsAreExported(t *testing.T) {
 	t.Parallel()
 	iss := newIssuer(t)
@@ -265,6 +266,9 @@ func TestReplayEvictionsAreExported(t *testing.T) {
 	}
 	if v := metrictest.Value(t, reg, "hookbridge_ingress_replay_evictions_total"); v != 3 {
 		t.Errorf("%v evictions, want 3", v)
+	}
+	if v := metrictest.Value(t, reg, "hookbridge_ingress_replay_tokens"); v != 2 {
+		t.Errorf("%v tokens held, want 2", v)
 	}
 }
 

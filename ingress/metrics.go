@@ -12,6 +12,7 @@ type metrics struct {
 	enqueued        *prometheus.CounterVec
 	deadLettered    *prometheus.CounterVec
 	replayEvictions prometheus.Counter
+	reg             prometheus.Registerer
 
 	// byPath holds the series of each served route, resolved once, so the
 	// request path does not look labels up (set in New, read-only after).
@@ -54,6 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Call Automation tokens the replay defence forgot before they expired because its cache (--replay-cache-size) was full; each weakens the defence for that token.",
 		}),
 		byPath: make(map[string]pathMetrics),
+		reg:    reg,
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.duration, m.enqueued, m.deadLettered, m.replayEvictions)
@@ -84,4 +86,15 @@ func (m *metrics) observe(path, outcome, cause string, d time.Duration) {
 		return
 	}
 	m.requests.WithLabelValues(path, outcome, cause).Inc()
+}
+
+// watchReplay exports how many tokens the replay defence holds.
+func (m *metrics) watchReplay(g *replayGuard) {
+	if m.reg == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hookbridge_ingress_replay_tokens",
+		Help: "Call Automation tokens the replay defence holds until they expire (at most --replay-cache-size; about 110 bytes each).",
+	}, func() float64 { return float64(g.len()) }))
 }

@@ -106,6 +106,7 @@ func New(cfg Config) (*Server, error) {
 	if r := s.newRoute(PathACSCallbacks, schemas.RouteACSCallbacks, cfg.ACSVerifiers); r != nil {
 		if cfg.ReplayDefence != ReplayOff && slices.ContainsFunc(r.verifiers, isBearer) {
 			r.replay = newReplayGuard(cfg.ReplayCacheSize, cfg.ReplayDefence, s.metrics.replayEvictions, s.log)
+			s.metrics.watchReplay(r.replay)
 		}
 		e.POST(r.path, s.chain(func(c echo.Context) error {
 			return s.ingest(c, r, acsMediaTypes, acsParse)
