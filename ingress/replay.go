@@ -34,12 +34,12 @@ import (
 // At sustained load the guard holds hundreds of thousands of tokens for
 // minutes, so it is laid out for the garbage collector: the entries are
 // slots in chunked arrays, linked in arrival order by slot number, with
-// the index mapping a token's digest to its slot; nothing holds a pointer,
-// so a collection never scans them, and a token costs about 110 bytes
-// (TestReplayGuardMemory). A general LRU keeps a linked node per entry,
-// which the collector walks on every cycle, at twice the size. A removed
-// entry's slot is reused at once; the arrays grow to the most tokens held
-// at one time and stay.
+// the index mapping a token's digest to its slot; neither slots nor index
+// hold a pointer, so a collection never scans them, and a token costs about
+// 110 bytes (TestReplayGuardMemory). A general LRU keeps a linked node per
+// entry, which the collector walks on every cycle, at twice the size. A
+// removed entry's slot is reused at once; the arrays grow to the most
+// tokens held at one time and stay.
 type replayGuard struct {
 	mode      ReplayDefence
 	evictions prometheus.Counter
