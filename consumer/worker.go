@@ -208,16 +208,26 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wor
 	// Deliverers are started as needed, at most one per slot. A message
 	// holds a slot, so when all deliverers exist at least one of them is
 	// idle or about to be: handing the message over waits only for that.
+	// A deliverer whose handler ends its goroutine (runtime.Goexit) leaves
+	// the count before it gives its slot back, so the message that slot
+	// admits next starts a new deliverer instead of waiting for it.
 	var live atomic.Int32
 	deliverer := func(m *relay.Received) {
-		defer live.Add(-1) // also if a handler ends the goroutine (runtime.Goexit)
 		for ok := true; ok; m, ok = <-work {
+			returned := false
 			func() {
-				defer wg.Done()
-				defer func() { <-slots }()
+				defer func() {
+					if !returned {
+						live.Add(-1)
+					}
+					<-slots
+					wg.Done()
+				}()
 				w.process(ctx, hard, m)
+				returned = true
 			}()
 		}
+		live.Add(-1)
 	}
 	failures := 0
 	for {
