@@ -112,7 +112,8 @@ func (x *index) refresh(ctx context.Context, c *conn, window int64) error {
 		}
 		x.add(seq, key)
 		if window > 0 {
-			if k := keyOf(id); !x.hasFirst(k) {
+			k := keyOf(id)
+			if _, ok := x.first[k]; !ok {
 				x.first[k] = seenID{seq: seq, expires: enq + window}
 			}
 		}
@@ -261,11 +262,6 @@ func (x *index) duplicate(id string, seq, enq int64) bool {
 		return true
 	}
 	return x.seen.repeats(k, enq)
-}
-
-func (x *index) hasFirst(k idKey) bool {
-	_, ok := x.first[k]
-	return ok
 }
 
 // left records that message seq with MessageID id left the queue, its

@@ -332,10 +332,10 @@ func (h *head) received(seq int64) (*relay.Received, error) {
 }
 
 // windowCutoff is the time before which no duplicate-window entry can still
-// match: now less pruneSlack and busy_timeout, or the enqueue time of the oldest message
-// waiting, whichever is earlier (a duplicate sent within the window but
-// delivered after it is still a duplicate). An error means nothing may be
-// pruned.
+// match: now less pruneSlack and busy_timeout, or the enqueue time of the
+// oldest message waiting, whichever is earlier (a duplicate sent within the
+// window but delivered after it is still a duplicate). An error means
+// nothing may be pruned.
 func (q *Queue) windowCutoff(ctx context.Context, c *conn, now int64) (int64, error) {
 	cutoff := now - int64(pruneSlack+q.cfg.BusyTimeout)
 	var oldest int64
