@@ -49,7 +49,10 @@ import (
 //
 //	HOOKBRIDGE_LOAD_TEST=1 go test ./cmd/hookbridge -run TestLoadLoopback -v
 //
-// HOOKBRIDGE_LOAD_DURATION sets each measurement's length (default 10s).
+// HOOKBRIDGE_LOAD_DURATION sets each measurement's length (default 10s);
+// HOOKBRIDGE_LOAD_INGRESS_FLAGS and HOOKBRIDGE_LOAD_WORKER_FLAGS add flags
+// to the ingress and worker processes (for instance "--batch-linger 0"), to
+// compare settings in the same conditions.
 func TestLoadLoopback(t *testing.T) {
 	if os.Getenv("HOOKBRIDGE_LOAD_TEST") == "" {
 		t.Skip("load test skipped; set HOOKBRIDGE_LOAD_TEST=1 to run it")
@@ -82,7 +85,8 @@ func TestLoadLoopback(t *testing.T) {
 	backend := lt.backend(t)
 	queue := "sqlite:" + filepath.Join(t.TempDir(), "host.db")
 	host := lt.ingress(t, queue)
-	worker := start(t, "worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", "127.0.0.1:0", "--log-level", "warn")
+	worker := start(t, append([]string{"worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", "127.0.0.1:0", "--log-level", "warn"},
+		strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_WORKER_FLAGS"))...)...)
 	capacity := 0.0
 	lo, hi := 0.1*dPeak.rate, dPeak.rate
 	for range 5 { // binary search on the offered rate
@@ -201,11 +205,12 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 		queue = "sqlite:" + filepath.Join(t.TempDir(), "load.db")
 	}
 	listen, admin := freeport.Addr(t), freeport.Addr(t)
-	p := start(t, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
+	args := append([]string{}, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
 		"--acs-audience", "acs-resource", "--acs-oidc-url", lt.iss.DiscoveryURL(), "--log-level", "warn",
 		// The pool of pre-signed tokens is reused with new bodies, which the
 		// replay defence refuses.
 		"--replay-cache-size", "-1")
+	p := start(t, append(args, strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_INGRESS_FLAGS"))...)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	return &server{proc: p, url: "http://" + listen + ingress.PathACSCallbacks}
 }
