@@ -133,7 +133,7 @@ func benchACS(b *testing.B, fn func(b *testing.B, toks []string, h http.Handler)
 		}
 		defer q.Close()
 		reg := prometheus.NewRegistry()
-		batcher, err := relay.NewBatcher(relay.TraceCommits(q, tp, "q.db"), relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger, Contended: relay.NewContention().Busy}, relay.NewMetrics(reg))
+		batcher, err := relay.NewBatcher(relay.TraceCommits(q, tp, "q.db"), relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger}, relay.NewMetrics(reg))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -226,7 +226,7 @@ func BenchmarkEventGridReusedToken(b *testing.B) {
 			}
 			defer q.Close()
 			reg := prometheus.NewRegistry()
-			batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger, Contended: relay.NewContention().Busy}, relay.NewMetrics(reg))
+			batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger}, relay.NewMetrics(reg))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -262,6 +262,5 @@ func BenchmarkEventGridReusedToken(b *testing.B) {
 }
 
 // benchLinger is the group commit's linger as `hookbridge ingress` runs it
-// by default (--batch-linger); like it, the benchmarks linger only while the
-// processors are busy (relay.Contention).
+// by default (--batch-linger).
 const benchLinger = 2 * time.Millisecond

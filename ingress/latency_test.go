@@ -111,7 +111,7 @@ func newDurableStack(b *testing.B) *durableStack {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { q.Close() })
-	batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger, Contended: relay.NewContention().Busy}, nil)
+	batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -33,11 +33,6 @@ type BatchConfig struct {
 	// commit runs always join the next one, so a zero linger still batches
 	// under load. Default 0.
 	Linger time.Duration
-	// Contended, if set, says whether the processors are the limit (see
-	// Contention.Busy); a commit then lingers only while it returns true.
-	// A linger saves CPU, not time: with processors to spare it would only
-	// add its wait to every request. Nil lingers by the arrival rate alone.
-	Contended func() bool
 	// MaxInFlight is how many commits may run at once. Default 1, right for
 	// SQLite (one writer); Service Bus takes concurrent sends.
 	MaxInFlight int
@@ -294,9 +289,8 @@ func (b *Batcher) loop() {
 		// Gather what is waiting. If requests are coming fast enough that
 		// a linger would gather several more, wait for them: fewer, larger
 		// commits carry more (each costs a transaction and an fsync whatever
-		// its size), if the processors are the limit (Contended). At a
-		// slower rate, or with processors to spare, a commit starts at once,
-		// so light load sees no delay. A linger also ends once requests stop coming for a
+		// its size). At a slower rate a commit starts at once, so light load
+		// sees no delay. A linger also ends once requests stop coming for a
 		// while: senders that each wait for their answer before sending
 		// again have nothing more to send until this commit ends.
 		var end time.Time
@@ -308,8 +302,7 @@ func (b *Batcher) loop() {
 			case r = <-b.reqs:
 			default:
 				if end.IsZero() {
-					if b.cfg.Linger == 0 || gap < 0 || b.cfg.Linger < lingerCompany*gap ||
-						b.cfg.Contended != nil && !b.cfg.Contended() {
+					if b.cfg.Linger == 0 || gap < 0 || b.cfg.Linger < lingerCompany*gap {
 						break gather
 					}
 					end = time.Now().Add(b.cfg.Linger)

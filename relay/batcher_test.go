@@ -461,42 +461,6 @@ func TestBatcherLinger(t *testing.T) {
 	})
 }
 
-// With Contended set, a commit lingers only while it says the processors
-// are the limit: otherwise the requests of the same fast stream are each
-// committed at once.
-func TestBatcherLingersOnlyWhenContended(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		s := newGateSender(true)
-		var contended atomic.Bool
-		b := newTestBatcher(t, s, BatchConfig{Linger: 10 * time.Millisecond, Contended: contended.Load}, nil)
-		stream := func(name string) int {
-			before := len(s.committed())
-			var wg sync.WaitGroup
-			for i := range 50 {
-				wg.Go(func() {
-					start := time.Now()
-					if err := b.Publish(context.Background(), msgs(fmt.Sprint(name, i), 1)); err != nil {
-						t.Error(err)
-					}
-					if d := time.Since(start); !contended.Load() && d != 0 {
-						t.Errorf("request %d waited %s with the processors to spare", i, d)
-					}
-				})
-				time.Sleep(time.Millisecond)
-			}
-			wg.Wait()
-			return len(s.committed()) - before
-		}
-		if n := stream("spare"); n != 50 {
-			t.Fatalf("50 requests 1ms apart, processors to spare: %d commits, want 50 (no linger)", n)
-		}
-		contended.Store(true)
-		if n := stream("busy"); n > 15 {
-			t.Fatalf("50 requests 1ms apart, processors busy: %d commits; a 10ms linger should gather about 10 a commit", n)
-		}
-	})
-}
-
 // A linger ends early when requests stop coming: four senders that each
 // wait for their answer have nothing more to send while a commit waits.
 func TestBatcherLingerEndsWhenSendersWait(t *testing.T) {

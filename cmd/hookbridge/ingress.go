@@ -61,7 +61,7 @@ func (f *ingressFlags) register(fs *pflag.FlagSet, defaultListen string, default
 	fs.Var(positiveDuration{&f.enqueueTimeout}, "enqueue-timeout", "how long a request waits for the queue before it gets 503")
 	fs.Var(positiveDuration{&f.shutdownTimeout}, "shutdown-timeout", "on SIGTERM, how long requests in progress may finish")
 	fs.Var(&bounded[int]{p: &f.batchMax, min: 1, max: 1 << 16}, "batch-max-messages", "most events in one group commit")
-	fs.Var(boundedDuration{&f.batchLinger, 0, time.Second}, "batch-linger", "how long a group commit waits for more requests while they arrive fast enough to gather several and the CPU is busy (0: commit as soon as the queue is free)")
+	fs.Var(boundedDuration{&f.batchLinger, 0, time.Second}, "batch-linger", "how long a group commit waits for more requests while they arrive fast enough to gather several (0: commit as soon as the queue is free)")
 	fs.StringSliceVar(&f.allowedOrigins, "eventgrid-allowed-origins", []string{ingress.DefaultEventGridOrigin}, "origins the CloudEvents abuse-protection handshake (OPTIONS /eventgrid) consents to; * for any")
 	fs.StringVar(&f.allowedRate, "eventgrid-allowed-rate", "*", "WebHook-Allowed-Rate answered to that handshake: requests per minute, or *")
 	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "requests per second allowed per client IP (0: no per-client limit); excess get 429")
@@ -312,7 +312,7 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	queueName, queueAttrs := q.traceQueue()
 	sender = relay.TraceCommits(sender, h.tp, queueName, queueAttrs...)
 	b, err := relay.NewBatcher(sender, relay.BatchConfig{MaxMessages: f.batchMax, Linger: f.batchLinger, Timeout: f.enqueueTimeout,
-		Contended: relay.NewContention().Busy, MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(h.reg))
+		MaxInFlight: q.commitsInFlight()}, relay.NewMetrics(h.reg))
 	if err != nil {
 		return nil, usageError{err}
 	}
