@@ -24,7 +24,8 @@
 //     shared transactions, which are not fsynced: a power cut can only cause
 //     a redelivery.
 //   - The processes sharing a file serialize their write transactions with a
-//     file lock (flock on the -notify file) polled at sub-millisecond steps.
+//     file lock (flock on the -notify file); a writer waiting for it waits
+//     in the kernel, which hands it over as soon as it is let go.
 //
 // Run does the background work: checkpoints that keep the write-ahead log
 // under a few megabytes, health checks (a write-ahead log deleted under the

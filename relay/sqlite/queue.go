@@ -121,7 +121,7 @@ func (q *Queue) open(ctx context.Context) error {
 	if q.signal, err = os.OpenFile(q.path+"-notify", os.O_RDWR|os.O_CREATE, 0o644); err != nil {
 		return fmt.Errorf("create the notification file (the directory must be writable by this user): %w", err)
 	}
-	q.lock = fileLock{q.signal}
+	q.lock = fileLock{f: q.signal}
 	for _, c := range []**conn{&q.send, &q.settle, &q.ckpt, &q.read} {
 		if *c, err = openConn(ctx, q.path, q.cfg.BusyTimeout); err != nil {
 			return err
