@@ -98,7 +98,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Queue, error) {
 		idx: newIndex(cfg.DuplicateWindow), wake: newNotifier(), receiving: make(chan struct{}), closing: make(chan struct{}),
 		walFull: make(chan struct{}, 1),
 	}
-	q.ops.q, q.ops.arrived = q, make(chan struct{}, 1)
+	q.ops.q = q
 	_, statErr := os.Stat(path + "-notify")
 	if err := q.open(ctx); err != nil {
 		q.closeFiles()

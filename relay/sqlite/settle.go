@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -102,20 +103,23 @@ type combiner struct {
 	mu      sync.Mutex
 	pending []*op
 	running bool
-	// arrived wakes a lingering leader when an op arrives; last is when
-	// the latest op arrived.
-	arrived chan struct{}
-	last    time.Time
+	// last is when the latest op arrived.
+	last time.Time
 }
 
 // When ops arrive close together (a busy worker settling one delivery
-// after another), a leader waits up to lingerFor, or until lingerBatch ops
-// are queued, before it commits: a transaction costs far more than one more
-// statement in it. Ops arriving farther apart than lingerFor are committed
-// at once, so a quiet queue adds no latency.
+// after another, ops less than lingerFor apart), a leader first lets the
+// goroutines ready to run go ahead (runtime.Gosched), up to lingerYields
+// times, for as long as each turn brings more ops and fewer than
+// lingerBatch are queued: a transaction costs far more than one more
+// statement in it. It waits on no timer: one shorter than a millisecond
+// lasts a millisecond in an idle Go process, and a caller settling its
+// messages one after another would wait that long for each. Ops arriving
+// farther apart are committed at once.
 const (
-	lingerFor   = 300 * time.Microsecond
-	lingerBatch = 8
+	lingerFor    = 300 * time.Microsecond
+	lingerBatch  = 8
+	lingerYields = 8
 )
 
 // opTimeout bounds one shared transaction, whatever the callers' contexts:
@@ -137,17 +141,13 @@ func (c *combiner) do(ctx context.Context, o *op) error {
 	c.last = now
 	if c.running {
 		c.mu.Unlock()
-		select {
-		case c.arrived <- struct{}{}:
-		default:
-		}
 		<-o.done
 		return o.err
 	}
 	c.running = true
 	c.mu.Unlock()
 	if busy {
-		c.linger(now.Add(lingerFor))
+		c.linger()
 	}
 	for {
 		c.mu.Lock()
@@ -164,22 +164,24 @@ func (c *combiner) do(ctx context.Context, o *op) error {
 	return o.err
 }
 
-// linger waits until lingerBatch ops are queued or the deadline passes.
-func (c *combiner) linger(deadline time.Time) {
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	for {
-		c.mu.Lock()
-		n := len(c.pending)
-		c.mu.Unlock()
+// linger lets ready goroutines run while that brings more ops, up to
+// lingerYields turns or lingerBatch ops queued.
+func (c *combiner) linger() {
+	c.mu.Lock()
+	n := len(c.pending)
+	c.mu.Unlock()
+	for range lingerYields {
 		if n >= lingerBatch {
 			return
 		}
-		select {
-		case <-c.arrived:
-		case <-t.C:
+		runtime.Gosched()
+		c.mu.Lock()
+		m := len(c.pending)
+		c.mu.Unlock()
+		if m == n {
 			return
 		}
+		n = m
 	}
 }
 
