@@ -205,11 +205,11 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 		queue = "sqlite:" + filepath.Join(t.TempDir(), "load.db")
 	}
 	listen, admin := freeport.Addr(t), freeport.Addr(t)
-	args := append([]string{}, "ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
+	args := []string{"ingress", "--queue", queue, "--listen", listen, "--admin-listen", admin,
 		"--acs-audience", "acs-resource", "--acs-oidc-url", lt.iss.DiscoveryURL(), "--log-level", "warn",
 		// The pool of pre-signed tokens is reused with new bodies, which the
 		// replay defence refuses.
-		"--replay-cache-size", "-1")
+		"--replay-cache-size", "-1"}
 	p := start(t, append(args, strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_INGRESS_FLAGS"))...)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	return &server{proc: p, url: "http://" + listen + ingress.PathACSCallbacks}

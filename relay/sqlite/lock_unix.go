@@ -50,10 +50,7 @@ func (l *fileLock) lock(ctx context.Context, timeout time.Duration) error {
 		err := flock(int(l.f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if !errors.Is(err, unix.EWOULDBLOCK) {
 			l.mu.Unlock()
-			if err != nil {
-				return fmt.Errorf("lock %s: %w", l.f.Name(), err)
-			}
-			return nil
+			return l.failed(err)
 		}
 		// Its own descriptor, for the same open file: the wait may
 		// outlive the queue's, which Close closes. (Close-on-exec, as
@@ -61,7 +58,7 @@ func (l *fileLock) lock(ctx context.Context, timeout time.Duration) error {
 		fd, err := unix.FcntlInt(l.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			l.mu.Unlock()
-			return fmt.Errorf("lock %s: %w", l.f.Name(), err)
+			return l.failed(err)
 		}
 		w = &lockWait{done: make(chan struct{})}
 		l.pending = w
@@ -75,7 +72,7 @@ func (l *fileLock) lock(ctx context.Context, timeout time.Duration) error {
 	var err error
 	select {
 	case <-w.done:
-		return w.lockErr(l)
+		return l.failed(w.err)
 	case <-t.C:
 		err = fmt.Errorf("database busy: another process held the write lock for more than busy_timeout (%s)", timeout)
 	case <-ctx.Done():
@@ -85,7 +82,7 @@ func (l *fileLock) lock(ctx context.Context, timeout time.Duration) error {
 	defer l.mu.Unlock()
 	select {
 	case <-w.done: // it returned while wanted: the lock is this caller's
-		return w.lockErr(l)
+		return l.failed(w.err)
 	default:
 		w.wanted = false
 		return err
@@ -108,9 +105,10 @@ func (l *fileLock) wait(w *lockWait, fd int) {
 	unix.Close(fd)
 }
 
-func (w *lockWait) lockErr(l *fileLock) error {
-	if w.err != nil {
-		return fmt.Errorf("lock %s: %w", l.f.Name(), w.err)
+// failed says which file a flock failed on (nil if it did not).
+func (l *fileLock) failed(err error) error {
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", l.f.Name(), err)
 	}
 	return nil
 }

@@ -167,22 +167,25 @@ func (c *combiner) do(ctx context.Context, o *op) error {
 // linger lets ready goroutines run while that brings more ops, up to
 // lingerYields turns or lingerBatch ops queued.
 func (c *combiner) linger() {
-	c.mu.Lock()
-	n := len(c.pending)
-	c.mu.Unlock()
+	n := c.queued()
 	for range lingerYields {
 		if n >= lingerBatch {
 			return
 		}
 		runtime.Gosched()
-		c.mu.Lock()
-		m := len(c.pending)
-		c.mu.Unlock()
+		m := c.queued()
 		if m == n {
 			return
 		}
 		n = m
 	}
+}
+
+// queued is how many ops wait for the next transaction.
+func (c *combiner) queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
 }
 
 // apply runs ops in one transaction and reports each one's result.
