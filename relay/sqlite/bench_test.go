@@ -7,10 +7,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hookbridge/hookbridge/internal/cputime"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/relay"
 	"github.com/hookbridge/hookbridge/relay/sqlite"
@@ -38,16 +38,10 @@ func openBench(b *testing.B) *sqlite.Queue {
 // once the returned function is called: with fsync in the path, wall time
 // mostly measures the disk.
 func reportCPU(b *testing.B, perOp int) func() {
-	start := cpuTime()
+	start := cputime.Process()
 	return func() {
-		b.ReportMetric(float64((cpuTime()-start).Nanoseconds())/1e3/float64(b.N*perOp), "cpu-µs/msg")
+		b.ReportMetric(float64((cputime.Process()-start).Nanoseconds())/1e3/float64(b.N*perOp), "cpu-µs/msg")
 	}
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkSendBatch is one durable commit of n messages; events/s is the
