@@ -53,7 +53,9 @@ func TestFileLockHandsOver(t *testing.T) {
 	if err := l[0].unlock(); err != nil {
 		t.Fatal(err)
 	}
-	if d := (<-got).Sub(released); d > 20*time.Millisecond {
+	// Woken by the kernel, not by its 5s timeout; the bound leaves room for
+	// a busy machine running the race detector.
+	if d := (<-got).Sub(released); d > 500*time.Millisecond {
 		t.Fatalf("the waiter took the lock %s after it was let go", d)
 	}
 	// It holds it: the first cannot take it back.
