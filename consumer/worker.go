@@ -291,8 +291,7 @@ func (w *Worker) receiveLoop(ctx, hard context.Context, slots chan struct{}, wor
 // starts the shutdown; hard ends when the shutdown grace period is over.
 func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 	start := time.Now()
-	log := w.log.With("message_id", m.ID, "sequence_number", m.SequenceNumber,
-		"partition_key", m.SessionID, "delivery_count", m.DeliveryCount)
+	log := &msgLog{base: w.log, m: m}
 	if w.trace != nil {
 		span := w.trace.startProcess(ctx, m)
 		defer span.End()
@@ -303,7 +302,7 @@ func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 		w.settle(ctx, log, m, nil, delivery{err: Permanent(ReasonInvalidMessage, err)}, start)
 		return
 	}
-	log = log.With("event_id", ev.ID, "type", ev.Type)
+	log = &msgLog{base: w.log, m: m, ev: ev}
 	if w.trace != nil {
 		setEvent(trace.SpanFromContext(ctx), ev)
 	}
@@ -349,7 +348,7 @@ type delivery struct {
 
 // renewLoop renews m's lock at half its remaining time until ctx ends. If the
 // lock is lost it closes lost and cancels the delivery.
-func (w *Worker) renewLoop(ctx context.Context, log *slog.Logger, m *relay.Received, lost chan struct{}, cancel context.CancelFunc) {
+func (w *Worker) renewLoop(ctx context.Context, log *msgLog, m *relay.Received, lost chan struct{}, cancel context.CancelFunc) {
 	for {
 		wait := time.Until(m.LockedUntil) / 2
 		if wait < 50*time.Millisecond {
@@ -385,7 +384,7 @@ func (w *Worker) renewLoop(ctx context.Context, log *slog.Logger, m *relay.Recei
 // settle applies the settlement rules to a finished delivery. ctx is Run's;
 // settlements get a context of their own, so that they still happen during
 // shutdown.
-func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received, ev *schemas.Event, d delivery, start time.Time) {
+func (w *Worker) settle(ctx context.Context, log *msgLog, m *relay.Received, ev *schemas.Event, d delivery, start time.Time) {
 	var (
 		outcome             string
 		delay               time.Duration
@@ -456,10 +455,39 @@ func (w *Worker) settle(ctx context.Context, log *slog.Logger, m *relay.Received
 		endSettle(settleSpan, trace.SpanFromContext(ctx), outcome, reason, delay, d, serr)
 	}
 	w.cfg.Metrics.observe(outcome, ev, start)
-	if outcome == outcomeCompleted {
-		log.Debug("worker: delivered", "duration", time.Since(start))
+	if outcome == outcomeCompleted && log.base.Enabled(ctx, slog.LevelDebug) {
+		log.logger().Debug("worker: delivered", "duration", time.Since(start))
 	}
 }
+
+// msgLog logs about one message, with its identifiers (and its event's,
+// once parsed) on every record. The logger carrying them is built on the
+// first record: a delivery that logs nothing, the common case, does not pay
+// for formatting them.
+type msgLog struct {
+	base *slog.Logger
+	m    *relay.Received
+	ev   *schemas.Event // nil until the message is parsed
+
+	once sync.Once // the renewal loop may log while the delivery does
+	l    *slog.Logger
+}
+
+func (ml *msgLog) logger() *slog.Logger {
+	ml.once.Do(func() {
+		m := ml.m
+		args := []any{"message_id", m.ID, "sequence_number", m.SequenceNumber,
+			"partition_key", m.SessionID, "delivery_count", m.DeliveryCount}
+		if ml.ev != nil {
+			args = append(args, "event_id", ml.ev.ID, "type", ml.ev.Type)
+		}
+		ml.l = ml.base.With(args...)
+	})
+	return ml.l
+}
+
+func (ml *msgLog) Warn(msg string, args ...any)  { ml.logger().Warn(msg, args...) }
+func (ml *msgLog) Error(msg string, args ...any) { ml.logger().Error(msg, args...) }
 
 // maxDescription bounds the dead-letter description the worker writes.
 const maxDescription = 1024
