@@ -108,13 +108,19 @@ func MessageID(source, id string) string {
 	if isUUID(id) {
 		return id
 	}
-	h := sha256.New()
-	var n [binary.MaxVarintLen64]byte
-	h.Write(n[:binary.PutUvarint(n[:], uint64(len(source)))])
-	h.Write([]byte(source))
-	h.Write([]byte(id))
-	return "sha256-" + hex.EncodeToString(h.Sum(nil))
+	// Hashed from one buffer, on the stack for the usual lengths: the
+	// request path makes one allocation here, the string.
+	var buf [256]byte
+	b := binary.AppendUvarint(buf[:0], uint64(len(source)))
+	b = append(append(b, source...), id...)
+	sum := sha256.Sum256(b)
+	var out [len(messageIDPrefix) + 2*sha256.Size]byte
+	copy(out[:], messageIDPrefix)
+	hex.Encode(out[len(messageIDPrefix):], sum[:])
+	return string(out[:])
 }
+
+const messageIDPrefix = "sha256-"
 
 // isUUID reports whether s has the form of a UUID: 8-4-4-4-12 hex digits.
 func isUUID(s string) bool {
