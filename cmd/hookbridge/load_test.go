@@ -22,6 +22,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/devissuer"
@@ -43,7 +46,9 @@ import (
 //  3. End to end, from request sent to event at the backend, at half of that
 //     capacity and at 50, 200 and 500 requests a second (the rates of a
 //     contact centre), with the CPU the ingress and the worker spent on each
-//     event (and the stub backend, apart).
+//     event (and the stub backend, apart), and where the time went, from
+//     the processes' own histograms: the ingress's enqueue and commits, the
+//     worker's POSTs to the backend.
 //
 // It takes a few minutes, so it runs only when asked:
 //
@@ -85,7 +90,8 @@ func TestLoadLoopback(t *testing.T) {
 	backend := lt.backend(t)
 	queue := "sqlite:" + filepath.Join(t.TempDir(), "host.db")
 	host := lt.ingress(t, queue)
-	worker := start(t, append([]string{"worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", "127.0.0.1:0", "--log-level", "warn"},
+	workerAdmin := freeport.Addr(t)
+	worker := start(t, append([]string{"worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", workerAdmin, "--log-level", "warn"},
 		strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_WORKER_FLAGS"))...)...)
 	capacity := 0.0
 	lo, hi := 0.1*dPeak.rate, dPeak.rate
@@ -120,9 +126,11 @@ func TestLoadLoopback(t *testing.T) {
 		if rate > capacity/2 || rate == 0 { // 0 would be an unpaced flood
 			continue
 		}
+		before := scrapeStages(t, host.admin, workerAdmin)
 		h := lt.runHost(t, host, worker, backend, rate, duration)
 		t.Logf("end to end at %.0f req/s: p50 %v p99 %v over %d events (target p99 ≤ 5ms at half capacity); hookbridge spent %.0f CPU-µs an event (the ingress %.0f), the stub backend %.0f",
 			rate, pct(h.e2e, 0.5), pct(h.e2e, 0.99), len(h.e2e), h.cpuPerEvent, h.ingress.cpuPerReq, h.backendPerEvent)
+		t.Logf("  where it went: %s", scrapeStages(t, host.admin, workerAdmin).since(before))
 	}
 	t.Logf("host peak resident memory: ingress %.1f MiB, worker %.1f MiB",
 		float64(vmHWM(host.proc.cmd.Process.Pid))/1024, float64(vmHWM(worker.cmd.Process.Pid))/1024)
@@ -193,8 +201,9 @@ func newLoadTarget(t *testing.T) *loadTarget {
 
 // server is a process under load.
 type server struct {
-	proc *process
-	url  string
+	proc  *process
+	url   string
+	admin string // the admin listener's address, "" for none
 }
 
 func (s *server) stop(t *testing.T) { s.proc.stop(t) }
@@ -212,7 +221,7 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 		"--replay-cache-size", "-1"}
 	p := start(t, append(args, strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_INGRESS_FLAGS"))...)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
-	return &server{proc: p, url: "http://" + listen + ingress.PathACSCallbacks}
+	return &server{proc: p, url: "http://" + listen + ingress.PathACSCallbacks, admin: admin}
 }
 
 // verifyOnly starts this test binary as the verify-only server (see
@@ -339,6 +348,85 @@ func procCPU(pid int) time.Duration {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// stages is what the host's processes report of their own work, from their
+// /metrics: the ingress's enqueue (its wait for a group commit) and commits,
+// and the worker's POSTs to the backend.
+type stages map[string]*dto.MetricFamily
+
+func scrapeStages(t *testing.T, ingressAdmin, workerAdmin string) stages {
+	t.Helper()
+	out := stages{}
+	for _, addr := range []string{ingressAdmin, workerAdmin} {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatalf("scrape %s: %v", addr, err)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("scrape %s: %v", addr, err)
+		}
+		for name, f := range fams {
+			out[name] = f
+		}
+	}
+	return out
+}
+
+// since summarizes the histograms' growth from before to s.
+func (s stages) since(before stages) string {
+	enq := histogramGrowth(before, s, "hookbridge_enqueue_duration_seconds")
+	commit := histogramGrowth(before, s, "hookbridge_queue_commit_duration_seconds")
+	size := histogramGrowth(before, s, "hookbridge_queue_commit_messages")
+	post := histogramGrowth(before, s, "hookbridge_worker_delivery_duration_seconds")
+	ms := func(sec float64) string { return fmt.Sprintf("%.2fms", sec*1e3) }
+	return fmt.Sprintf("enqueue mean %s (%.1f%% ≤ 5ms), of which commits mean %s at %.1f events a commit; POST to the backend mean %s (%.1f%% ≤ 2.5ms)",
+		ms(enq.mean()), 100*enq.under(0.005), ms(commit.mean()), size.mean(), ms(post.mean()), 100*post.under(0.0025))
+}
+
+// growth is what a histogram (all its series together) observed between
+// two scrapes.
+type growth struct {
+	count, sum float64
+	buckets    map[float64]float64 // upper bound → observations at most that
+}
+
+func histogramGrowth(before, after stages, name string) growth {
+	g := growth{buckets: map[float64]float64{}}
+	add := func(f *dto.MetricFamily, sign float64) {
+		if f == nil {
+			return
+		}
+		for _, m := range f.GetMetric() {
+			h := m.GetHistogram()
+			g.count += sign * float64(h.GetSampleCount())
+			g.sum += sign * h.GetSampleSum()
+			for _, b := range h.GetBucket() {
+				g.buckets[b.GetUpperBound()] += sign * float64(b.GetCumulativeCount())
+			}
+		}
+	}
+	add(after[name], 1)
+	add(before[name], -1)
+	return g
+}
+
+func (g growth) mean() float64 {
+	if g.count == 0 {
+		return 0
+	}
+	return g.sum / g.count
+}
+
+// under is the share of observations at most le, a bucket's upper bound.
+func (g growth) under(le float64) float64 {
+	if g.count == 0 {
+		return 0
+	}
+	return g.buckets[le] / g.count
 }
 
 // vmHWM reads a process's peak resident set size in KiB from /proc.
