@@ -168,7 +168,11 @@ func (s *keySource) load(ctx context.Context) (*keySet, context.CancelFunc, erro
 		Client:                    s.cfg.client,
 		HTTPTimeout:               10 * time.Second,
 		NoErrorReturnFirstHTTPReq: &noErrorFirst,
-		RefreshInterval:           s.cfg.refreshInterval,
+		// The keys all come from the JWKS URL (no given keys): look there
+		// first, so a known kid is not first looked up, and an error built,
+		// in the empty given set on every verification.
+		PrioritizeHTTP:  true,
+		RefreshInterval: s.cfg.refreshInterval,
 		// Every unknown kid may refresh: Verify gates refreshes with its own
 		// limiter first, so it can tell "spent" (503) from "unknown" (401).
 		RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1),
