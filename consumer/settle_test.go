@@ -51,9 +51,14 @@ func TestLastDeliveryDeadLettered(t *testing.T) {
 			var logs testlog.Buffer
 			reg := prometheus.NewRegistry()
 			metrics := consumer.NewMetrics(reg)
-			w, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *schemas.Event) error { return tt.handlerErr }),
+			// The handler's changes to the event do not change what the
+			// worker logs about it.
+			w, err := consumer.New(src, consumer.HandlerFunc(func(_ context.Context, e *schemas.Event) error {
+				e.ID, e.Type = "changed", "changed"
+				return tt.handlerErr
+			}),
 				consumer.Config{MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond, Metrics: metrics,
-					Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+					Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{AddSource: true}))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,8 +76,13 @@ func TestLastDeliveryDeadLettered(t *testing.T) {
 			if len(recs) != 1 {
 				t.Fatalf("%d log lines with %q, want 1:\n%s", len(recs), tt.wantLoggedWith, logs.String())
 			}
-			if recs[0]["event_id"] != "evt-last" || recs[0]["message_id"] != "evt-last" {
-				t.Errorf("log line lacks the event and message id: %v", recs[0])
+			if recs[0]["event_id"] != "evt-last" || recs[0]["message_id"] != "evt-last" || recs[0]["type"] != "Microsoft.Communication.CallConnected" {
+				t.Errorf("log line lacks the event's type and id, or the message id: %v", recs[0])
+			}
+			// The source a handler records is the worker's call site.
+			where, _ := recs[0]["source"].(map[string]any)
+			if fn, _ := where["function"].(string); !strings.HasSuffix(fn, "(*Worker).settle") {
+				t.Errorf("log line's source %v, want the worker's settle", recs[0]["source"])
 			}
 			if tt.wantReason != "" && recs[0]["reason"] != tt.wantReason {
 				t.Errorf("log line reason %v, want %s", recs[0]["reason"], tt.wantReason)

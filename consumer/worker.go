@@ -302,7 +302,7 @@ func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 		w.settle(ctx, log, m, nil, delivery{err: Permanent(ReasonInvalidMessage, err)}, start)
 		return
 	}
-	log = &msgLog{base: w.log, m: m, ev: ev}
+	log.withEvent(ev)
 	if w.trace != nil {
 		setEvent(trace.SpanFromContext(ctx), ev)
 	}
@@ -329,7 +329,7 @@ func (w *Worker) process(ctx, hard context.Context, m *relay.Received) {
 		if w.trace != nil {
 			recordLockLost(trace.SpanFromContext(ctx), err)
 		}
-		log.Warn("worker: lock lost during delivery; "+againOrDeadLettered(m), "delivery_error", err)
+		log.logger().Warn("worker: lock lost during delivery; "+againOrDeadLettered(m), "delivery_error", err)
 		return
 	default:
 	}
@@ -371,12 +371,12 @@ func (w *Worker) renewLoop(ctx context.Context, log *msgLog, m *relay.Received, 
 			cancel()
 			return
 		case time.Now().After(m.LockedUntil):
-			log.Error("worker: lock renewal failed and the lock expired", "error", err)
+			log.logger().Error("worker: lock renewal failed and the lock expired", "error", err)
 			close(lost)
 			cancel()
 			return
 		default:
-			log.Warn("worker: lock renewal failed; trying again", "error", err)
+			log.logger().Warn("worker: lock renewal failed; trying again", "error", err)
 		}
 	}
 }
@@ -397,7 +397,7 @@ func (w *Worker) settle(ctx context.Context, log *msgLog, m *relay.Received, ev 
 		outcome = outcomeCompleted
 	case permanent:
 		outcome, reason, description = outcomeDeadLettered, p.Reason, err.Error()
-		log.Warn("worker: delivery failed permanently; dead-lettering", "reason", reason, "error", err)
+		log.logger().Warn("worker: delivery failed permanently; dead-lettering", "reason", reason, "error", err)
 	case lastDelivery:
 		// Abandoning it now would make the queue dead-letter it where
 		// nobody sees; do it here, saying why.
@@ -406,11 +406,11 @@ func (w *Worker) settle(ctx context.Context, log *msgLog, m *relay.Received, ev 
 		if d.cutOff {
 			description = fmt.Sprintf("delivery %d of %d was cut off by the worker's shutdown: %v", m.DeliveryCount, m.MaxDeliveryCount, err)
 		}
-		log.Error("worker: the last delivery the queue allows failed; dead-lettering", "reason", reason,
+		log.logger().Error("worker: the last delivery the queue allows failed; dead-lettering", "reason", reason,
 			"max_delivery_count", m.MaxDeliveryCount, "error", err, "cause", cause(d))
 	case d.cutOff:
 		outcome = outcomeAbandoned
-		log.Warn("worker: delivery cut off by shutdown; abandoned for redelivery at once", "error", err,
+		log.logger().Warn("worker: delivery cut off by shutdown; abandoned for redelivery at once", "error", err,
 			"shutdown_timeout", w.cfg.ShutdownTimeout)
 	default:
 		outcome = outcomeRetried
@@ -420,10 +420,10 @@ func (w *Worker) settle(ctx context.Context, log *msgLog, m *relay.Received, ev 
 			delay = min(ra.After, w.cfg.MaxBackoff)
 		}
 		if d.timedOut {
-			log.Warn("worker: delivery took longer than the delivery timeout; will retry", "cause", causeDeliveryTimeout,
+			log.logger().Warn("worker: delivery took longer than the delivery timeout; will retry", "cause", causeDeliveryTimeout,
 				"delivery_timeout", w.cfg.DeliveryTimeout, "error", err, "retry_in", delay)
 		} else {
-			log.Warn("worker: delivery failed; will retry", "error", err, "retry_in", delay)
+			log.logger().Warn("worker: delivery failed; will retry", "error", err, "retry_in", delay)
 		}
 	}
 	// A queue without delayed abandon holds the message for the delay, so
@@ -445,9 +445,9 @@ func (w *Worker) settle(ctx context.Context, log *msgLog, m *relay.Received, ev 
 	}
 	if serr != nil {
 		if errors.Is(serr, relay.ErrLockLost) {
-			log.Warn("worker: lock lost before settlement; "+againOrDeadLettered(m), "settlement", outcome, "error", serr)
+			log.logger().Warn("worker: lock lost before settlement; "+againOrDeadLettered(m), "settlement", outcome, "error", serr)
 		} else {
-			log.Error("worker: settlement failed; "+againOrDeadLettered(m)+" when its lock expires", "settlement", outcome, "error", serr)
+			log.logger().Error("worker: settlement failed; "+againOrDeadLettered(m)+" when its lock expires", "settlement", outcome, "error", serr)
 		}
 		outcome = outcomeSettleFailed
 	}
@@ -463,14 +463,24 @@ func (w *Worker) settle(ctx context.Context, log *msgLog, m *relay.Received, ev 
 // msgLog logs about one message, with its identifiers (and its event's,
 // once parsed) on every record. The logger carrying them is built on the
 // first record: a delivery that logs nothing, the common case, does not pay
-// for formatting them.
+// for formatting them. Callers log through logger() itself, so a handler
+// recording the source line sees theirs.
 type msgLog struct {
 	base *slog.Logger
 	m    *relay.Received
-	ev   *schemas.Event // nil until the message is parsed
+	// The event's identifiers, copied when it is parsed: the handler may
+	// change the event while the renewal loop logs.
+	eventID, eventType string
+	parsed             bool
 
 	once sync.Once // the renewal loop may log while the delivery does
 	l    *slog.Logger
+}
+
+// withEvent adds the parsed event's identifiers; call it before anything
+// logs.
+func (ml *msgLog) withEvent(ev *schemas.Event) {
+	ml.eventID, ml.eventType, ml.parsed = ev.ID, ev.Type, true
 }
 
 func (ml *msgLog) logger() *slog.Logger {
@@ -478,16 +488,13 @@ func (ml *msgLog) logger() *slog.Logger {
 		m := ml.m
 		args := []any{"message_id", m.ID, "sequence_number", m.SequenceNumber,
 			"partition_key", m.SessionID, "delivery_count", m.DeliveryCount}
-		if ml.ev != nil {
-			args = append(args, "event_id", ml.ev.ID, "type", ml.ev.Type)
+		if ml.parsed {
+			args = append(args, "event_id", ml.eventID, "type", ml.eventType)
 		}
 		ml.l = ml.base.With(args...)
 	})
 	return ml.l
 }
-
-func (ml *msgLog) Warn(msg string, args ...any)  { ml.logger().Warn(msg, args...) }
-func (ml *msgLog) Error(msg string, args ...any) { ml.logger().Error(msg, args...) }
 
 // maxDescription bounds the dead-letter description the worker writes.
 const maxDescription = 1024
