@@ -170,7 +170,9 @@ func BenchmarkGroupCommit(b *testing.B) {
 					}
 				})
 				b.StopTimer()
-				b.ReportMetric(float64((cputime.Process()-cpu).Nanoseconds())/float64(b.N), "cpu-ns/op")
+				if cputime.Supported {
+					b.ReportMetric(float64((cputime.Process()-cpu).Nanoseconds())/float64(b.N), "cpu-ns/op")
+				}
 			})
 		}
 	}
