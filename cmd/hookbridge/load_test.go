@@ -396,7 +396,7 @@ func (s stages) since(before stages) string {
 	size := histogramGrowth(before, s, "hookbridge_queue_commit_messages")
 	post := histogramGrowth(before, s, "hookbridge_worker_delivery_duration_seconds")
 	return fmt.Sprintf("enqueue mean %s (%s ≤ 5ms), of which commits mean %s at %s events a commit; delivery (receipt to settlement: the POST and the complete) mean %s (%s ≤ 2.5ms)",
-		enq.meanMS(), enq.under(0.005), commit.meanMS(), size.meanOf(), post.meanMS(), post.under(0.0025))
+		enq.mean(1e3, "%.2fms"), enq.under(0.005), commit.mean(1e3, "%.2fms"), size.mean(1, "%.1f"), post.mean(1e3, "%.2fms"), post.under(0.0025))
 }
 
 // growth is what a histogram (all its series together) observed between
@@ -426,21 +426,13 @@ func histogramGrowth(before, after stages, name string) growth {
 	return g
 }
 
-// meanMS is the mean observation in milliseconds, or n/a when there was
-// none.
-func (g growth) meanMS() string {
+// mean is the mean observation times scale, printed with format, or n/a
+// when there was none.
+func (g growth) mean(scale float64, format string) string {
 	if g.count == 0 {
 		return "n/a"
 	}
-	return fmt.Sprintf("%.2fms", g.sum/g.count*1e3)
-}
-
-// meanOf is the mean observation, or n/a when there was none.
-func (g growth) meanOf() string {
-	if g.count == 0 {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.1f", g.sum/g.count)
+	return fmt.Sprintf(format, g.sum/g.count*scale)
 }
 
 // under is the share of observations at most le, one of the histogram's
