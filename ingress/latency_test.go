@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -106,11 +105,7 @@ type durableStack struct {
 func newDurableStack(b *testing.B) *durableStack {
 	iss := newIssuer(b)
 	acs := newACS(b, iss, ingress.ACSConfig{}, true)
-	q, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(b.TempDir(), "q.db")}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { q.Close() })
+	q := benchQueue(b)
 	batcher, err := relay.NewBatcher(q, relay.BatchConfig{MaxInFlight: 2, Linger: benchLinger}, nil)
 	if err != nil {
 		b.Fatal(err)
