@@ -107,7 +107,7 @@ func (p Provenance) apply(e *Event) {
 // sorted by name, then data, so the encoding of an event is deterministic.
 // Data is compacted, so an event is always one line.
 func (e *Event) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 384+len(e.Data)+len(e.DataBase64)+48*len(e.Extensions))
+	b := make([]byte, 0, e.encodedSize())
 	b = append(b, `{"specversion":"`+SpecVersion+`"`...)
 	attr := func(name, v string) {
 		if v != "" {
@@ -174,6 +174,21 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 }
 
 // finish appends what follows data.
+// encodedSize is about the length of the encoded event: its attributes'
+// names and quotes (256 is more than all of them take), their values, the
+// extensions and the data. Escapes and whitespace make the true length
+// differ a little; an Event Grid event's resource paths make it well over
+// a fixed guess, and a guess too small copies the whole event again.
+func (e *Event) encodedSize() int {
+	n := 256 + len(time.RFC3339Nano) + len(e.ID) + len(e.Source) + len(e.Type) + len(e.Subject) + len(e.Time) +
+		len(e.DataContentType) + len(e.DataSchema) + len(e.PartitionKey) + len(e.DataVersion) +
+		len(e.Route) + len(e.Verifier) + len(e.Data) + len(e.DataBase64)
+	for name, v := range e.Extensions {
+		n += len(name) + len(v) + 4
+	}
+	return n
+}
+
 func (e *Event) finish(b []byte) []byte {
 	if e.DataBase64 != "" {
 		b = append(b, `,"data_base64":`...)

@@ -226,3 +226,32 @@ func TestParseEventGridErrors(t *testing.T) {
 		t.Errorf("single object: %v %+v", err, events)
 	}
 }
+
+// An event is encoded into one allocation, the size of its attributes and
+// data taken up front: a guess too small copies the whole event again as it
+// grows, which an Event Grid event's long source and subject used to cause.
+func TestMarshalAllocatesOnce(t *testing.T) {
+	for _, tc := range []struct {
+		file  string
+		parse func([]byte, schemas.Provenance) ([]schemas.Event, error)
+	}{
+		{"testdata/eventgrid/IncomingCall.json", schemas.ParseEventGrid},
+		{"testdata/eventgrid/IncomingCall-custom-context.json", schemas.ParseEventGrid},
+		{"testdata/callautomation/ParticipantsUpdated.json", schemas.ParseCallAutomation},
+		{"testdata/cloudevents/binary-data.json", schemas.ParseCloudEvent},
+	} {
+		body, err := os.ReadFile(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := tc.parse(body, fixedProvenance)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.file, err)
+		}
+		for i := range events {
+			if n := testing.AllocsPerRun(10, func() { events[i].MarshalJSON() }); n != 1 {
+				t.Errorf("%s, event %d: %v allocations to encode, want 1", tc.file, i, n)
+			}
+		}
+	}
+}
