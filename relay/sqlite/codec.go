@@ -72,6 +72,20 @@ func appendData(dst []byte, subject, contentType string, props map[string]any, b
 	return append(dst, body...), nil
 }
 
+// dataSize is at least the length appendData gives the parts (exactly it,
+// but for varints counted at their longest), so that one allocation holds
+// a batch's messages.
+func dataSize(subject, contentType string, props map[string]any, body []byte) int {
+	n := 1 + 3*binary.MaxVarintLen64 + len(subject) + len(contentType) + len(body)
+	for k, v := range props {
+		n += binary.MaxVarintLen64 + len(k) + 1 + binary.MaxVarintLen64
+		if s, ok := v.(string); ok {
+			n += len(s)
+		}
+	}
+	return n
+}
+
 func appendString(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)

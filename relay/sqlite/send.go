@@ -28,7 +28,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		if m.DeadLetterReason != "" {
 			direct++
 		}
-		size += len(m.Body) + len(m.Subject) + len(m.ContentType) + 16 + 64*len(m.Properties)
+		size += dataSize(m.Subject, m.ContentType, m.Properties, m.Body)
 	}
 	if err := q.health.fatal(); err != nil {
 		return fmt.Errorf("%w: sqlite: %w", relay.ErrUnavailable, err)
