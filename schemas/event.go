@@ -137,7 +137,8 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 	attr(ExtRoute, e.Route)
 	attr(ExtVerifier, e.Verifier)
 	if len(e.Extensions) > 0 {
-		names := make([]string, 0, len(e.Extensions))
+		var few [8]string // the names of a usual event's extensions, on the stack
+		names := few[:0]
 		for name := range e.Extensions {
 			names = append(names, name)
 		}
@@ -173,7 +174,6 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 	return e.finish(b), nil
 }
 
-// finish appends what follows data.
 // encodedSize is about the length of the encoded event: its attributes'
 // names and quotes (256 is more than all of them take), their values, the
 // extensions and the data. Escapes and whitespace make the true length
@@ -189,6 +189,7 @@ func (e *Event) encodedSize() int {
 	return n
 }
 
+// finish appends what follows data.
 func (e *Event) finish(b []byte) []byte {
 	if e.DataBase64 != "" {
 		b = append(b, `,"data_base64":`...)

@@ -3,6 +3,7 @@ package schemas_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -253,5 +254,14 @@ func TestMarshalAllocatesOnce(t *testing.T) {
 				t.Errorf("%s, event %d: %v allocations to encode, want 1", tc.file, i, n)
 			}
 		}
+	}
+	// Extensions are sorted by name on the stack, up to eight of them.
+	e := schemas.Event{ID: "e1", Source: "/subscriptions/" + strings.Repeat("0", 36) + "/resourceGroups/rg", Type: "t",
+		Data: json.RawMessage(`{"a":1}`), Extensions: map[string]json.RawMessage{}}
+	for i := range 8 {
+		e.Extensions[fmt.Sprintf("ext%d", i)] = json.RawMessage(`"value"`)
+	}
+	if n := testing.AllocsPerRun(10, func() { e.MarshalJSON() }); n != 1 {
+		t.Errorf("an event with 8 extensions: %v allocations to encode, want 1", n)
 	}
 }

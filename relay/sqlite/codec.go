@@ -72,9 +72,9 @@ func appendData(dst []byte, subject, contentType string, props map[string]any, b
 	return append(dst, body...), nil
 }
 
-// dataSize is at least the length appendData gives the parts (exactly it,
-// but for varints counted at their longest), so that one allocation holds
-// a batch's messages.
+// dataSize is at least the length appendData gives the parts: every
+// length and every non-string value is counted at a varint's longest, so
+// that one allocation holds a batch's messages.
 func dataSize(subject, contentType string, props map[string]any, body []byte) int {
 	n := 1 + 3*binary.MaxVarintLen64 + len(subject) + len(contentType) + len(body)
 	for k, v := range props {
