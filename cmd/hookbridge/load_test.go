@@ -77,7 +77,9 @@ func TestLoadLoopback(t *testing.T) {
 
 	ing := lt.ingress(t, "")
 	dPeak := lt.run(t, ing, 0, duration)
+	before, berr := scrapeStages(ing.admin)
 	dHalf := lt.run(t, ing, dPeak.rate/2, duration)
+	after, aerr := scrapeStages(ing.admin)
 	rss := vmHWM(ing.proc.cmd.Process.Pid)
 	ing.stop(t)
 
@@ -85,6 +87,11 @@ func TestLoadLoopback(t *testing.T) {
 	t.Logf("durable:     peak %.0f req/s, %.1f CPU-µs/req; at half: p50 %v p99 %v", dPeak.rate, dPeak.cpuPerReq, dHalf.p50, dHalf.p99)
 	t.Logf("ratios: throughput %.2f, CPU per request %.2f (targets ≥ 0.7); p99 at half load +%v (target ≤ +2ms)",
 		dPeak.rate/vPeak.rate, vPeak.cpuPerReq/dPeak.cpuPerReq, dHalf.p99-vHalf.p99)
+	if err := errors.Join(berr, aerr); err != nil {
+		t.Logf("  at half load, where it went: not known: %v", err)
+	} else {
+		t.Logf("  at half load, where it went: %s", after.since(before))
+	}
 	t.Logf("ingress peak resident memory %.1f MiB (target ≤ 50 MiB)", float64(rss)/1024)
 
 	// 2. The host: ingress, worker and backend.
@@ -359,13 +366,14 @@ func procCPU(pid int) time.Duration {
 }
 
 // stages is what the host's processes report of their own work, from their
-// /metrics: the ingress's enqueue (its wait for a group commit) and commits,
-// and the worker's deliveries (the POST and the settlement).
+// /metrics: the ingress's enqueue (its wait for a group commit), its commits
+// and the fsyncs they wait for, the queue's checkpoints, and the worker's
+// deliveries (the POST and the settlement).
 type stages map[string]*dto.MetricFamily
 
-func scrapeStages(ingressAdmin, workerAdmin string) (stages, error) {
+func scrapeStages(admins ...string) (stages, error) {
 	out := stages{}
-	for _, addr := range []string{ingressAdmin, workerAdmin} {
+	for _, addr := range admins {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
 			return nil, err
@@ -389,14 +397,24 @@ func scrapeStages(ingressAdmin, workerAdmin string) (stages, error) {
 	return out, nil
 }
 
-// since summarizes the histograms' growth from before to s.
+// since summarizes the histograms' growth from before to s: the ingress's
+// enqueue, its commits and their fsyncs, both processes' checkpoints, and,
+// with a worker, the deliveries.
 func (s stages) since(before stages) string {
 	enq := histogramGrowth(before, s, "hookbridge_enqueue_duration_seconds")
 	commit := histogramGrowth(before, s, "hookbridge_queue_commit_duration_seconds")
 	size := histogramGrowth(before, s, "hookbridge_queue_commit_messages")
-	post := histogramGrowth(before, s, "hookbridge_worker_delivery_duration_seconds")
-	return fmt.Sprintf("enqueue mean %s (%s ≤ 5ms), of which commits mean %s at %s events a commit; delivery (receipt to settlement: the POST and the complete) mean %s (%s ≤ 2.5ms)",
-		enq.mean(1e3, "%.2fms"), enq.under(0.005), commit.mean(1e3, "%.2fms"), size.mean(1, "%.1f"), post.mean(1e3, "%.2fms"), post.under(0.0025))
+	fsync := histogramGrowth(before, s, "hookbridge_queue_fsync_duration_seconds")
+	passive := histogramGrowth(before, s, "hookbridge_queue_checkpoint_duration_seconds", "mode", "passive")
+	restart := histogramGrowth(before, s, "hookbridge_queue_checkpoint_duration_seconds", "mode", "restart")
+	out := fmt.Sprintf("enqueue mean %s (%s ≤ 5ms), of which commits mean %s at %s events a commit; the log's fsyncs mean %s (%s ≤ 1ms, %s ≤ 2ms); checkpoints %.0f passive (mean %s), %.0f restarting (mean %s)",
+		enq.mean(1e3, "%.2fms"), enq.under(0.005), commit.mean(1e3, "%.2fms"), size.mean(1, "%.1f"),
+		fsync.mean(1e3, "%.2fms"), fsync.under(0.001), fsync.under(0.002),
+		passive.count, passive.mean(1e3, "%.1fms"), restart.count, restart.mean(1e3, "%.1fms"))
+	if post := histogramGrowth(before, s, "hookbridge_worker_delivery_duration_seconds"); post.count > 0 {
+		out += fmt.Sprintf("; delivery (receipt to settlement: the POST and the complete) mean %s (%s ≤ 2.5ms)", post.mean(1e3, "%.2fms"), post.under(0.0025))
+	}
+	return out
 }
 
 // growth is what a histogram (all its series together) observed between
@@ -406,13 +424,18 @@ type growth struct {
 	buckets    map[float64]float64 // upper bound → observations at most that
 }
 
-func histogramGrowth(before, after stages, name string) growth {
+// histogramGrowth is what the histograms named name observed between before
+// and after; with label (a name and a value), only the series carrying it.
+func histogramGrowth(before, after stages, name string, label ...string) growth {
 	g := growth{buckets: map[float64]float64{}}
 	add := func(f *dto.MetricFamily, sign float64) {
 		if f == nil {
 			return
 		}
 		for _, m := range f.GetMetric() {
+			if len(label) == 2 && !hasLabel(m, label[0], label[1]) {
+				continue
+			}
 			h := m.GetHistogram()
 			g.count += sign * float64(h.GetSampleCount())
 			g.sum += sign * h.GetSampleSum()
@@ -424,6 +447,15 @@ func histogramGrowth(before, after stages, name string) growth {
 	add(after[name], 1)
 	add(before[name], -1)
 	return g
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue() == value
+		}
+	}
+	return false
 }
 
 // mean is the mean observation times scale, printed with format, or n/a

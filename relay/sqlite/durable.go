@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -23,9 +24,10 @@ import (
 // writing to the unlinked file, and everything committed there since the
 // last checkpoint would vanish with the process.
 type walSyncer struct {
-	f      *os.File
-	path   string
-	opened os.FileInfo // the log as opened, to tell when its path names another file
+	f       *os.File
+	path    string
+	opened  os.FileInfo // the log as opened, to tell when its path names another file
+	metrics *Metrics
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -35,12 +37,12 @@ type walSyncer struct {
 	closed  bool
 }
 
-func newWALSyncer(path string) (*walSyncer, error) {
+func newWALSyncer(path string, metrics *Metrics) (*walSyncer, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open write-ahead log %s: %w", path, err)
 	}
-	s := &walSyncer{f: f, path: path}
+	s := &walSyncer{f: f, path: path, metrics: metrics}
 	if fi, err := f.Stat(); err == nil {
 		s.opened = fi
 	}
@@ -74,7 +76,9 @@ func (s *walSyncer) wait(gen uint64) error {
 		s.syncing = true
 		target := s.written
 		s.mu.Unlock()
+		start := time.Now()
 		err := datasync(s.f)
+		s.metrics.fsync(time.Since(start))
 		s.mu.Lock()
 		s.syncing = false
 		s.cond.Broadcast()

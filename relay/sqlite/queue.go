@@ -140,7 +140,7 @@ func (q *Queue) open(ctx context.Context) error {
 			}
 		}
 	}
-	if q.wal, err = newWALSyncer(q.path + "-wal"); err != nil {
+	if q.wal, err = newWALSyncer(q.path+"-wal", q.metrics); err != nil {
 		return err
 	}
 	var pageSize int64

@@ -218,15 +218,17 @@ func (q *Queue) watchCommits(ctx context.Context) {
 func (q *Queue) checkpoint(ctx context.Context) error {
 	var busy, logFrames, done int
 	release := q.ckpt.hold()
+	start := time.Now()
 	err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(PASSIVE)", nil, &busy, &logFrames, &done)
 	release()
-	q.metrics.checkpoint("passive", err)
+	q.metrics.checkpoint("passive", time.Since(start), err)
 	if err != nil {
 		return unavailable("checkpoint", err)
 	}
 	if used := int64(logFrames) * q.frameSize; used > walSizeLimit {
+		start = time.Now()
 		err = q.restart(ctx)
-		q.metrics.checkpoint("restart", err)
+		q.metrics.checkpoint("restart", time.Since(start), err)
 		if err != nil {
 			return fmt.Errorf("write-ahead log holds %d bytes of frames, over the %d limit: %w", used, walSizeLimit, err)
 		}
