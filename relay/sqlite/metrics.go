@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"mode", "result"}),
 		ckptTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hookbridge_queue_checkpoint_duration_seconds",
-			Help:    "How long checkpoints of the write-ahead log took, by mode: passive ones run beside commits; a restart holds this process's commits off while it runs.",
+			Help:    "How long checkpoints of the write-ahead log took, by mode: passive ones run beside commits; a restart holds every process's commits off while it runs.",
 			Buckets: diskBuckets,
 		}, []string{"mode"}),
 		syncTime: prometheus.NewHistogram(prometheus.HistogramOpts{
