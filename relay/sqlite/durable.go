@@ -145,7 +145,10 @@ func (s *walSyncer) close() error {
 	// they can be acknowledged: the queue is closing, not failing.
 	var err error
 	if s.synced < s.written {
-		if err = datasync(s.f); err == nil {
+		start := time.Now()
+		err = datasync(s.f)
+		s.metrics.fsync(time.Since(start))
+		if err == nil {
 			s.synced = s.written
 		}
 	}

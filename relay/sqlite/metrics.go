@@ -9,12 +9,12 @@ import (
 // Metrics are the embedded queue's instruments. A nil *Metrics records
 // nothing.
 type Metrics struct {
-	deadLettered *prometheus.CounterVec
-	duplicates   prometheus.Counter
-	walBytes     prometheus.Gauge
-	checkpoints  *prometheus.CounterVec
-	ckptTime     *prometheus.HistogramVec
-	syncTime     prometheus.Histogram
+	deadLettered      *prometheus.CounterVec
+	duplicates        prometheus.Counter
+	walBytes          prometheus.Gauge
+	checkpoints       *prometheus.CounterVec
+	checkpointSeconds *prometheus.HistogramVec
+	fsyncSeconds      prometheus.Histogram
 }
 
 // diskBuckets span a fast SSD's flush (0.1ms) to a stalled disk's (over a
@@ -40,18 +40,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hookbridge_queue_checkpoints_total",
 			Help: "Checkpoints of the write-ahead log into the database, by mode (passive, restart) and result (ok, error).",
 		}, []string{"mode", "result"}),
-		ckptTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		checkpointSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hookbridge_queue_checkpoint_duration_seconds",
-			Help:    "How long checkpoints of the write-ahead log took, by mode: passive ones run beside commits; a restart holds every process's commits off while it runs.",
+			Help:    "Duration of checkpoints of the write-ahead log, by mode: passive ones run beside commits; a restart holds every process's commits off while it runs (its wait for the lock is not counted).",
 			Buckets: diskBuckets,
 		}, []string{"mode"}),
-		syncTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+		fsyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "hookbridge_queue_fsync_duration_seconds",
-			Help:    "How long each fsync of the write-ahead log took that acknowledged sends waited for (one covers every commit before it): the disk's share of the commit latency.",
+			Help:    "Duration of each fsync of the write-ahead log that commits wait for before they are acknowledged (one covers every commit written before it; readiness probes' writes wait for them too): the disk's share of the commit latency.",
 			Buckets: diskBuckets,
 		}),
 	}
-	reg.MustRegister(m.deadLettered, m.duplicates, m.walBytes, m.checkpoints, m.ckptTime, m.syncTime)
+	reg.MustRegister(m.deadLettered, m.duplicates, m.walBytes, m.checkpoints, m.checkpointSeconds, m.fsyncSeconds)
 	return m
 }
 
@@ -73,6 +73,8 @@ func (m *Metrics) wal(size int64) {
 	}
 }
 
+// checkpoint counts a checkpoint by mode and outcome, and records how long
+// it ran; took is 0 for one that never ran (its lock was not to be had).
 func (m *Metrics) checkpoint(mode string, took time.Duration, err error) {
 	if m == nil {
 		return
@@ -82,12 +84,14 @@ func (m *Metrics) checkpoint(mode string, took time.Duration, err error) {
 		result = "error"
 	}
 	m.checkpoints.WithLabelValues(mode, result).Inc()
-	m.ckptTime.WithLabelValues(mode).Observe(took.Seconds())
+	if took > 0 {
+		m.checkpointSeconds.WithLabelValues(mode).Observe(took.Seconds())
+	}
 }
 
 // fsync records one fsync of the write-ahead log.
 func (m *Metrics) fsync(took time.Duration) {
 	if m != nil {
-		m.syncTime.Observe(took.Seconds())
+		m.fsyncSeconds.Observe(took.Seconds())
 	}
 }

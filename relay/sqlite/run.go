@@ -159,6 +159,7 @@ func (q *Queue) Run(ctx context.Context) error {
 	t := time.NewTicker(walCheckEvery)
 	defer t.Stop()
 	var lastCheckpoint, lastPrune time.Time
+	restarted := 0 // see checkpoint
 	for {
 		select {
 		case <-ctx.Done():
@@ -177,7 +178,7 @@ func (q *Queue) Run(ctx context.Context) error {
 			q.walGone(err)
 			continue
 		}
-		err := q.checkpoint(ctx)
+		err := q.checkpoint(ctx, &restarted)
 		if err == nil && now.Sub(lastPrune) > pruneEvery {
 			lastPrune = now
 			err = q.pruneWindow(ctx)
@@ -215,7 +216,11 @@ func (q *Queue) watchCommits(ctx context.Context) {
 
 // checkpoint runs a passive checkpoint, which never blocks anyone, and a
 // restarting one when the frames in the log take more than walSizeLimit.
-func (q *Queue) checkpoint(ctx context.Context) error {
+// restarted is the size of the log, in frames, that the last restart by
+// this process left behind (0 for none): the log keeps reporting those
+// frames, all checkpointed, until the next write starts it over, and
+// restarting it again before then would only keep writers waiting.
+func (q *Queue) checkpoint(ctx context.Context, restarted *int) error {
 	var busy, logFrames, done int
 	release := q.ckpt.hold()
 	start := time.Now()
@@ -225,13 +230,14 @@ func (q *Queue) checkpoint(ctx context.Context) error {
 	if err != nil {
 		return unavailable("checkpoint", err)
 	}
-	if used := int64(logFrames) * q.frameSize; used > walSizeLimit {
-		start = time.Now()
-		err = q.restart(ctx)
-		q.metrics.checkpoint("restart", time.Since(start), err)
+	untouched := logFrames == *restarted && done == logFrames
+	if used := int64(logFrames) * q.frameSize; used > walSizeLimit && !untouched {
+		frames, took, err := q.restart(ctx)
+		q.metrics.checkpoint("restart", took, err)
 		if err != nil {
 			return fmt.Errorf("write-ahead log holds %d bytes of frames, over the %d limit: %w", used, walSizeLimit, err)
 		}
+		*restarted = frames
 	}
 	q.metrics.wal(q.wal.size())
 	return nil
@@ -239,26 +245,30 @@ func (q *Queue) checkpoint(ctx context.Context) error {
 
 // restart checkpoints everything and starts the log over, holding the
 // write lock so that no writer of these processes waits in SQLite's busy
-// handler meanwhile.
-func (q *Queue) restart(ctx context.Context) error {
+// handler meanwhile. It returns the frames the log held and how long the
+// checkpoint itself took (0 if it never ran: the lock was not to be had).
+func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, err error) {
 	q.writeMu.Lock()
 	defer q.writeMu.Unlock()
 	if q.isClosed() {
-		return relay.ErrClosed
+		return 0, 0, relay.ErrClosed
 	}
 	if err := q.lock.lock(ctx, q.cfg.BusyTimeout); err != nil {
-		return unavailable("lock", err)
+		return 0, 0, unavailable("lock", err)
 	}
 	defer q.lock.unlock()
-	var busy, logFrames, done int
+	var busy, done int
 	defer q.ckpt.hold()()
-	if err := q.ckpt.row(ctx, "PRAGMA wal_checkpoint(RESTART)", nil, &busy, &logFrames, &done); err != nil {
-		return unavailable("checkpoint", err)
+	start := time.Now()
+	err = q.ckpt.row(ctx, "PRAGMA wal_checkpoint(RESTART)", nil, &busy, &frames, &done)
+	took = time.Since(start)
+	if err != nil {
+		return 0, took, unavailable("checkpoint", err)
 	}
 	if busy != 0 {
-		return unavailable("checkpoint", errors.New("readers kept the log in use"))
+		return 0, took, unavailable("checkpoint", errors.New("readers kept the log in use"))
 	}
-	return nil
+	return frames, took, nil
 }
 
 // pruneWindow drops duplicate-window entries no message can still repeat.
