@@ -40,7 +40,8 @@ import (
 //  1. A verify-only server (Echo and the Call Automation verifier, nothing
 //     else) and `hookbridge ingress` (durable commit to the embedded queue),
 //     each at its peak (64 keep-alive senders) and at half of it: throughput,
-//     CPU per request of the server process, and request latency.
+//     CPU per request of the server process, and request latency; and, at
+//     half load, where the ingress's time went (as in 3).
 //  2. The host: `hookbridge ingress`, `hookbridge worker` and a stub HTTP
 //     backend process together. Its capacity is the highest offered rate the
 //     worker keeps up with (the backlog does not grow).
@@ -48,7 +49,8 @@ import (
 //     capacity and at 50, 200 and 500 requests a second (the rates of a
 //     contact centre), with the CPU the ingress and the worker spent on each
 //     event (and the stub backend, apart), and where the time went, from
-//     the processes' own histograms: the ingress's enqueue and commits, the
+//     the processes' own histograms: the ingress's enqueue, its commits and
+//     the log's fsyncs they wait for, both processes' checkpoints, and the
 //     worker's deliveries (the POST and the settlement).
 //
 // It takes a few minutes, so it runs only when asked:
@@ -425,16 +427,23 @@ type growth struct {
 }
 
 // histogramGrowth is what the histograms named name observed between before
-// and after; with label (a name and a value), only the series carrying it.
-func histogramGrowth(before, after stages, name string, label ...string) growth {
+// and after; with labels (name, value, name, value, ...), only the series
+// carrying all of them.
+func histogramGrowth(before, after stages, name string, labels ...string) growth {
+	if len(labels)%2 != 0 {
+		panic(fmt.Sprintf("histogramGrowth %s: labels %q are not name and value pairs", name, labels))
+	}
 	g := growth{buckets: map[float64]float64{}}
 	add := func(f *dto.MetricFamily, sign float64) {
 		if f == nil {
 			return
 		}
+	series:
 		for _, m := range f.GetMetric() {
-			if len(label) == 2 && !hasLabel(m, label[0], label[1]) {
-				continue
+			for i := 0; i < len(labels); i += 2 {
+				if !hasLabel(m, labels[i], labels[i+1]) {
+					continue series
+				}
 			}
 			h := m.GetHistogram()
 			g.count += sign * float64(h.GetSampleCount())
@@ -449,6 +458,7 @@ func histogramGrowth(before, after stages, name string, label ...string) growth 
 	return g
 }
 
+// hasLabel reports whether m carries the label name with value.
 func hasLabel(m *dto.Metric, name, value string) bool {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {
