@@ -4,5 +4,5 @@ package sqlite
 
 import "os"
 
-// datasync flushes f to stable storage.
-func datasync(f *os.File) error { return f.Sync() }
+// datasyncFile flushes f to stable storage.
+func datasyncFile(f *os.File) error { return f.Sync() }

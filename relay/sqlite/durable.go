@@ -35,6 +35,11 @@ type walSyncer struct {
 	synced  uint64 // commits covered by a completed fsync
 	syncing bool
 	closed  bool
+	// failed is the first fsync that failed. The kernel reports a failed
+	// writeback once and may drop the dirty pages, so a later fsync that
+	// succeeds says nothing about what the failed one covered: from then on
+	// no commit is acknowledged (see errSyncFailed).
+	failed error
 }
 
 func newWALSyncer(path string, metrics *Metrics) (*walSyncer, error) {
@@ -66,6 +71,9 @@ func (s *walSyncer) wait(gen uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for s.synced < gen {
+		if s.failed != nil {
+			return s.failed
+		}
 		if s.closed {
 			return fmt.Errorf("fsync write-ahead log: %w", relay.ErrClosed)
 		}
@@ -81,14 +89,25 @@ func (s *walSyncer) wait(gen uint64) error {
 		s.metrics.fsync(time.Since(start))
 		s.mu.Lock()
 		s.syncing = false
+		if err != nil && s.failed == nil {
+			s.failed = fmt.Errorf("%w: %w", errSyncFailed, err)
+		}
 		s.cond.Broadcast()
-		if err != nil {
-			return fmt.Errorf("fsync write-ahead log: %w", err)
+		if s.failed != nil {
+			return s.failed
 		}
 		s.synced = max(s.synced, target)
 	}
 	return nil
 }
+
+// datasync is how the log is fsynced (a variable so that tests can make it
+// fail).
+var datasync = datasyncFile
+
+// errSyncFailed says an fsync of the write-ahead log failed: the commits it
+// covered may not be on disk, and no later fsync can tell.
+var errSyncFailed = errors.New("an fsync of the write-ahead log failed, so commits since the last good one may not be on disk")
 
 // errWALGone says the write-ahead log was deleted or replaced while the
 // queue was open.
@@ -144,7 +163,7 @@ func (s *walSyncer) close() error {
 	// Make what was committed durable for the sends still waiting on it, so
 	// they can be acknowledged: the queue is closing, not failing.
 	var err error
-	if s.synced < s.written {
+	if s.synced < s.written && s.failed == nil {
 		start := time.Now()
 		err = datasync(s.f)
 		s.metrics.fsync(time.Since(start))

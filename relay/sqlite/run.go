@@ -130,6 +130,7 @@ func (q *Queue) probe(ctx context.Context) error {
 	})
 	if err == nil {
 		err = q.wal.wait(gen)
+		q.syncFailed(err)
 	}
 	if err != nil {
 		err = unavailable("write probe", err)
@@ -302,6 +303,25 @@ func (q *Queue) pruneWindow(ctx context.Context) error {
 // checkpointed into the database at once, so acknowledged messages are in
 // the database file. Restarting every process that uses the file creates a
 // new log.
+// syncFailed, when err says an fsync of the log failed, stops the queue
+// accepting messages for good, as walGone does: what that fsync covered may
+// be lost, and every later acknowledgement would rest on it. Restarting
+// the process reopens the log and recovers what is on disk.
+func (q *Queue) syncFailed(err error) {
+	if !errors.Is(err, errSyncFailed) {
+		return
+	}
+	q.health.mu.Lock()
+	first := q.health.fatalErr == nil
+	if first {
+		q.health.fatalErr = fmt.Errorf("%w; the queue stopped accepting messages: restart hookbridge (check the disk holding %s first)", err, q.path)
+	}
+	q.health.mu.Unlock()
+	if first {
+		q.log.Error("sqlite queue: an fsync of the write-ahead log failed; no more messages are accepted (503) until hookbridge restarts", "path", q.path+"-wal", "error", err)
+	}
+}
+
 func (q *Queue) walGone(cause error) {
 	q.health.mu.Lock()
 	if q.health.fatalErr == nil {

@@ -85,6 +85,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 	// since only the acknowledgement promises anything.
 	q.notify()
 	if err := q.wal.wait(gen); err != nil {
+		q.syncFailed(err)
 		err = unavailable("sync", err)
 		q.health.failed(err)
 		return err
