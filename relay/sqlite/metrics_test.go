@@ -2,7 +2,9 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -74,4 +76,68 @@ func TestMetrics(t *testing.T) {
 	if n := metrictest.Value(t, reg, "hookbridge_queue_checkpoints_total", "mode", "restart"); n != restarts {
 		t.Errorf("restarting checkpoints of an idle, restarted log: %v, want still %v", n, restarts)
 	}
+}
+
+// A reader holding the log in use (a backup of the file, say) keeps it
+// from starting over. The restarting checkpoints that find it there must
+// give up at once, not hold every writer off for busy_timeout, and must not
+// retry every tick; once the reader ends, the log is restarted.
+func TestReaderHoldingTheLogDoesNotStallWriters(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := sqlitetest.Open(t, sqlite.Config{Path: path, BusyTimeout: 2 * time.Second, Metrics: sqlite.NewMetrics(reg)})
+	ctx := context.Background()
+	if err := q.SendBatch(ctx, []relay.Message{{ID: "first", Body: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	reader, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := reader.QueryRow(`SELECT count(*) FROM queue`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+
+	body := []byte(`{"pad":"` + strings.Repeat("x", 64<<10) + `"}`)
+	var slowest time.Duration
+	deadline := time.Now().Add(3 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		batch := make([]relay.Message, 8)
+		for j := range batch {
+			batch[j] = relay.Message{ID: fmt.Sprintf("m-%d-%d", i, j), Body: body}
+		}
+		start := time.Now()
+		if err := q.SendBatch(ctx, batch); err != nil {
+			t.Fatalf("send %d with a reader holding the log: %v", i, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	failed := metrictest.Value(t, reg, "hookbridge_queue_checkpoints_total", "mode", "restart", "result", "error")
+	if failed < 1 {
+		t.Fatalf("no restart was tried while the reader held the log (%v); the test did not test anything", failed)
+	}
+	if slowest > time.Second {
+		t.Errorf("slowest send while a reader held the log: %v; restarts waiting for it held writers off", slowest)
+	}
+	if failed > 8 {
+		t.Errorf("%v restarts tried in 3s while the reader held the log, want a handful: retries back off", failed)
+	}
+	if err := q.Ready(ctx); err != nil {
+		t.Errorf("Ready while a reader holds the log: %v, want ready: writes succeed", err)
+	}
+
+	reader.Rollback()
+	if err := q.SendBatch(ctx, []relay.Message{{ID: "after", Body: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	testwait.Until(t, 10*time.Second, "a restart once the reader ended", func() bool {
+		return metrictest.Value(t, reg, "hookbridge_queue_checkpoints_total", "mode", "restart", "result", "ok") >= 1
+	})
 }

@@ -160,7 +160,7 @@ func (q *Queue) Run(ctx context.Context) error {
 	t := time.NewTicker(walCheckEvery)
 	defer t.Stop()
 	var lastCheckpoint, lastPrune time.Time
-	restarted := 0 // see checkpoint
+	var restarts restartState
 	for {
 		select {
 		case <-ctx.Done():
@@ -171,7 +171,10 @@ func (q *Queue) Run(ctx context.Context) error {
 		case <-q.walFull:
 		}
 		now := time.Now()
-		if now.Sub(lastCheckpoint) < checkpointEvery && q.wal.size() <= walFileLimit {
+		// A log over its size wakes the loop at every commit; while
+		// readers keep it from restarting, that is no reason to checkpoint
+		// more often.
+		if now.Sub(lastCheckpoint) < checkpointEvery && (q.wal.size() <= walFileLimit || restarts.failures > 0) {
 			continue
 		}
 		lastCheckpoint = now
@@ -179,7 +182,13 @@ func (q *Queue) Run(ctx context.Context) error {
 			q.walGone(err)
 			continue
 		}
-		err := q.checkpoint(ctx, &restarted)
+		err := q.checkpoint(ctx, &restarts)
+		if errors.Is(err, errReadersHoldLog) {
+			// Not a failure of the queue: writes go on, into a longer log.
+			q.log.Warn("sqlite queue: a reader (a backup, or another program reading the file) keeps the write-ahead log from starting over; it grows until the reader ends",
+				"wal_bytes", q.wal.size(), "next_try", restarts.wait)
+			err = nil
+		}
 		if err == nil && now.Sub(lastPrune) > pruneEvery {
 			lastPrune = now
 			err = q.pruneWindow(ctx)
@@ -215,13 +224,38 @@ func (q *Queue) watchCommits(ctx context.Context) {
 	w.close()
 }
 
+// restartState is what Run remembers of its restarting checkpoints.
+type restartState struct {
+	// frames is the size of the log, in frames, that this process's last
+	// restart left behind (0 for none): the log keeps reporting those
+	// frames, all checkpointed, until the next write starts it over, and
+	// restarting it again before then would only keep writers waiting.
+	frames int
+	// failures counts restarts in a row that readers kept from completing;
+	// the next is not tried before notBefore, wait after the last one (from
+	// restartRetry, doubling up to restartRetryMax).
+	failures  int
+	wait      time.Duration
+	notBefore time.Time
+}
+
+// Restart retries: a reader that keeps the log in use (a backup of a large
+// file, say) may do so for minutes, and every try holds the writers off for
+// restartReaderWait.
+const (
+	restartRetry      = 100 * time.Millisecond
+	restartRetryMax   = 5 * time.Second
+	restartReaderWait = 50 * time.Millisecond
+)
+
+// errReadersHoldLog says a restarting checkpoint gave up waiting for
+// readers of the log's older frames.
+var errReadersHoldLog = errors.New("readers kept the write-ahead log in use")
+
 // checkpoint runs a passive checkpoint, which never blocks anyone, and a
-// restarting one when the frames in the log take more than walSizeLimit.
-// restarted is the size of the log, in frames, that the last restart by
-// this process left behind (0 for none): the log keeps reporting those
-// frames, all checkpointed, until the next write starts it over, and
-// restarting it again before then would only keep writers waiting.
-func (q *Queue) checkpoint(ctx context.Context, restarted *int) error {
+// restarting one when the frames in the log take more than walSizeLimit
+// (see restartState).
+func (q *Queue) checkpoint(ctx context.Context, rs *restartState) error {
 	var busy, logFrames, done int
 	release := q.ckpt.hold()
 	start := time.Now()
@@ -231,14 +265,22 @@ func (q *Queue) checkpoint(ctx context.Context, restarted *int) error {
 	if err != nil {
 		return unavailable("checkpoint", err)
 	}
-	untouched := logFrames == *restarted && done == logFrames
-	if used := int64(logFrames) * q.frameSize; used > walSizeLimit && !untouched {
+	untouched := logFrames == rs.frames && done == logFrames
+	used := int64(logFrames) * q.frameSize
+	if used > walSizeLimit && !untouched && !time.Now().Before(rs.notBefore) {
 		frames, took, err := q.restart(ctx)
 		q.metrics.checkpoint("restart", took, err)
+		if errors.Is(err, errReadersHoldLog) {
+			rs.failures++
+			rs.wait = min(restartRetry<<min(rs.failures-1, 10), restartRetryMax)
+			rs.notBefore = time.Now().Add(rs.wait)
+			q.metrics.wal(q.wal.size())
+			return err
+		}
 		if err != nil {
 			return fmt.Errorf("write-ahead log holds %d bytes of frames, over the %d limit: %w", used, walSizeLimit, err)
 		}
-		*restarted = frames
+		*rs = restartState{frames: frames}
 	}
 	q.metrics.wal(q.wal.size())
 	return nil
@@ -260,14 +302,21 @@ func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, er
 	defer q.lock.unlock()
 	var busy, done int
 	defer q.ckpt.hold()()
+	// Wait for readers only briefly: the writers of every process wait
+	// behind this, and a reader that is still there after a moment may be
+	// there for minutes. checkpoint tries again later.
+	if _, err := q.ckpt.exec(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", restartReaderWait.Milliseconds())); err != nil {
+		return 0, 0, unavailable("checkpoint", err)
+	}
+	defer q.ckpt.exec(context.WithoutCancel(ctx), fmt.Sprintf("PRAGMA busy_timeout = %d", q.cfg.BusyTimeout.Milliseconds()))
 	start := time.Now()
 	err = q.ckpt.row(ctx, "PRAGMA wal_checkpoint(RESTART)", nil, &busy, &frames, &done)
 	took = time.Since(start)
+	if isBusy(err) || err == nil && busy != 0 {
+		return 0, took, errReadersHoldLog
+	}
 	if err != nil {
 		return 0, took, unavailable("checkpoint", err)
-	}
-	if busy != 0 {
-		return 0, took, unavailable("checkpoint", errors.New("readers kept the log in use"))
 	}
 	return frames, took, nil
 }
