@@ -324,7 +324,21 @@ func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, er
 // pruneWindow drops duplicate-window entries no message can still repeat.
 // The log is in delivery order, so the expired entries are a prefix.
 func (q *Queue) pruneWindow(ctx context.Context) error {
-	_, err := q.writeTx(ctx, q.ckpt, func() error {
+	// An empty window (an idle queue, once its window has passed, or the
+	// window turned off) needs no write: every write takes the file lock
+	// from the other processes, and clearing even an empty table commits
+	// a page.
+	var entries bool
+	release := q.read.hold()
+	err := q.read.row(ctx, `SELECT EXISTS (SELECT 1 FROM dedup_log)`, nil, &entries)
+	release()
+	if err != nil {
+		return unavailable("prune duplicate window", err)
+	}
+	if !entries {
+		return nil
+	}
+	_, err = q.writeTx(ctx, q.ckpt, func() error {
 		cutoff, err := q.windowCutoff(ctx, q.ckpt, time.Now().UnixNano())
 		if err != nil {
 			return unavailable("prune duplicate window", err)
@@ -345,13 +359,6 @@ func (q *Queue) pruneWindow(ctx context.Context) error {
 	return err
 }
 
-// walGone handles the write-ahead log disappearing under the running
-// processes: SQLite keeps writing to the unlinked file, so nothing written
-// since can be trusted to survive the process. The queue stops
-// acknowledging sends and reports itself unready, and what the log holds is
-// checkpointed into the database at once, so acknowledged messages are in
-// the database file. Restarting every process that uses the file creates a
-// new log.
 // syncFailed, when err says an fsync of the log failed, stops the queue
 // accepting messages for good, as walGone does: what that fsync covered may
 // be lost, and every later acknowledgement would rest on it. Restarting
@@ -371,6 +378,13 @@ func (q *Queue) syncFailed(err error) {
 	}
 }
 
+// walGone handles the write-ahead log disappearing under the running
+// processes: SQLite keeps writing to the unlinked file, so nothing written
+// since can be trusted to survive the process. The queue stops
+// acknowledging sends and reports itself unready, and what the log holds is
+// checkpointed into the database at once, so acknowledged messages are in
+// the database file. Restarting every process that uses the file creates a
+// new log.
 func (q *Queue) walGone(cause error) {
 	q.health.mu.Lock()
 	if q.health.fatalErr == nil {
