@@ -68,6 +68,10 @@ type Queue struct {
 	outside       atomic.Uint64 // commits other processes signalled
 
 	health health
+	// probing is the readiness probe in progress, if any: Ready callers
+	// share it, and stop waiting for it when their context ends.
+	probeMu sync.Mutex
+	probing *probeRun
 	// walFull tells Run that a commit found the log file over walFileLimit.
 	walFull chan struct{}
 	// frameSize is the size of one frame of the write-ahead log: a page and

@@ -111,7 +111,7 @@ func (q *Queue) Ready(ctx context.Context) error {
 	case loopErr != nil && time.Since(loopSince) > q.cfg.UnreadyAfter:
 		return fmt.Errorf("background checkpoints have failed for %s: %w", time.Since(loopSince).Round(time.Second), loopErr)
 	case lastErrAt.After(lastOK) || time.Since(lastOK) > probeAfter:
-		if err := q.probe(ctx); err != nil {
+		if err := q.awaitProbe(ctx); err != nil {
 			if lastErr != nil && lastErrAt.After(lastOK) {
 				return fmt.Errorf("writes are failing: %w", lastErr)
 			}
@@ -119,6 +119,41 @@ func (q *Queue) Ready(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// probeRun is one readiness probe; err is set before done is closed.
+type probeRun struct {
+	done chan struct{}
+	err  error
+}
+
+// awaitProbe runs a probe, or joins the one in progress, and waits for it
+// until ctx ends. The probe waits for the write lock and an fsync, neither
+// of which a context can cut short, so it runs on its own goroutine:
+// a readiness check on a stalled disk answers by its deadline, and one
+// probe at a time runs however many checks time out.
+func (q *Queue) awaitProbe(ctx context.Context) error {
+	q.probeMu.Lock()
+	p := q.probing
+	if p == nil {
+		p = &probeRun{done: make(chan struct{})}
+		q.probing = p
+		go func() {
+			// Bounded by busy_timeout for the lock; the fsync is the disk's.
+			p.err = q.probe(context.WithoutCancel(ctx))
+			q.probeMu.Lock()
+			q.probing = nil
+			q.probeMu.Unlock()
+			close(p.done)
+		}()
+	}
+	q.probeMu.Unlock()
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		return unavailable("write probe", fmt.Errorf("no answer before the readiness check's deadline (the disk or the write lock is slow): %w", ctx.Err()))
+	}
 }
 
 // probe commits a durable write about the size of a group commit's, so
