@@ -65,11 +65,7 @@ func TestFailedFsyncIsFinal(t *testing.T) {
 // itself unready with the cause, until it is reopened.
 func TestQueueStopsAfterFailedFsync(t *testing.T) {
 	ctx := context.Background()
-	q, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openInternal(t)
 	datasync = func(*os.File) error { return syscall.EIO }
 	t.Cleanup(func() { datasync = datasyncFile })
 	msg := []relay.Message{{ID: "m1", Body: []byte(`{}`)}}

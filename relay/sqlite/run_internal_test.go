@@ -11,16 +11,24 @@ import (
 	"github.com/hookbridge/hookbridge/internal/testwait"
 )
 
+// openInternal opens a queue in a new file, without its background work
+// (Run), and closes it when the test ends.
+func openInternal(t *testing.T) *Queue {
+	t.Helper()
+	q, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
 // Pruning an empty duplicate window writes nothing: on an idle queue it
 // would otherwise commit a page, and take every process's file lock, every
 // pruneEvery.
 func TestPruneEmptyWindowWritesNothing(t *testing.T) {
 	ctx := context.Background()
-	q, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openInternal(t)
 	before := q.wal.committed()
 	if err := q.pruneWindow(ctx); err != nil {
 		t.Fatal(err)
@@ -34,11 +42,7 @@ func TestPruneEmptyWindowWritesNothing(t *testing.T) {
 // and checks that time out share one probe rather than starting more.
 func TestReadyAnswersByItsDeadline(t *testing.T) {
 	ctx := context.Background()
-	q, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openInternal(t)
 	release := make(chan struct{})
 	var syncs atomic.Int32
 	datasync = func(*os.File) error {
