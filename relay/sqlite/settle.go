@@ -229,10 +229,12 @@ func (q *Queue) apply(ops []*op) {
 		}
 	}
 	q.writeMu.Unlock()
-	if err == nil && (b.released || b.duplicates > 0 || len(b.expired) > 0 || len(b.invalid) > 0) {
-		q.notify()
+	if err == nil {
+		if b.released || b.duplicates > 0 || len(b.expired) > 0 || len(b.invalid) > 0 {
+			q.notify()
+		}
+		q.report(&b) // a rolled-back transaction dropped and dead-lettered nothing
 	}
-	q.report(&b)
 	for _, o := range ops {
 		if err != nil {
 			o.out = nil
