@@ -19,7 +19,7 @@
 //     session's messages, brought up to date by scanning the rows added since
 //     its last receive, and checks a session's head in the database inside
 //     its write transaction before handing it out. Duplicates are dropped
-//     when they reach the head of their session.
+//     when a receiver's scan finds them, even behind a waiting head.
 //   - Claims, settlements and lock renewals of one process are combined into
 //     shared transactions, which are not fsynced: a power cut can only cause
 //     a redelivery.

@@ -23,12 +23,14 @@ import (
 // locked or delayed ones parked until their lock or delay ends, or until
 // another process signals a commit (outside), which may have settled them.
 //
-// The index also holds the duplicate window: the first waiting message of
-// each MessageID (first, from the scan), and the IDs of messages that left
+// The index also holds the duplicate window: the latest message of each
+// MessageID the scan let through (first), and the IDs of messages that left
 // the queue (seen, read from dedup_log, which every process appends to when
-// a message is completed or dead-lettered). A duplicate is dropped when it
-// reaches the head of its session, so the send path never looks anything
-// up. The window knows an ID by a digest of it (idKey), so its maps hold
+// a message is completed or dead-lettered). The scan drops a duplicate as
+// it finds it, so the send path never looks anything up, and a message's
+// window is needed only until every message that could repeat it has been
+// scanned, however long those then wait behind their session's head. The
+// window knows an ID by a digest of it (idKey), so its maps hold
 // no pointers: at a sustained 2,000 events a second a 10-minute window
 // holds over a million IDs, which string keys would make about 100 MB that
 // the garbage collector walks on every cycle.
@@ -44,11 +46,13 @@ type index struct {
 	parked  sessionHeap         // sessions whose head is locked or delayed, by when that ends
 	held    map[int64]bool      // heads this process handed out and has not settled
 
-	first map[idKey]seenID // duplicate window: MessageID → its first waiting message
+	first map[idKey]seenID // duplicate window: MessageID → the latest message let through
 	seen  seenWindow       // duplicate window: MessageIDs that left, with their window's end
 
 	outside, checked uint64 // commits signalled by other processes; the count last acted on
 	lastPrune        time.Time
+
+	scan []scanned // refresh's rows, kept for the next refresh
 }
 
 type session struct {
@@ -95,49 +99,77 @@ func newIndex(window time.Duration) *index {
 // know yet only have later messages.
 const refreshRows = 4096
 
-// refresh adds rows sent since the last refresh (up to refreshRows), and the
-// duplicate window's entries appended since. window is the duplicate window,
-// 0 when detection is off.
-func (x *index) refresh(ctx context.Context, c *conn, window int64) error {
+// refresh adds rows sent since the last refresh (up to refreshRows), after
+// the duplicate window's entries appended since. window is the duplicate
+// window, 0 when detection is off. A row that repeats a MessageID within
+// its window is not added: drop is asked to remove it, and reports whether
+// it did (false when another process has claimed it meanwhile, which then
+// stays in its session like any other row). It returns how many rows were
+// dropped. The caller runs it in a write transaction, and rebuilds the view
+// if that transaction rolls back after a drop.
+func (x *index) refresh(ctx context.Context, c *conn, window int64, drop func(seq int64) (bool, error)) (dropped int, err error) {
+	if window > 0 {
+		rows, err := c.query(ctx, `SELECT id, message_id, expires_at FROM dedup_log WHERE id > ? ORDER BY id`, x.lastLog)
+		if err != nil {
+			return 0, err
+		}
+		for rows.Next() {
+			var id string
+			var expires int64
+			if err := rows.Scan(&x.lastLog, &id, &expires); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			x.seen.add(keyOf(id), expires)
+		}
+		if err := rows.Close(); err != nil {
+			return 0, err
+		}
+	}
 	rows, err := c.query(ctx, sqlScanQueue, x.lastSeq, refreshRows)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	scan := x.scan[:0]
 	for rows.Next() {
-		var seq, enq int64
-		var key, id string
-		if err := rows.Scan(&seq, &key, &id, &enq); err != nil {
+		var r scanned
+		if err := rows.Scan(&r.seq, &r.key, &r.id, &r.enq); err != nil {
 			rows.Close()
-			return err
+			return 0, err
 		}
-		x.add(seq, key)
-		if window > 0 {
-			k := keyOf(id)
-			if _, ok := x.first[k]; !ok {
-				x.first[k] = seenID{seq: seq, expires: enq + window}
-			}
-		}
+		scan = append(scan, r)
 	}
 	if err := rows.Close(); err != nil {
-		return err
+		return 0, err
 	}
-	if window <= 0 {
-		return nil
-	}
-	rows, err = c.query(ctx, `SELECT id, message_id, expires_at FROM dedup_log WHERE id > ? ORDER BY id`, x.lastLog)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var id string
-		var expires int64
-		if err := rows.Scan(&x.lastLog, &id, &expires); err != nil {
-			rows.Close()
-			return err
+	x.scan = scan[:0]
+	for _, r := range scan {
+		x.lastSeq = max(x.lastSeq, r.seq)
+		if window > 0 {
+			k := keyOf(r.id)
+			if x.duplicate(k, r.seq, r.enq) {
+				gone, err := drop(r.seq)
+				if err != nil {
+					return dropped, err
+				}
+				if gone {
+					dropped++
+					continue
+				}
+			} else {
+				x.first[k] = seenID{seq: r.seq, expires: r.enq + window}
+			}
 		}
-		x.seen.add(keyOf(id), expires)
+		x.add(r.seq, r.key)
 	}
-	return rows.Close()
+	clear(scan) // the strings
+	return dropped, nil
+}
+
+// scanned is a row of the queue as refresh reads it.
+type scanned struct {
+	seq, enq int64
+	key, id  string
 }
 
 func (x *index) add(seq int64, key string) {
@@ -253,11 +285,10 @@ func (x *index) due() time.Time {
 	return time.Unix(0, x.parked.items[0].until)
 }
 
-// duplicate reports whether message seq, enqueued at enq with MessageID id,
-// repeats one sent within the window before it: one still waiting, or one
-// that already left the queue.
-func (x *index) duplicate(id string, seq, enq int64) bool {
-	k := keyOf(id)
+// duplicate reports whether message seq, enqueued at enq with MessageID
+// key k, repeats one sent within the window before it: one the scan let
+// through earlier, or one that already left the queue.
+func (x *index) duplicate(k idKey, seq, enq int64) bool {
 	if f, ok := x.first[k]; ok && f.seq < seq && enq < f.expires {
 		return true
 	}
@@ -274,9 +305,9 @@ func (x *index) left(id string, seq, expires int64) {
 	x.seen.add(k, expires)
 }
 
-// prune forgets window entries that no pending message can still repeat.
-// The waiting IDs are as many as the messages waiting; the IDs that left
-// are dropped a bucket at a time.
+// prune forgets window entries that no message yet to be scanned can
+// repeat: those whose window ended by cutoff. The IDs let through are
+// visited one by one; the IDs that left are dropped a bucket at a time.
 func (x *index) prune(cutoff int64) {
 	x.seen.prune(cutoff)
 	for k, f := range x.first {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"runtime"
 	"runtime/metrics"
 	"testing"
@@ -104,18 +103,16 @@ func TestSeenWindowMatchesExactModel(t *testing.T) {
 }
 
 // The duplicate window's cutoff: a while before now on an empty queue, the
-// oldest waiting message's enqueue time otherwise, and an error, never a
-// guess, when the queue cannot be read (a guess of now would prune entries
-// a waiting message may still repeat).
+// enqueue time of the first message this process has not scanned
+// otherwise, and an error, never a guess, when the queue cannot be read (a
+// guess of now would prune entries a waiting message may still repeat).
 func TestWindowCutoff(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	q, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openInternal(t)
 	windowCutoff := func(ctx context.Context, now int64) (int64, error) {
+		q.writeMu.Lock()
+		defer q.writeMu.Unlock()
 		defer q.settle.hold()()
 		return q.windowCutoff(ctx, q.settle, now)
 	}
@@ -124,16 +121,109 @@ func TestWindowCutoff(t *testing.T) {
 	if want := now - int64(pruneSlack+q.cfg.BusyTimeout); err != nil || cutoff != want {
 		t.Fatalf("empty queue: cutoff %d, %v; want %d", cutoff, err, want)
 	}
-	if err := q.SendBatch(ctx, []relay.Message{{ID: "a", Body: []byte("{}")}}); err != nil {
+	if err := q.SendBatch(ctx, []relay.Message{{ID: "a", SessionID: "k", Body: []byte("{}")}, {ID: "b", SessionID: "k", Body: []byte("{}")}}); err != nil {
 		t.Fatal(err)
 	}
-	cutoff, err = windowCutoff(ctx, time.Now().Add(time.Hour).UnixNano())
+	later := time.Now().Add(time.Hour).UnixNano()
+	cutoff, err = windowCutoff(ctx, later)
 	if err != nil || cutoff < now || cutoff > time.Now().UnixNano() {
-		t.Fatalf("one waiting message: cutoff %v after the test began, %v; want its enqueue time", time.Duration(cutoff-now), err)
+		t.Fatalf("two messages not scanned: cutoff %v after the test began, %v; want the first one's enqueue time", time.Duration(cutoff-now), err)
+	}
+	// A receive scans both; b still waits behind a, locked.
+	if got, err := q.Receive(ctx, 1); err != nil || len(got) != 1 || got[0].ID != "a" {
+		t.Fatalf("Receive: %v, %v; want a", got, err)
+	}
+	cutoff, err = windowCutoff(ctx, later)
+	if want := later - int64(pruneSlack+q.cfg.BusyTimeout); err != nil || cutoff != want {
+		t.Fatalf("every message scanned: cutoff %v before the given now, %v; want %v (a waiting message no longer holds the window)",
+			time.Duration(later-cutoff), err, pruneSlack+q.cfg.BusyTimeout)
 	}
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, err := windowCutoff(cancelled, now); err == nil {
 		t.Fatal("a failed read gave a cutoff")
+	}
+}
+
+// A session whose head waits, its delivery retried for as long as the
+// retries last, holds neither the duplicate window nor a duplicate behind
+// it: the receiver's scan drops the duplicate when it finds it, and once
+// everything waiting has been scanned the entries of the messages that
+// left are pruned when their window ends, from the log and from memory.
+// Before, pruning stopped at the oldest waiting message, and the log and
+// every worker's memory grew with everything delivered meanwhile.
+func TestWindowNotHeldByAWaitingSession(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := openInternal(t)
+	send := func(msgs ...relay.Message) {
+		t.Helper()
+		if err := q.SendBatch(ctx, msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := func(id, session string) relay.Message {
+		return relay.Message{ID: id, SessionID: session, Body: []byte("{}")}
+	}
+	send(msg("head", "stuck"))
+	if got, err := q.Receive(ctx, 1); err != nil || len(got) != 1 || got[0].ID != "head" {
+		t.Fatalf("Receive: %v, %v; want head", got, err)
+	} // and never settled: its lock lasts the test
+	send(msg("x", "stuck"), msg("x", "stuck"))
+	const others = 20
+	for i := range others {
+		send(msg(fmt.Sprintf("o%d", i), fmt.Sprintf("s%d", i)))
+	}
+	for done := 0; done < others; {
+		got, err := q.Receive(ctx, others)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range got {
+			if m.SessionID == "stuck" {
+				t.Fatalf("received %s of the session whose head is locked", m.ID)
+			}
+			if err := q.Complete(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			done++
+		}
+	}
+	if active, _, err := q.Counts(ctx); err != nil || active != 2 {
+		t.Errorf("%d messages waiting, %v; want 2 (head, and x once: its repeat dropped when scanned)", active, err)
+	}
+	entries := func() (n int) {
+		defer q.read.hold()()
+		if err := q.read.row(ctx, `SELECT count(*) FROM dedup_log`, nil, &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := entries(); n != others {
+		t.Fatalf("%d entries in the duplicate window's log, want %d", n, others)
+	}
+	// Past every window: only the scanned, waiting head and x remain.
+	later := time.Now().Add(q.cfg.DuplicateWindow + pruneSlack + q.cfg.BusyTimeout + time.Minute)
+	if err := q.pruneWindow(ctx, later); err != nil {
+		t.Fatal(err)
+	}
+	if n := entries(); n != 0 {
+		t.Errorf("%d entries left in the log after every window ended, want 0", n)
+	}
+	q.writeMu.Lock()
+	cutoff, err := func() (int64, error) {
+		defer q.settle.hold()()
+		return q.windowCutoff(ctx, q.settle, later.UnixNano())
+	}()
+	if err == nil {
+		q.idx.prune(cutoff)
+	}
+	seen, first := len(q.idx.seen.ids), len(q.idx.first)
+	q.writeMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != 0 || first != 0 {
+		t.Errorf("the receiver still remembers %d IDs that left and %d let through, want none", seen, first)
 	}
 }

@@ -180,7 +180,17 @@ func (q *Queue) claim(ctx context.Context, op *op, now time.Time, b *batch) erro
 	}
 	if !b.refreshed {
 		b.refreshed = true
-		if err := x.refresh(ctx, db, window); err != nil {
+		dropped, err := x.refresh(ctx, db, window, func(seq int64) (bool, error) {
+			res, err := db.exec(ctx, sqlRemoveUnclaimed, seq)
+			if err != nil {
+				return false, err
+			}
+			n, err := res.RowsAffected()
+			b.mutated = b.mutated || n > 0
+			return n > 0, err
+		})
+		b.duplicates += dropped
+		if err != nil {
 			return unavailable("receive", err)
 		}
 		if window > 0 && now.Sub(x.lastPrune) > pruneEvery {
@@ -219,14 +229,6 @@ func (q *Queue) claim(ctx context.Context, op *op, now time.Time, b *batch) erro
 				return unavailable("receive", err)
 			}
 			b.mutated = true
-			if h.deliveries == 1 && window > 0 && x.duplicate(h.id, seq, h.enq) {
-				if _, err := db.exec(ctx, sqlRemove, seq); err != nil {
-					return unavailable("remove duplicate", err)
-				}
-				b.duplicates++
-				x.pop(s)
-				continue
-			}
 			r, err := h.received(seq)
 			if err != nil {
 				// Not a message this queue wrote: nothing can deliver it.
@@ -333,20 +335,23 @@ func (h *head) received(seq int64) (*relay.Received, error) {
 
 // windowCutoff is the time before which no duplicate-window entry can still
 // match: now less pruneSlack and busy_timeout, or the enqueue time of the
-// oldest message waiting, whichever is earlier (a duplicate sent within the
-// window but delivered after it is still a duplicate). An error means
-// nothing may be pruned.
+// first message this process has not scanned (a duplicate sent within the
+// window but scanned after it is still a duplicate), whichever is earlier.
+// A message is checked when a receiver's scan first reaches it, so once a
+// process has scanned every waiting message the window's length alone
+// bounds it, whatever waits behind a session's head. It runs under writeMu,
+// which guards the index. An error means nothing may be pruned.
 func (q *Queue) windowCutoff(ctx context.Context, c *conn, now int64) (int64, error) {
 	cutoff := now - int64(pruneSlack+q.cfg.BusyTimeout)
-	var oldest int64
-	err := c.row(ctx, `SELECT enqueued_at FROM queue ORDER BY seq LIMIT 1`, nil, &oldest)
+	var first int64
+	err := c.row(ctx, `SELECT enqueued_at FROM queue WHERE seq > ? ORDER BY seq LIMIT 1`, []any{q.idx.lastSeq}, &first)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return cutoff, nil
 	case err != nil:
 		return 0, err
 	}
-	return min(cutoff, oldest), nil
+	return min(cutoff, first), nil
 }
 
 // pruneSlack, with busy_timeout, keeps the duplicate window's entries a

@@ -226,7 +226,7 @@ func (q *Queue) Run(ctx context.Context) error {
 		}
 		if err == nil && now.Sub(lastPrune) > pruneEvery {
 			lastPrune = now
-			err = q.pruneWindow(ctx)
+			err = q.pruneWindow(ctx, time.Now())
 		}
 		if err != nil && ctx.Err() == nil && !errors.Is(err, relay.ErrClosed) {
 			q.log.Warn("sqlite queue: background checkpoint failed; will retry", "error", err)
@@ -356,9 +356,10 @@ func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, er
 	return frames, took, nil
 }
 
-// pruneWindow drops duplicate-window entries no message can still repeat.
-// The log is in delivery order, so the expired entries are a prefix.
-func (q *Queue) pruneWindow(ctx context.Context) error {
+// pruneWindow drops duplicate-window entries no message can still repeat,
+// as of now. The log is in delivery order, so the expired entries are a
+// prefix.
+func (q *Queue) pruneWindow(ctx context.Context, now time.Time) error {
 	// An empty window (an idle queue, once its window has passed, or the
 	// window turned off) needs no write: every write takes the file lock
 	// from the other processes, and clearing even an empty table commits
@@ -374,7 +375,7 @@ func (q *Queue) pruneWindow(ctx context.Context) error {
 		return nil
 	}
 	_, err = q.writeTx(ctx, q.ckpt, func() error {
-		cutoff, err := q.windowCutoff(ctx, q.ckpt, time.Now().UnixNano())
+		cutoff, err := q.windowCutoff(ctx, q.ckpt, now.UnixNano())
 		if err != nil {
 			return unavailable("prune duplicate window", err)
 		}

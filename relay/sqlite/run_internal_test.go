@@ -30,7 +30,7 @@ func TestPruneEmptyWindowWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	q := openInternal(t)
 	before := q.wal.committed()
-	if err := q.pruneWindow(ctx); err != nil {
+	if err := q.pruneWindow(ctx, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if after := q.wal.committed(); after != before+1 {

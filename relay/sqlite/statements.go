@@ -19,7 +19,10 @@ const (
 	sqlState    = `SELECT locked_until, visible_at, delivery_count, message_id, enqueued_at FROM queue WHERE seq = ?`
 	sqlComplete = `DELETE FROM queue WHERE seq = ? AND lock_token = ? AND locked_until > ?`
 	sqlRemove   = `DELETE FROM queue WHERE seq = ?`
-	sqlRelease  = `UPDATE queue SET locked_until = 0, lock_token = NULL, visible_at = ? WHERE seq = ? AND lock_token = ? AND locked_until > ? AND delivery_count < ?`
+	// sqlRemoveUnclaimed drops a duplicate found by a receiver's scan,
+	// unless another process has claimed it already.
+	sqlRemoveUnclaimed = `DELETE FROM queue WHERE seq = ? AND delivery_count = 0`
+	sqlRelease         = `UPDATE queue SET locked_until = 0, lock_token = NULL, visible_at = ? WHERE seq = ? AND lock_token = ? AND locked_until > ? AND delivery_count < ?`
 	// sqlGiveBack unlocks a message claimed but never handed out, and takes
 	// back the delivery its claim counted.
 	sqlGiveBack    = `UPDATE queue SET locked_until = 0, lock_token = NULL, delivery_count = max(delivery_count - 1, 0) WHERE seq = ? AND lock_token = ?`
