@@ -102,6 +102,18 @@ func TestDuplicatesDroppedAtDelivery(t *testing.T) {
 			t.Fatalf("got %v, want a delivered again once the window passed", got)
 		}
 	})
+	t.Run("a repeat of the copy sent after the window", func(t *testing.T) {
+		t.Parallel()
+		q := sqlitetest.Open(t, sqlite.Config{DuplicateWindow: 300 * time.Millisecond})
+		sendAll(t, q, relaytest.Msg("a", "k"))
+		time.Sleep(400 * time.Millisecond)
+		// Without a partition key, so that both are handed out at once.
+		sendAll(t, q, relaytest.Msg("a", "")) // a new message: the first one's window has passed
+		sendAll(t, q, relaytest.Msg("a", "")) // a duplicate of that one
+		if got := drain(t, q, 300*time.Millisecond); len(got) != 2 {
+			t.Fatalf("got %v, want a twice: the first, and the one sent after its window", got)
+		}
+	})
 	t.Run("seen by another process", func(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "q.db")
