@@ -71,6 +71,18 @@ func (h *health) failed(err error) {
 	h.mu.Unlock()
 }
 
+// stop records err as a failure no retry mends, unless one is recorded
+// already, and reports whether it was the first.
+func (h *health) stop(err error) (first bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fatalErr != nil {
+		return false
+	}
+	h.fatalErr = err
+	return true
+}
+
 func (h *health) fatal() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -403,13 +415,7 @@ func (q *Queue) syncFailed(err error) {
 	if !errors.Is(err, errSyncFailed) {
 		return
 	}
-	q.health.mu.Lock()
-	first := q.health.fatalErr == nil
-	if first {
-		q.health.fatalErr = fmt.Errorf("%w; the queue stopped accepting messages: restart hookbridge (check the disk holding %s first)", err, q.path)
-	}
-	q.health.mu.Unlock()
-	if first {
+	if q.health.stop(fmt.Errorf("%w; the queue stopped accepting messages: restart hookbridge (check the disk holding %s first)", err, q.path)) {
 		q.log.Error("sqlite queue: an fsync of the write-ahead log failed; no more messages are accepted (503) until hookbridge restarts", "path", q.path+"-wal", "error", err)
 	}
 }
@@ -422,11 +428,7 @@ func (q *Queue) syncFailed(err error) {
 // the database file. Restarting every process that uses the file creates a
 // new log.
 func (q *Queue) walGone(cause error) {
-	q.health.mu.Lock()
-	if q.health.fatalErr == nil {
-		q.health.fatalErr = fmt.Errorf("%w; the queue stopped accepting messages: restart every hookbridge process using %s", cause, q.path)
-	}
-	q.health.mu.Unlock()
+	q.health.stop(fmt.Errorf("%w; the queue stopped accepting messages: restart every hookbridge process using %s", cause, q.path))
 	q.health.fatalLogOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
