@@ -355,7 +355,11 @@ func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, er
 	if _, err := q.ckpt.exec(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", restartReaderWait.Milliseconds())); err != nil {
 		return 0, 0, unavailable("checkpoint", err)
 	}
-	defer q.ckpt.exec(context.WithoutCancel(ctx), fmt.Sprintf("PRAGMA busy_timeout = %d", q.cfg.BusyTimeout.Milliseconds()))
+	defer func() {
+		if _, err := q.ckpt.exec(context.WithoutCancel(ctx), fmt.Sprintf("PRAGMA busy_timeout = %d", q.cfg.BusyTimeout.Milliseconds())); err != nil {
+			q.log.Warn("sqlite queue: could not restore busy_timeout on the checkpoint connection; its writes wait at most 50ms for other programs' locks", "error", err)
+		}
+	}()
 	start := time.Now()
 	err = q.ckpt.row(ctx, "PRAGMA wal_checkpoint(RESTART)", nil, &busy, &frames, &done)
 	took = time.Since(start)
