@@ -143,17 +143,18 @@ func (x *index) refresh(ctx context.Context, c *conn, window int64, drop func(se
 		return 0, err
 	}
 	x.scan = scan[:0]
+	defer clear(scan) // the strings
 	for _, r := range scan {
-		x.lastSeq = max(x.lastSeq, r.seq)
 		if window > 0 {
 			k := keyOf(r.id)
 			if x.duplicate(k, r.seq, r.enq) {
 				gone, err := drop(r.seq)
 				if err != nil {
-					return dropped, err
+					return dropped, err // lastSeq is short of this row: the next scan reads it again
 				}
 				if gone {
 					dropped++
+					x.lastSeq = max(x.lastSeq, r.seq)
 					continue
 				}
 			} else {
@@ -162,7 +163,6 @@ func (x *index) refresh(ctx context.Context, c *conn, window int64, drop func(se
 		}
 		x.add(r.seq, r.key)
 	}
-	clear(scan) // the strings
 	return dropped, nil
 }
 
@@ -336,6 +336,7 @@ func keyOf(id string) idKey {
 // window, at least a second) past its window's end.
 type seenWindow struct {
 	ids     map[idKey]int64 // ID → the latest end of its window (unix ns)
+	window  int64           // ns
 	width   int64           // ns
 	buckets []seenBucket    // ascending by end
 }
@@ -348,7 +349,7 @@ type seenBucket struct {
 const seenBuckets = 16
 
 func newSeenWindow(window time.Duration) seenWindow {
-	return seenWindow{ids: make(map[idKey]int64), width: max(int64(window)/seenBuckets, int64(time.Second))}
+	return seenWindow{ids: make(map[idKey]int64), window: int64(window), width: max(int64(window)/seenBuckets, int64(time.Second))}
 }
 
 // add records that id's window ends at expires.
@@ -366,9 +367,17 @@ func (w *seenWindow) add(k idKey, expires int64) {
 }
 
 // repeats reports whether a message with id enqueued at enq falls in the
-// window of one that left.
+// window of one that left: enqueued before that window ended, and after it
+// began, give or take a window. The lower bound keeps a message that waited
+// (behind its session's head) from being taken for a repeat of a later copy
+// of its ID, sent after its own window and delivered first: that copy
+// passed the check against it only by being enqueued a window or more
+// later, so the waiting one was enqueued at least two windows before the
+// copy's window ends. A real repeat was enqueued after the copy, or before
+// it by no more than the moments its stamp can precede its commit.
 func (w *seenWindow) repeats(k idKey, enq int64) bool {
-	return enq < w.ids[k]
+	end, ok := w.ids[k]
+	return ok && enq < end && enq > end-2*w.window
 }
 
 // prune drops the IDs whose windows all ended by cutoff.

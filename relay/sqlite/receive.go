@@ -186,10 +186,15 @@ func (q *Queue) claim(ctx context.Context, op *op, now time.Time, b *batch) erro
 				return false, err
 			}
 			n, err := res.RowsAffected()
-			b.mutated = b.mutated || n > 0
 			return n > 0, err
 		})
 		b.duplicates += dropped
+		if dropped > 0 || err != nil {
+			// A rollback brings the dropped rows back, and a scan cut short
+			// may have taken in part of its rows: either way the view must
+			// be rebuilt if the transaction does not commit.
+			b.mutated = true
+		}
 		if err != nil {
 			return unavailable("receive", err)
 		}
