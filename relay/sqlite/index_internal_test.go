@@ -145,6 +145,49 @@ func TestWindowCutoff(t *testing.T) {
 	}
 }
 
+// A scan cut short (a backlog longer than refreshRows) checks only the rows
+// it read: the cutoff stops at the first row it did not, even while an
+// earlier row it did read still waits.
+func TestWindowCutoffAfterAPartialScan(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := openInternal(t)
+	send := func(from, to int) {
+		msgs := make([]relay.Message, 0, to-from)
+		for i := from; i < to; i++ {
+			msgs = append(msgs, relay.Message{ID: fmt.Sprintf("m%d", i), SessionID: "k", Body: []byte("{}")})
+		}
+		if err := q.SendBatch(ctx, msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0, refreshRows) // what one scan reads
+	time.Sleep(10 * time.Millisecond)
+	before := time.Now().UnixNano()
+	send(refreshRows, refreshRows+10)
+	if got, err := q.Receive(ctx, 1); err != nil || len(got) != 1 || got[0].ID != "m0" {
+		t.Fatalf("Receive: %v, %v; want m0", got, err)
+	}
+	q.writeMu.Lock()
+	defer q.writeMu.Unlock()
+	if q.idx.lastSeq != refreshRows {
+		t.Fatalf("the scan read up to row %d, want %d", q.idx.lastSeq, refreshRows)
+	}
+	var next int64
+	func() {
+		defer q.settle.hold()()
+		if err := q.settle.row(ctx, `SELECT enqueued_at FROM queue WHERE seq = ?`, []any{refreshRows + 1}, &next); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	defer q.settle.hold()()
+	cutoff, err := q.windowCutoff(ctx, q.settle, time.Now().Add(time.Hour).UnixNano())
+	if err != nil || cutoff != next || cutoff < before {
+		t.Errorf("cutoff %v before the second batch, %v; want that batch's enqueue time, the first row not scanned (%d)",
+			time.Duration(before-cutoff), err, next)
+	}
+}
+
 // A session whose head waits, its delivery retried for as long as the
 // retries last, holds neither the duplicate window nor a duplicate behind
 // it: the receiver's scan drops the duplicate when it finds it, and once
