@@ -99,42 +99,6 @@ func TestFailedDuplicateRemovalIsRetried(t *testing.T) {
 	}
 }
 
-// A message that waited behind its session's head for longer than the
-// window is not a repeat of a copy of its ID sent after that window, in
-// another session, and delivered first: not for the worker that scanned it
-// before the copy left, and not for one that starts after.
-func TestWaitingMessageIsNotARepeatOfALaterCopy(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "q.db")
-	const window = 300 * time.Millisecond
-	q := openAt(t, path, window)
-	mustSend(t, q, dupMsg("head", "k"))
-	got, _ := receiveIDs(t, q, time.Second)
-	head := got[0] // locked while the rest happens
-	mustSend(t, q, dupMsg("x", "k"))
-	receiveIDs(t, q, 50*time.Millisecond) // scans x, waiting behind head
-	time.Sleep(window + 100*time.Millisecond)
-	mustSend(t, q, dupMsg("x", "")) // a new message: the first x's window has passed
-	got, ids := receiveIDs(t, q, time.Second)
-	if !slices.Equal(ids, []string{"x"}) {
-		t.Fatalf("received %v, want the second x", ids)
-	}
-	if err := q.Complete(ctx, got[0]); err != nil {
-		t.Fatal(err)
-	}
-	late := openAt(t, path, window) // a worker starting now scans the first x after the second left
-	if _, ids := receiveIDs(t, late, 100*time.Millisecond); len(ids) != 0 {
-		t.Fatalf("a late worker received %v while head is locked", ids)
-	}
-	if err := q.Complete(ctx, head); err != nil {
-		t.Fatal(err)
-	}
-	if _, ids := receiveIDs(t, late, time.Second); !slices.Equal(ids, []string{"x"}) {
-		t.Errorf("after head: %v, want the first x (never delivered)", ids)
-	}
-}
-
 // A row that one process finds to be a repeat but another has already
 // claimed is neither deleted nor skipped: it stays its session's head, and
 // the session's next message waits for it. (Processes agree on what is a

@@ -336,7 +336,6 @@ func keyOf(id string) idKey {
 // window, at least a second) past its window's end.
 type seenWindow struct {
 	ids     map[idKey]int64 // ID → the latest end of its window (unix ns)
-	window  int64           // ns
 	width   int64           // ns
 	buckets []seenBucket    // ascending by end
 }
@@ -349,7 +348,7 @@ type seenBucket struct {
 const seenBuckets = 16
 
 func newSeenWindow(window time.Duration) seenWindow {
-	return seenWindow{ids: make(map[idKey]int64), window: int64(window), width: max(int64(window)/seenBuckets, int64(time.Second))}
+	return seenWindow{ids: make(map[idKey]int64), width: max(int64(window)/seenBuckets, int64(time.Second))}
 }
 
 // add records that id's window ends at expires.
@@ -367,17 +366,15 @@ func (w *seenWindow) add(k idKey, expires int64) {
 }
 
 // repeats reports whether a message with id enqueued at enq falls in the
-// window of one that left: enqueued before that window ended, and after it
-// began, give or take a window. The lower bound keeps a message that waited
-// (behind its session's head) from being taken for a repeat of a later copy
-// of its ID, sent after its own window and delivered first: that copy
-// passed the check against it only by being enqueued a window or more
-// later, so the waiting one was enqueued at least two windows before the
-// copy's window ends. A real repeat was enqueued after the copy, or before
-// it by no more than the moments its stamp can precede its commit.
+// window of one that left. The log records when each window ends, as its
+// writer's window made it, not when the message was sent, so it cannot tell
+// which came first: a process that scans a message only after a later copy
+// of its ID (sent once its window was over, in another session) has left
+// takes it for a repeat. hookbridge's MessageIDs are the event's identity,
+// and an event's copies share its call, so they share a session, where the
+// later waits behind the earlier.
 func (w *seenWindow) repeats(k idKey, enq int64) bool {
-	end, ok := w.ids[k]
-	return ok && enq < end && enq > end-2*w.window
+	return enq < w.ids[k]
 }
 
 // prune drops the IDs whose windows all ended by cutoff.

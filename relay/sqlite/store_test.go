@@ -256,8 +256,7 @@ func TestMigratesVersion1File(t *testing.T) {
 			       ('m2', 'call-1', 'T', 'application/json', NULL, '{"n":2}', %[1]d, %[1]d, 0, NULL, 0)`, now, now+int64(time.Hour)),
 		fmt.Sprintf(`INSERT INTO deadletters (seq, message_id, session_id, subject, content_type, properties, body, enqueued_at, delivery_count, reason, description, dead_lettered_at)
 			VALUES (7, 'd1', '', 'T', 'application/json', '{"x":true}', '{"n":7}', %[1]d, 10, 'MaxDeliveryCountExceeded', 'too many', %[1]d)`, now),
-		// Sent 5 minutes ago: its 10-minute window ends in 5.
-		fmt.Sprintf(`INSERT INTO dedup VALUES ('gone-before', %d)`, now+int64(5*time.Minute)),
+		fmt.Sprintf(`INSERT INTO dedup VALUES ('gone-before', %d)`, now+int64(time.Hour)),
 	} {
 		if _, err := db.Exec(stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
