@@ -371,8 +371,10 @@ func (w *seenWindow) add(k idKey, expires int64) {
 // which came first: a process that scans a message only after a later copy
 // of its ID (sent once its window was over, in another session) has left
 // takes it for a repeat. hookbridge's MessageIDs are the event's identity,
-// and an event's copies share its call, so they share a session, where the
-// later waits behind the earlier.
+// and its session is the event's call (or none), so an event's copies share
+// a session, where the later waits behind the earlier; copies without one
+// are handed out oldest first, and one that waits longer does so after a
+// delivery, which the scan's removal leaves alone.
 func (w *seenWindow) repeats(k idKey, enq int64) bool {
 	return enq < w.ids[k]
 }
