@@ -299,6 +299,7 @@ func (q *Queue) settleOne(ctx context.Context, o *op, now int64, b *batch) error
 		if err != nil {
 			return unavailable("dead-letter", err)
 		}
+		b.mutated = true // leave records it in the view, and the move may still fail
 		if err := q.leave(ctx, m.SequenceNumber, m.ID, m.EnqueuedTime.UnixNano()); err != nil {
 			return err
 		}
