@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -81,6 +82,12 @@ func TestFailedDuplicateRemovalIsRetried(t *testing.T) {
 		t.Error("a receive whose removal of a duplicate failed reported no error")
 	}
 	cancel()
+	q.writeMu.Lock()
+	rebuilt := q.idx.lastSeq == 0
+	q.writeMu.Unlock()
+	if !rebuilt {
+		t.Error("the view was kept after its scan failed and the transaction rolled back")
+	}
 	if _, err := other.Exec(`DROP TRIGGER fail_delete`); err != nil {
 		t.Fatal(err)
 	}
@@ -96,6 +103,26 @@ func TestFailedDuplicateRemovalIsRetried(t *testing.T) {
 	}
 	if active, _, err := q.Counts(ctx); err != nil || active != 0 {
 		t.Errorf("%d messages left, %v; want none", active, err)
+	}
+}
+
+// A scan whose removal of a repeat fails stops short of that row, so that
+// even a view kept after the failure reads it again.
+func TestScanStopsAtAFailedRemoval(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := openAt(t, filepath.Join(t.TempDir(), "q.db"), time.Minute)
+	mustSend(t, q, dupMsg("x", "k"), dupMsg("x", "k"), dupMsg("y", "k"))
+	q.writeMu.Lock()
+	defer q.writeMu.Unlock()
+	defer q.settle.hold()()
+	failing := errors.New("disk full")
+	dropped, err := q.idx.refresh(ctx, q.settle, time.Minute.Nanoseconds(), func(int64) (bool, error) { return false, failing })
+	if !errors.Is(err, failing) || dropped != 0 {
+		t.Fatalf("refresh: %d dropped, %v; want the removal's error", dropped, err)
+	}
+	if q.idx.lastSeq != 1 {
+		t.Errorf("the scan moved to row %d, want 1: the repeat (row 2) was not handled", q.idx.lastSeq)
 	}
 }
 
