@@ -10,8 +10,9 @@ import (
 
 // SendBatch adds msgs to the queue in one transaction and returns after it is
 // durable: committed, and the write-ahead log fsynced. Either all are added
-// or none. A message whose ID repeats one delivered within the duplicate
-// window is dropped before it is delivered (see index). A message with a
+// or none. A message whose ID repeats one sent within the duplicate window
+// before it is dropped by the first receive that reads it, before any
+// delivery (see index). A message with a
 // DeadLetterReason goes straight to the dead-letter queue (once per ID within
 // the window).
 func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
