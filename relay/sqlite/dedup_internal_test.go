@@ -13,7 +13,7 @@ import (
 )
 
 // openAt opens a queue on path, as one more process, with the given
-// duplicate window, and closes it when the test ends.
+// duplicate window (0: the default), and closes it when the test ends.
 func openAt(t *testing.T, path string, window time.Duration) *Queue {
 	t.Helper()
 	q, err := Open(context.Background(), Config{Path: path, DuplicateWindow: window}, nil)

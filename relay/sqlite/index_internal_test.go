@@ -199,23 +199,14 @@ func TestWindowNotHeldByAWaitingSession(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	q := openInternal(t)
-	send := func(msgs ...relay.Message) {
-		t.Helper()
-		if err := q.SendBatch(ctx, msgs); err != nil {
-			t.Fatal(err)
-		}
-	}
-	msg := func(id, session string) relay.Message {
-		return relay.Message{ID: id, SessionID: session, Body: []byte("{}")}
-	}
-	send(msg("head", "stuck"))
+	mustSend(t, q, dupMsg("head", "stuck"))
 	if got, err := q.Receive(ctx, 1); err != nil || len(got) != 1 || got[0].ID != "head" {
 		t.Fatalf("Receive: %v, %v; want head", got, err)
 	} // and never settled: its lock lasts the test
-	send(msg("x", "stuck"), msg("x", "stuck"))
+	mustSend(t, q, dupMsg("x", "stuck"), dupMsg("x", "stuck"))
 	const others = 20
 	for i := range others {
-		send(msg(fmt.Sprintf("o%d", i), fmt.Sprintf("s%d", i)))
+		mustSend(t, q, dupMsg(fmt.Sprintf("o%d", i), fmt.Sprintf("s%d", i)))
 	}
 	for done := 0; done < others; {
 		got, err := q.Receive(ctx, others)

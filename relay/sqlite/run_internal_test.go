@@ -15,12 +15,7 @@ import (
 // (Run), and closes it when the test ends.
 func openInternal(t *testing.T) *Queue {
 	t.Helper()
-	q, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "q.db")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	return q
+	return openAt(t, filepath.Join(t.TempDir(), "q.db"), 0)
 }
 
 // Pruning an empty duplicate window writes nothing: on an idle queue it
