@@ -60,7 +60,9 @@ import (
 // HOOKBRIDGE_LOAD_DURATION sets each measurement's length (default 10s);
 // HOOKBRIDGE_LOAD_INGRESS_FLAGS and HOOKBRIDGE_LOAD_WORKER_FLAGS add flags
 // to the ingress and worker processes (for instance "--batch-linger 0"), to
-// compare settings in the same conditions.
+// compare settings in the same conditions; HOOKBRIDGE_LOAD_BINARY runs
+// another build of hookbridge as the ingress and the worker (an earlier
+// commit's, say), to compare builds the same way.
 func TestLoadLoopback(t *testing.T) {
 	if os.Getenv("HOOKBRIDGE_LOAD_TEST") == "" {
 		t.Skip("load test skipped; set HOOKBRIDGE_LOAD_TEST=1 to run it")
@@ -101,7 +103,7 @@ func TestLoadLoopback(t *testing.T) {
 	queue := "sqlite:" + filepath.Join(t.TempDir(), "host.db")
 	host := lt.ingress(t, queue)
 	workerAdmin := freeport.Addr(t)
-	worker := start(t, append([]string{"worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", workerAdmin, "--log-level", "warn"},
+	worker := startHookbridge(t, append([]string{"worker", "--queue", queue, "--deliver", backend.url, "--admin-listen", workerAdmin, "--log-level", "warn"},
 		strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_WORKER_FLAGS"))...)...)
 	capacity := 0.0
 	lo, hi := 0.1*dPeak.rate, dPeak.rate
@@ -236,9 +238,19 @@ func (lt *loadTarget) ingress(t *testing.T, queue string) *server {
 		// The pool of pre-signed tokens is reused with new bodies, which the
 		// replay defence refuses.
 		"--replay-cache-size", "-1"}
-	p := start(t, append(args, strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_INGRESS_FLAGS"))...)...)
+	p := startHookbridge(t, append(args, strings.Fields(os.Getenv("HOOKBRIDGE_LOAD_INGRESS_FLAGS"))...)...)
 	waitHTTP(t, "http://"+admin+"/readyz")
 	return &server{proc: p, url: "http://" + listen + ingress.PathACSCallbacks, admin: admin}
+}
+
+// startHookbridge starts the hookbridge binary under test with args, or
+// the build HOOKBRIDGE_LOAD_BINARY names.
+func startHookbridge(t *testing.T, args ...string) *process {
+	t.Helper()
+	if bin := os.Getenv("HOOKBRIDGE_LOAD_BINARY"); bin != "" {
+		return startProcess(t, exec.Command(bin, args...))
+	}
+	return start(t, args...)
 }
 
 // verifyOnly starts this test binary as the verify-only server (see
