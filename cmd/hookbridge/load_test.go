@@ -456,21 +456,25 @@ func scrapeStages(admins ...string) (stages, error) {
 }
 
 // since summarizes the histograms' growth from before to s: the ingress's
-// enqueue, its commits and their fsyncs, both processes' checkpoints, and,
-// with a worker, the deliveries.
+// enqueue, its commits, their wait for the write lock and their fsyncs,
+// both processes' checkpoints, and, with a worker, the deliveries and the
+// worker's wait for the write lock.
 func (s stages) since(before stages) string {
 	enq := histogramGrowth(before, s, "hookbridge_enqueue_duration_seconds")
 	commit := histogramGrowth(before, s, "hookbridge_queue_commit_duration_seconds")
 	size := histogramGrowth(before, s, "hookbridge_queue_commit_messages")
 	fsync := histogramGrowth(before, s, "hookbridge_queue_fsync_duration_seconds")
+	sendWait := histogramGrowth(before, s, "hookbridge_queue_lock_wait_seconds", "writer", "send")
+	receiveWait := histogramGrowth(before, s, "hookbridge_queue_lock_wait_seconds", "writer", "receive")
 	passive := histogramGrowth(before, s, "hookbridge_queue_checkpoint_duration_seconds", "mode", "passive")
 	restart := histogramGrowth(before, s, "hookbridge_queue_checkpoint_duration_seconds", "mode", "restart")
-	out := fmt.Sprintf("enqueue mean %s (%s ≤ 5ms), of which commits mean %s at %s events a commit; the log's fsyncs mean %s (%s ≤ 1ms, %s ≤ 2ms, %s over 10ms); checkpoints %.0f passive (mean %s), %.0f restarting (mean %s)",
-		enq.mean(1e3, "%.2fms"), enq.under(0.005), commit.mean(1e3, "%.2fms"), size.mean(1, "%.1f"),
+	out := fmt.Sprintf("enqueue mean %s (%s ≤ 5ms), of which commits mean %s at %s events a commit, their wait for the write lock mean %s; the log's fsyncs mean %s (%s ≤ 1ms, %s ≤ 2ms, %s over 10ms); checkpoints %.0f passive (mean %s), %.0f restarting (mean %s)",
+		enq.mean(1e3, "%.2fms"), enq.under(0.005), commit.mean(1e3, "%.2fms"), size.mean(1, "%.1f"), sendWait.mean(1e3, "%.2fms"),
 		fsync.mean(1e3, "%.2fms"), fsync.under(0.001), fsync.under(0.002), fsync.over(0.01),
 		passive.count, passive.mean(1e3, "%.1fms"), restart.count, restart.mean(1e3, "%.1fms"))
 	if post := histogramGrowth(before, s, "hookbridge_worker_delivery_duration_seconds"); post.count > 0 {
-		out += fmt.Sprintf("; delivery (receipt to settlement: the POST and the complete) mean %s (%s ≤ 2.5ms)", post.mean(1e3, "%.2fms"), post.under(0.0025))
+		out += fmt.Sprintf("; delivery (receipt to settlement: the POST and the complete) mean %s (%s ≤ 2.5ms); the worker's claims and settlements waited for the write lock mean %s",
+			post.mean(1e3, "%.2fms"), post.under(0.0025), receiveWait.mean(1e3, "%.2fms"))
 	}
 	return out
 }

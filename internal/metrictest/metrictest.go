@@ -42,6 +42,18 @@ func SampleCount(t testing.TB, g prometheus.Gatherer, name string, labels ...str
 	return n
 }
 
+// SampleSum sums the observed values of the histograms and summaries named
+// name whose labels include every given pair; 0 when none observed any.
+func SampleSum(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	ms, _ := gather(t, g, name, labels)
+	var sum float64
+	for _, m := range ms {
+		sum += m.GetHistogram().GetSampleSum() + m.GetSummary().GetSampleSum()
+	}
+	return sum
+}
+
 // gather returns the series of name whose labels include labels, and
 // whether g exported name at all.
 func gather(t testing.TB, g prometheus.Gatherer, name string, labels []string) ([]*dto.Metric, bool) {

@@ -98,3 +98,22 @@ func TestSampleCount(t *testing.T) {
 		}
 	}
 }
+
+func TestSampleSum(t *testing.T) {
+	t.Parallel()
+	reg := registry()
+	for _, tt := range []struct {
+		metric string
+		labels []string
+		want   float64
+	}{
+		{"duration_seconds", nil, 6},
+		{"duration_seconds", []string{"result", "ok"}, 3},
+		{"duration_seconds", []string{"result", "error"}, 3},
+		{"unobserved_seconds", []string{"result", "ok"}, 0},
+	} {
+		if got := metrictest.SampleSum(t, reg, tt.metric, tt.labels...); got != tt.want {
+			t.Errorf("%s%v: %v, want %v", tt.metric, tt.labels, got, tt.want)
+		}
+	}
+}

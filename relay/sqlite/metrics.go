@@ -15,11 +15,28 @@ type Metrics struct {
 	checkpoints       *prometheus.CounterVec
 	checkpointSeconds *prometheus.HistogramVec
 	fsyncSeconds      prometheus.Histogram
+	lockWait          [writers]prometheus.Observer
 }
+
+// writer is who waits for the write lock, the label of
+// hookbridge_queue_lock_wait_seconds.
+type writer int
+
+const (
+	writerSend       writer = iota // group commits of sends
+	writerReceive                  // claims, settlements, dead-letter queue operations
+	writerBackground               // checkpoints' restarts, pruning, readiness probes
+	writers
+)
+
+var writerNames = [writers]string{"send", "receive", "background"}
 
 // diskBuckets span a fast SSD's flush (0.1ms) to a stalled disk's (over a
 // second), with bounds at 0.5, 1, 2 and 5 ms for the latency targets.
 var diskBuckets = []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+
+// lockBuckets span an uncontended lock (10µs) to a busy timeout's worth.
+var lockBuckets = []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 
 // NewMetrics creates the instruments and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -51,7 +68,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: diskBuckets,
 		}),
 	}
-	reg.MustRegister(m.deadLettered, m.duplicates, m.walBytes, m.checkpoints, m.checkpointSeconds, m.fsyncSeconds)
+	lockWait := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "hookbridge_queue_lock_wait_seconds",
+		Help:    "Time each write transaction waited for the queue's write lock, behind this process's other writers and every other process on the file, by writer: send (commits of sends), receive (claims and settlements), background (restarting checkpoints, pruning, readiness probes).",
+		Buckets: lockBuckets,
+	}, []string{"writer"})
+	for w, name := range writerNames {
+		m.lockWait[w] = lockWait.WithLabelValues(name)
+	}
+	reg.MustRegister(m.deadLettered, m.duplicates, m.walBytes, m.checkpoints, m.checkpointSeconds, m.fsyncSeconds, lockWait)
 	return m
 }
 
@@ -86,6 +111,13 @@ func (m *Metrics) checkpoint(mode string, took time.Duration, err error) {
 	m.checkpoints.WithLabelValues(mode, result).Inc()
 	if took > 0 {
 		m.checkpointSeconds.WithLabelValues(mode).Observe(took.Seconds())
+	}
+}
+
+// waited records how long a writer waited for the write lock.
+func (m *Metrics) waited(w writer, took time.Duration) {
+	if m != nil {
+		m.lockWait[w].Observe(took.Seconds())
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -239,19 +240,22 @@ func (q *Queue) writeTx(ctx context.Context, c *conn, fn func() error) (uint64, 
 	if q.isClosed() {
 		return 0, relay.ErrClosed
 	}
+	from := time.Now()
 	q.writeMu.Lock()
 	defer q.writeMu.Unlock()
 	if q.isClosed() {
 		return 0, relay.ErrClosed
 	}
-	return q.lockedTx(ctx, c, fn)
+	return q.lockedTx(ctx, c, from, fn)
 }
 
-// lockedTx is writeTx with writeMu already held.
-func (q *Queue) lockedTx(ctx context.Context, c *conn, fn func() error) (uint64, error) {
+// lockedTx is writeTx with writeMu already held, taken from the time
+// given.
+func (q *Queue) lockedTx(ctx context.Context, c *conn, from time.Time, fn func() error) (uint64, error) {
 	if err := q.lock.lock(ctx, q.cfg.BusyTimeout); err != nil {
 		return 0, unavailable("lock", err)
 	}
+	q.metrics.waited(q.writerOf(c), time.Since(from))
 	defer q.lock.unlock()
 	defer c.hold()()
 	if err := c.tx(ctx, fn); err != nil {
@@ -268,6 +272,18 @@ func (q *Queue) lockedTx(ctx context.Context, c *conn, fn func() error) (uint64,
 		}
 	}
 	return gen, nil
+}
+
+// writerOf names the writer that writes through c, for the lock wait's
+// metric.
+func (q *Queue) writerOf(c *conn) writer {
+	switch c {
+	case q.send:
+		return writerSend
+	case q.settle:
+		return writerReceive
+	}
+	return writerBackground
 }
 
 // Counts returns how many messages are active (waiting or locked) and

@@ -342,6 +342,7 @@ func (q *Queue) checkpoint(ctx context.Context, rs *restartState) error {
 // handler meanwhile. It returns the frames the log held and how long the
 // checkpoint itself took (0 if it never ran: the lock was not to be had).
 func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, err error) {
+	from := time.Now()
 	q.writeMu.Lock()
 	defer q.writeMu.Unlock()
 	if q.isClosed() {
@@ -350,6 +351,7 @@ func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, er
 	if err := q.lock.lock(ctx, q.cfg.BusyTimeout); err != nil {
 		return 0, 0, unavailable("lock", err)
 	}
+	q.metrics.waited(writerBackground, time.Since(from))
 	defer q.lock.unlock()
 	var busy, done int
 	defer q.ckpt.hold()()

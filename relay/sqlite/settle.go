@@ -193,12 +193,13 @@ func (q *Queue) apply(ops []*op) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	var b batch
+	from := time.Now()
 	q.writeMu.Lock()
 	var err error
 	if q.isClosed() {
 		err = relay.ErrClosed
 	} else {
-		_, err = q.lockedTx(ctx, q.settle, func() error {
+		_, err = q.lockedTx(ctx, q.settle, from, func() error {
 			// Statements run without a cancellable context: one would cost
 			// a cancellation hook per statement, and a transaction is not
 			// abandoned half-way anyway (the lock wait honours ctx).

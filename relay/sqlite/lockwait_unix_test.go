@@ -1,0 +1,60 @@
+//go:build unix
+
+package sqlite
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookbridge/hookbridge/internal/metrictest"
+	"github.com/hookbridge/hookbridge/relay"
+)
+
+// A writer that finds another process holding the queue's write lock waits
+// for it, and the wait is recorded under its own writer: a send's under
+// "send", a claim's under "receive".
+func TestLockWaitRecordedByWriter(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "q.db")
+	reg := prometheus.NewRegistry()
+	q, err := Open(ctx, Config{Path: path, Metrics: NewMetrics(reg)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	other := openAt(t, path, 0) // another process on the same file
+
+	const held = 50 * time.Millisecond
+	hold := func() {
+		t.Helper()
+		if err := other.lock.lock(ctx, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(held, func() { other.lock.unlock() })
+	}
+	const name = "hookbridge_queue_lock_wait_seconds"
+	waited := func(writer string) float64 { return metrictest.SampleSum(t, reg, name, "writer", writer) }
+
+	hold()
+	if err := q.SendBatch(ctx, []relay.Message{dupMsg("m1", "s1")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := waited("send"); got < 0.8*held.Seconds() {
+		t.Errorf("a send behind a lock held %v waited %.3fs by its metric", held, got)
+	}
+	if got := waited("receive"); got != 0 {
+		t.Errorf("receive waits %.3fs before any receive", got)
+	}
+
+	hold()
+	if got, _ := receiveIDs(t, q, 5*time.Second); len(got) != 1 {
+		t.Fatalf("received %d messages, want 1", len(got))
+	}
+	if got := waited("receive"); got < 0.8*held.Seconds() {
+		t.Errorf("a claim behind a lock held %v waited %.3fs by its metric", held, got)
+	}
+}
