@@ -54,6 +54,13 @@ type Config struct {
 	InsecureAllowUnauthenticated bool
 	// MaxBodyBytes caps a request body. Default 1 MiB.
 	MaxBodyBytes int64
+	// MaxMessageBytes is the largest message body the queue takes (0: no
+	// limit known). An event that normalizes to more goes to the
+	// dead-letter queue as MalformedEvent, as it was received, and the
+	// rest of its request is queued: a verified sender's event is never
+	// refused for its size once its body fit MaxBodyBytes. MaxBodyBytes
+	// must not exceed it, so that an element kept as received fits.
+	MaxMessageBytes int
 	// MaxBodyBytesInFlight bounds the request bodies being read, parsed and
 	// committed at once, across all requests (a body counts its
 	// Content-Length, or MaxBodyBytes when it has none): the memory the
@@ -161,6 +168,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("ingress: Event Grid allowed rate %q: use a positive number of requests per minute or *", c.EventGridAllowedRate)
 	case c.MaxBodyBytes < 0 || c.MaxBodyBytes > MaxBodyBytesLimit:
 		return fmt.Errorf("ingress: max body %d bytes: must be between 1 and %d", c.MaxBodyBytes, MaxBodyBytesLimit)
+	case c.MaxMessageBytes < 0:
+		return fmt.Errorf("ingress: max message %d bytes: must not be negative (0: no limit known)", c.MaxMessageBytes)
+	case c.MaxMessageBytes > 0 && c.maxBody() > int64(c.MaxMessageBytes):
+		return fmt.Errorf("ingress: max body %d bytes is more than the queue's largest message (%d bytes): an event that fills a body could be kept nowhere, not even in the dead-letter queue; lower the max body size (--max-body-bytes) or raise the queue's (max_message_bytes)",
+			c.maxBody(), c.MaxMessageBytes)
 	case c.MaxBodyBytesInFlight < 0 || (c.MaxBodyBytesInFlight > 0 && c.MaxBodyBytesInFlight < c.maxBody()):
 		return fmt.Errorf("ingress: max body bytes in flight %d: must be at least the max body size (%d)", c.MaxBodyBytesInFlight, c.maxBody())
 	case c.MaxHeaderBytes < 0:

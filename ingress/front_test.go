@@ -18,9 +18,11 @@ import (
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/internal/metrictest"
+	"github.com/hookbridge/hookbridge/internal/sqlitetest"
 	"github.com/hookbridge/hookbridge/internal/testlog"
 	"github.com/hookbridge/hookbridge/internal/testwait"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
 // signedMalformed are events a verified sender may post that break an
@@ -92,6 +94,52 @@ func TestSignedMalformedEventsAreNeverRefused(t *testing.T) {
 				t.Errorf("dead letter %s not logged or counted:\n%s", d.ID, logs.String())
 			}
 		})
+	}
+}
+
+// An event that fits the body but outgrows the queue once normalized
+// (escaping writes each '<' as six bytes) goes to the dead-letter queue as
+// it was received; the request's other events are queued and the sender is
+// answered 200. Refusing the request would lose them all: Call Automation
+// does not retry, and Event Grid does not retry a 413.
+func TestEventOutgrowingTheQueueIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	const limit = 64 << 10
+	q := sqlitetest.Open(t, sqlite.Config{MaxMessageBytes: limit})
+	b, err := relay.NewBatcher(q, relay.BatchConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Run(context.Background())
+	t.Cleanup(b.Close)
+	h, logs := newServer(t, ingress.Config{Publisher: b, MaxBodyBytes: limit, MaxMessageBytes: q.MaxMessageBytes(),
+		ACSVerifiers: []ingress.Verifier{staticVerifier{true}}})
+	big := `{"specversion":"1.0","id":"big-1","source":"s","type":"t","subject":"` + strings.Repeat("<", 20<<10) + `","data":{"correlationId":"corr-1"}}`
+	body := `[` + strings.Trim(callConnected, "[]") + `,` + big + `]`
+	r := do(t, h, testRequest(http.MethodPost, "/acs/callbacks", "application/json", body))
+	if r.status != 200 || r.body["accepted"] != float64(1) || r.body["dead_lettered"] != float64(1) {
+		t.Fatalf("status %d %s, want 200 with one event accepted and one dead-lettered", r.status, r.raw)
+	}
+	active, dl, err := q.Counts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if active != 1 || dl != 1 {
+		t.Fatalf("queue holds %d, dead-letter queue %d; want 1 and 1", active, dl)
+	}
+	var found []relay.DeadLetter
+	err = consumer.ListDeadLetters(context.Background(), q, consumer.DeadLetterFilter{IDs: []string{"big-1"}}, func(d relay.DeadLetter) error {
+		found = append(found, d)
+		return nil
+	})
+	if err != nil || len(found) != 1 {
+		t.Fatalf("dead letters of big-1: %d, %v", len(found), err)
+	}
+	if d := found[0]; string(d.Body) != big || d.Reason != relay.ReasonMalformedEvent || !strings.Contains(d.Description, "max_message_bytes") {
+		t.Errorf("dead letter: reason %q, description %q, body as received %v", d.Reason, d.Description, string(d.Body) == big)
+	}
+	if !strings.Contains(logs.String(), "max_message_bytes") {
+		t.Errorf("the dead-lettering is not logged with its cause:\n%s", logs.String())
 	}
 }
 

@@ -138,7 +138,7 @@ func (s *Server) ingest(c echo.Context, r *route, media map[string]bool, parse p
 	if s.trace != nil {
 		ctx, send, tc = s.trace.startSend(ctx, &sc.parsed)
 	}
-	msgs := toMessages(&sc.parsed)
+	msgs := toMessages(&sc.parsed, s.cfg.MaxMessageBytes)
 	events, dead := len(sc.parsed.Events), len(sc.parsed.Malformed)
 	if send != nil {
 		for i := range msgs {
@@ -213,9 +213,12 @@ func (s *Server) logMalformed(c echo.Context, r *route, p *schemas.Parsed, msgs 
 
 // toMessages maps a parse result to the request's messages: one per event
 // (relay.NewMessage), then one per malformed element, bound for the
-// dead-letter queue (relay.NewMalformedMessage). The messages own their
+// dead-letter queue (relay.NewMalformedMessage). An event whose normalized
+// form is larger than maxBytes (0: no limit), the most the queue takes, is
+// malformed too: escaping can make a string up to six times as long, so an
+// event that fit the body can outgrow the queue. The messages own their
 // bytes: nothing aliases the request's scratch memory.
-func toMessages(p *schemas.Parsed) []relay.Message {
+func toMessages(p *schemas.Parsed, maxBytes int) []relay.Message {
 	msgs := make([]relay.Message, 0, len(p.Events)+len(p.Malformed))
 	for i := 0; i < len(p.Events); {
 		m, err := relay.NewMessage(&p.Events[i])
@@ -223,6 +226,10 @@ func toMessages(p *schemas.Parsed) []relay.Message {
 			// Parse only yields events that encode; should one not, it is
 			// still kept, in the dead-letter queue.
 			p.Reject(i, "cannot be encoded as a normalized event: "+err.Error())
+			continue
+		}
+		if maxBytes > 0 && len(m.Body) > maxBytes {
+			p.Reject(i, fmt.Sprintf("normalized, it is %d bytes, more than the queue takes (%d bytes, max_message_bytes); kept as received", len(m.Body), maxBytes))
 			continue
 		}
 		msgs = append(msgs, m)

@@ -341,6 +341,10 @@ func TestConfigValidate(t *testing.T) {
 		"negative timeout": func(c *ingress.Config) { c.ReadTimeout = -1 },
 		"negative cap":     func(c *ingress.Config) { c.MaxConcurrentRequests = -1 },
 		"negative enqueue": func(c *ingress.Config) { c.EnqueueTimeout = -1 },
+		"negative message": func(c *ingress.Config) { c.MaxMessageBytes = -1 },
+		// A body the queue could not keep even as received.
+		"body over the queue's message": func(c *ingress.Config) { c.MaxBodyBytes, c.MaxMessageBytes = 2<<20, 1<<20 },
+		"default body over it":          func(c *ingress.Config) { c.MaxMessageBytes = 256 << 10 },
 	} {
 		c := valid
 		change(&c)

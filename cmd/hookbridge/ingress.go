@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/hookbridge/hookbridge/ingress"
 	"github.com/hookbridge/hookbridge/relay"
+	"github.com/hookbridge/hookbridge/relay/sqlite"
 )
 
 // Secret environment variables (each also as <NAME>_FILE).
@@ -188,7 +191,7 @@ same variables with _FILE appended.`,
 			if err != nil {
 				return err
 			}
-			if err := f.check(vs); err != nil {
+			if err := f.check(vs, common.queueURL); err != nil {
 				return err
 			}
 			if err := sf.check(cmd.Flags(), common.queueURL); err != nil {
@@ -262,8 +265,9 @@ func (f *ingressFlags) config(vs *verifiers) (ingress.Config, error) {
 }
 
 // check refuses flags the ingress cannot honour before anything is opened
-// or created (the queue file, the spool).
-func (f *ingressFlags) check(vs *verifiers) error {
+// or created (the queue file, the spool); queueURL is --queue, whose
+// largest message must hold the largest body.
+func (f *ingressFlags) check(vs *verifiers, queueURL string) error {
 	if f.rateLimit < 0 {
 		return usageError{fmt.Errorf("--rate-limit %g: must not be negative (0: no per-client limit)", f.rateLimit)}
 	}
@@ -272,6 +276,12 @@ func (f *ingressFlags) check(vs *verifiers) error {
 		return err
 	}
 	cfg.Publisher = noPublisher{}
+	if strings.HasPrefix(queueURL, "sqlite:") {
+		// A URL that does not parse is reported when the queue opens.
+		if qc, err := sqlite.ParseURL(queueURL); err == nil {
+			cfg.MaxMessageBytes = cmp.Or(qc.MaxMessageBytes, sqlite.DefaultMaxMessageBytes)
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -322,6 +332,7 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	h.loop(b.Run)
 	h.closer(func() error { b.Close(); return nil })
 	cfg.Publisher = b
+	cfg.MaxMessageBytes = q.maxMessageBytes()
 	cfg.Logger, cfg.Registerer, cfg.TracerProvider = h.log, h.reg, h.tp
 	cfg.TraceQueue, cfg.TraceQueueAttributes = queueName, queueAttrs
 	srv, err := ingress.New(cfg)

@@ -165,6 +165,8 @@ func TestIngressFlagErrors(t *testing.T) {
 	}{
 		{[]string{"--rate-burst", "20"}, "--rate-limit"},
 		{[]string{"--acs-replay-defence", "sometimes"}, "--acs-replay-defence"},
+		// A queue whose largest message is smaller than a body.
+		{[]string{"--queue", queue + "?max_message_bytes=262144"}, "max_message_bytes"},
 	}
 	for _, tt := range tests {
 		args := append([]string{"ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--insecure-allow-unauthenticated"}, tt.args...)
@@ -173,5 +175,9 @@ func TestIngressFlagErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.As(err, &ue) {
 			t.Errorf("%v: %v, want a usage error naming %s", tt.args, err, tt.want)
 		}
+	}
+	// Refused before anything was created.
+	if _, err := os.Stat(strings.TrimPrefix(queue, "sqlite:")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the queue file exists after refused flags: %v", err)
 	}
 }

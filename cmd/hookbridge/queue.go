@@ -33,6 +33,9 @@ type queue interface {
 	Close() error
 	// commitsInFlight is how many group commits may run at once.
 	commitsInFlight() int
+	// maxMessageBytes is the largest message body the queue takes, 0 when
+	// not known before a send.
+	maxMessageBytes() int
 	// background is the backend's background work for a process that
 	// receives or not (nil when there is none), and ready whether it can
 	// do that process's work now.
@@ -53,6 +56,9 @@ type sqliteQueue struct {
 // completes (see relay/sqlite's walSyncer).
 func (sqliteQueue) commitsInFlight() int { return 2 }
 
+// maxMessageBytes: the file's max_message_bytes.
+func (q sqliteQueue) maxMessageBytes() int { return q.MaxMessageBytes() }
+
 // background: every process using the file keeps its write-ahead log
 // checked and folded into the database; a receiving one also watches for
 // the others' commits.
@@ -69,6 +75,10 @@ type serviceBusQueue struct {
 
 // commitsInFlight: Service Bus takes concurrent sends on one link.
 func (serviceBusQueue) commitsInFlight() int { return 4 }
+
+// maxMessageBytes: Service Bus says its limit (256 KB on Standard, more on
+// Premium) only when a send exceeds it.
+func (serviceBusQueue) maxMessageBytes() int { return 0 }
 
 // background: the session pool, in a process that receives only (an
 // ingress must not take sessions).

@@ -274,6 +274,10 @@ func (q *Queue) lockedTx(ctx context.Context, c *conn, from time.Time, fn func()
 	return gen, nil
 }
 
+// MaxMessageBytes is the largest message body SendBatch takes
+// (max_message_bytes).
+func (q *Queue) MaxMessageBytes() int { return q.cfg.MaxMessageBytes }
+
 // writerOf names the writer that writes through c, for the lock wait's
 // metric.
 func (q *Queue) writerOf(c *conn) writer {
