@@ -41,6 +41,21 @@ func TestMetrics(t *testing.T) {
 	if n := metrictest.Value(t, reg, "hookbridge_queue_dead_lettered_total", "reason", relay.ReasonMalformedEvent); n != 1 {
 		t.Errorf("dead-lettered as %s: %v, want 1", relay.ReasonMalformedEvent, n)
 	}
+	// The same element twice more, in one batch: stored once, so counted
+	// as dead-lettered once, and the repeats as duplicates.
+	bad := relay.Message{ID: "bad", Body: []byte(`{}`), DeadLetterReason: relay.ReasonMalformedEvent, DeadLetterDescription: "not an event"}
+	if err := q.SendBatch(ctx, []relay.Message{bad, bad}); err != nil {
+		t.Fatal(err)
+	}
+	if n := metrictest.Value(t, reg, "hookbridge_queue_dead_lettered_total", "reason", relay.ReasonMalformedEvent); n != 1 {
+		t.Errorf("dead-lettered as %s after two repeats: %v, want 1", relay.ReasonMalformedEvent, n)
+	}
+	if n := metrictest.Value(t, reg, "hookbridge_queue_duplicates_dropped_total"); n != 2 {
+		t.Errorf("repeated dead letters counted as duplicates: %v, want 2", n)
+	}
+	if _, dl, err := q.Counts(ctx); err != nil || dl != 1 {
+		t.Errorf("dead-letter queue holds %d (%v), want 1", dl, err)
+	}
 
 	testwait.Until(t, 10*time.Second, "a timed passive checkpoint, and the log's size", func() bool {
 		return metrictest.SampleCount(t, reg, "hookbridge_queue_checkpoint_duration_seconds", "mode", "passive") >= 1 &&

@@ -49,6 +49,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 	now := time.Now().UnixNano()
 	var nowArg any = now
 	args := make([]any, 0, 4*min(len(msgs)-direct, maxChunk))
+	var stored []string // the reasons of the dead letters stored, one each
 	gen, err := q.writeTx(ctx, q.send, func() error {
 		ctx := context.WithoutCancel(ctx) // see apply: no cancellation hook per statement
 		for i := 0; i < len(msgs); {
@@ -69,10 +70,15 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		if direct == 0 {
 			return nil
 		}
+		stored = stored[:0]
 		for i := range msgs {
 			if msgs[i].DeadLetterReason != "" {
-				if err := q.sendDeadLetter(ctx, &msgs[i], data[i], now); err != nil {
+				kept, err := q.sendDeadLetter(ctx, &msgs[i], data[i], now)
+				if err != nil {
 					return err
+				}
+				if kept {
+					stored = append(stored, msgs[i].DeadLetterReason)
 				}
 			}
 		}
@@ -96,36 +102,41 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		return fmt.Errorf("%w: sqlite: %w", relay.ErrUnavailable, err)
 	}
 	q.health.succeeded()
-	if direct > 0 {
-		q.metrics.deadLetter(relay.ReasonMalformedEvent, direct)
+	for _, reason := range stored {
+		q.metrics.deadLetter(reason, 1)
 	}
+	q.metrics.duplicate(direct - len(stored))
 	return nil
 }
 
 // sendDeadLetter stores m straight in the dead-letter queue, unless a
 // message with its ID was dead-lettered within the duplicate window (a
-// sender's retry). It takes its sequence number from the queue's, so numbers
-// stay unique across both.
-func (q *Queue) sendDeadLetter(ctx context.Context, m *relay.Message, data []byte, now int64) error {
+// sender's retry, or the same element twice in one request), and reports
+// whether it stored it. It takes its sequence number from the queue's, so
+// numbers stay unique across both.
+func (q *Queue) sendDeadLetter(ctx context.Context, m *relay.Message, data []byte, now int64) (stored bool, err error) {
 	db := q.send
 	if q.cfg.DuplicateWindow > 0 {
 		var n int
 		if err := db.row(ctx, `SELECT count(*) FROM deadletter WHERE message_id = ? AND dead_lettered_at > ?`,
 			[]any{m.ID, now - q.cfg.DuplicateWindow.Nanoseconds()}, &n); err != nil {
-			return unavailable("duplicate check", err)
+			return false, unavailable("duplicate check", err)
 		}
 		if n > 0 {
-			return nil
+			return false, nil
 		}
 	}
 	res, err := db.exec(ctx, `INSERT INTO queue (message_id, session_id, enqueued_at, data) VALUES (?, ?, ?, ?)`,
 		m.ID, m.SessionID, now, data)
 	if err != nil {
-		return unavailable("dead-letter", err)
+		return false, unavailable("dead-letter", err)
 	}
 	seq, err := res.LastInsertId()
 	if err != nil {
-		return unavailable("dead-letter", err)
+		return false, unavailable("dead-letter", err)
 	}
-	return moveToDeadLetter(ctx, db, seq, m.DeadLetterReason, m.DeadLetterDescription, now)
+	if err := moveToDeadLetter(ctx, db, seq, m.DeadLetterReason, m.DeadLetterDescription, now); err != nil {
+		return false, err
+	}
+	return true, nil
 }
