@@ -311,7 +311,8 @@ func mediaType(ct string, accepted map[string]bool) (string, error) {
 		return "", unsupportedMedia("unsupported Content-Type; send application/json, application/cloudevents+json or application/cloudevents-batch+json",
 			fmt.Errorf("content type %q", ct))
 	}
-	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+	// JSON is UTF-8 (RFC 8259); "utf8" is a common spelling of it.
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "utf8") {
 		return "", unsupportedMedia("unsupported charset; send UTF-8", fmt.Errorf("charset %q", cs))
 	}
 	return mt, nil

@@ -60,6 +60,7 @@ func TestStatusCodes(t *testing.T) {
 	}{
 		{"accepted", testRequest(http.MethodPost, "/acs/callbacks", "application/json", callConnected), 200, ""},
 		{"accepted with charset", testRequest(http.MethodPost, "/acs/callbacks", "application/json; charset=utf-8", callConnected), 200, ""},
+		{"charset spelt utf8", testRequest(http.MethodPost, "/acs/callbacks", "application/json; charset=UTF8", callConnected), 200, ""},
 		{"accepted as cloudevents batch", testRequest(http.MethodPost, "/acs/callbacks", "application/cloudevents-batch+json", callConnected), 200, ""},
 		{"accepted without content type", testRequest(http.MethodPost, "/acs/callbacks", "", callConnected), 200, ""},
 		{"malformed JSON", testRequest(http.MethodPost, "/acs/callbacks", "application/json", `[{"id":`), 400, ingress.CauseMalformedBody},
@@ -113,8 +114,8 @@ func TestStatusCodes(t *testing.T) {
 			}
 		})
 	}
-	if n := pub.count(); n != 4 {
-		t.Errorf("%d events published, want 4", n)
+	if n := pub.count(); n != 5 {
+		t.Errorf("%d events published, want 5", n)
 	}
 }
 
