@@ -29,20 +29,29 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 	other := openAt(t, path, 0) // another process on the same file
 
 	const held = 50 * time.Millisecond
-	hold := func() {
+	// hold takes the other queue's lock and lets go after held; the
+	// function it returns waits until it has.
+	hold := func() (released func()) {
 		t.Helper()
 		if err := other.lock.lock(ctx, time.Second); err != nil {
 			t.Fatal(err)
 		}
-		time.AfterFunc(held, func() { other.lock.unlock() })
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			time.Sleep(held)
+			other.lock.unlock()
+		}()
+		return func() { <-done }
 	}
 	const name = "hookbridge_queue_lock_wait_seconds"
 	waited := func(writer string) float64 { return metrictest.SampleSum(t, reg, name, "writer", writer) }
 
-	hold()
+	released := hold()
 	if err := q.SendBatch(ctx, []relay.Message{dupMsg("m1", "s1")}); err != nil {
 		t.Fatal(err)
 	}
+	released()
 	if got := waited("send"); got < 0.8*held.Seconds() {
 		t.Errorf("a send behind a lock held %v waited %.3fs by its metric", held, got)
 	}
@@ -50,8 +59,10 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 		t.Errorf("receive waits %.3fs before any receive", got)
 	}
 
-	hold()
-	if got, _ := receiveIDs(t, q, 5*time.Second); len(got) != 1 {
+	released = hold()
+	got, _ := receiveIDs(t, q, 5*time.Second)
+	released()
+	if len(got) != 1 {
 		t.Fatalf("received %d messages, want 1", len(got))
 	}
 	if got := waited("receive"); got < 0.8*held.Seconds() {
