@@ -3,13 +3,13 @@ package consumer
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -149,8 +149,14 @@ func (r ReplayResult) Incomplete() bool { return r.Done < len(r.Selected) }
 
 // ReplayCopy is the message Replay sends for a dead-lettered one: the same
 // body (so the same CloudEvent, id included), partition key, type and
-// properties, a new MessageID (so duplicate detection does not swallow it),
-// the replay count incremented and the original MessageID recorded.
+// properties, the replay count incremented and the original MessageID
+// recorded, and a MessageID of its own (so duplicate detection does not
+// swallow it as a repeat of the original). That MessageID is derived from
+// the dead letter (its MessageID and sequence number), so a replay run
+// again after a send whose acknowledgement was lost, or after a crash
+// before the dead letter was removed, sends a copy that duplicate
+// detection drops, not a second delivery; a copy that is dead-lettered in
+// turn has a sequence number of its own, so its replay gets a new one.
 func ReplayCopy(d relay.DeadLetter) relay.Message {
 	props := maps.Clone(d.Properties)
 	if props == nil {
@@ -158,8 +164,9 @@ func ReplayCopy(d relay.DeadLetter) relay.Message {
 	}
 	props[relay.PropReplayCount] = relay.ReplayCount(d.Properties) + 1
 	props[relay.PropReplayOf] = d.ID
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d", d.ID, d.SequenceNumber))
 	return relay.Message{
-		ID:          uuid.NewString(),
+		ID:          "replay-" + hex.EncodeToString(sum[:]),
 		SessionID:   d.SessionID,
 		Subject:     d.Subject,
 		ContentType: d.ContentType,
@@ -272,7 +279,7 @@ func process(ctx context.Context, q DeadLetterQueue, f DeadLetterFilter, opts Re
 				locks, err = sent, nil
 			}
 			if err != nil {
-				errs.add(fmt.Errorf("re-send %d dead letters (nothing was removed from the dead-letter queue): %w", len(locks), err))
+				errs.add(fmt.Errorf("re-send %d dead letters (nothing was removed from the dead-letter queue; run the replay again: a copy the queue took before the failure is then dropped as a duplicate): %w", len(locks), err))
 				errs.add(release(ctx, q, locks))
 				res.Failed += len(locks)
 				progress()

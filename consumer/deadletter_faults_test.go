@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hookbridge/hookbridge/consumer"
 	"github.com/hookbridge/hookbridge/internal/sqlitetest"
@@ -136,6 +137,69 @@ func TestPurgeInterruptedGivesBackWhatItTook(t *testing.T) {
 	res2, err := consumer.Purge(context.Background(), q, consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
 	if err != nil || res2.Vanished != 0 || res.Done+res2.Done != 4 {
 		t.Errorf("after the interruption: first %+v, then %+v %v; want every message purged, none left locked", res, res2, err)
+	}
+}
+
+// ackLost sends the first batch but reports it failed, as when the queue
+// stored the copies and the connection dropped before its answer.
+type ackLost struct {
+	consumer.DeadLetterQueue
+	lost bool
+}
+
+func (a *ackLost) SendBatch(ctx context.Context, msgs []relay.Message) error {
+	if err := a.DeadLetterQueue.SendBatch(ctx, msgs); err != nil {
+		return err
+	}
+	if !a.lost {
+		a.lost = true
+		return fmt.Errorf("%w: answer lost (injected)", relay.ErrUnavailable)
+	}
+	return nil
+}
+
+// TestReplayRunAgainAfterALostAnswer: a replay whose send was stored but
+// not acknowledged removes nothing and says so; run again, it replays
+// every dead letter, and the backend's side of the queue holds each event
+// once: the second run's copies are the first's, which duplicate detection
+// drops.
+func TestReplayRunAgainAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	q := deadLettered(t, 4)
+	res, err := consumer.Replay(context.Background(), &ackLost{DeadLetterQueue: q}, consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
+	if err == nil || res.Done != 0 || !strings.Contains(err.Error(), "run the replay again") {
+		t.Fatalf("replay with its answer lost: done %d, %v; want nothing done and the advice to run it again", res.Done, err)
+	}
+	res, err = consumer.Replay(context.Background(), q, consumer.DeadLetterFilter{}, consumer.ReplayOptions{})
+	if err != nil || res.Done != 4 {
+		t.Fatalf("replay run again: done %d, %v; want 4", res.Done, err)
+	}
+	seen := map[string]int{}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		got, err := q.Receive(ctx, 10)
+		cancel()
+		if len(got) == 0 || err != nil {
+			break
+		}
+		for _, m := range got {
+			e, err := m.Event()
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[e.ID]++
+			if err := q.Complete(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(seen) != 4 {
+		t.Errorf("events delivered after the two runs: %v, want dl-0 … dl-3", seen)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times, want once", id, n)
+		}
 	}
 }
 
