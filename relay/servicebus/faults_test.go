@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -108,6 +109,38 @@ func TestServerBusyIsRetried(t *testing.T) {
 	emu.RejectSends(1, "amqp:resource-limit-exceeded")
 	if err := q.SendBatch(tctx(t), []relay.Message{event(t, "full", "k")}); !errors.Is(err, relay.ErrUnavailable) {
 		t.Fatalf("quota exceeded: %v, want ErrUnavailable (503)", err)
+	}
+}
+
+// A batch Service Bus refuses for its size (amqp:link:message-size-exceeded),
+// though the SDK sized it to fit, is sent again one message at a time: only
+// a message refused alone too is left out, named, as too large (413); the
+// others arrive.
+func TestBatchRefusedForItsSizeIsSplit(t *testing.T) {
+	t.Parallel()
+	emu := emulator(t)
+	q, _ := openEmulated(t, emu, settings, true)
+	msgs := []relay.Message{event(t, "s1", "k"), event(t, "s2", "k"), event(t, "s3", "k")}
+	emu.RejectSends(1, "amqp:link:message-size-exceeded")
+	if err := q.SendBatch(tctx(t), msgs); err != nil {
+		t.Fatalf("send of a batch refused once for its size: %v, want it sent a message at a time", err)
+	}
+	// The batch, then the first message alone, refused.
+	emu.RejectSends(2, "amqp:link:message-size-exceeded")
+	more := []relay.Message{event(t, "s4", "k"), event(t, "s5", "k")}
+	err := q.SendBatch(tctx(t), more)
+	var notSent *relay.NotSentError
+	if !errors.As(err, &notSent) || !errors.Is(err, relay.ErrMessageTooLarge) || !slices.Equal(notSent.IDs, []string{more[0].ID}) {
+		t.Fatalf("send with its first message refused for its size: %v, want it alone named as too large", err)
+	}
+	got := drain(t, q)
+	for _, m := range append(msgs, more[1]) {
+		if got[m.ID] != 1 {
+			t.Errorf("message %s received %d times, want once: %v", m.ID, got[m.ID], got)
+		}
+	}
+	if got[more[0].ID] != 0 {
+		t.Errorf("the message refused for its size arrived: %v", got)
 	}
 }
 

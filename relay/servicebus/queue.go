@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+	"github.com/Azure/go-amqp"
 
 	"github.com/hookbridge/hookbridge/relay"
 )
@@ -145,7 +146,7 @@ func mapErr(op string, err error) error {
 	}
 	var sbErr *azservicebus.Error
 	switch {
-	case errors.Is(err, azservicebus.ErrMessageTooLarge):
+	case sizeExceeded(err):
 		return fmt.Errorf("%w: %s: %w", relay.ErrMessageTooLarge, op, err)
 	case errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeLockLost:
 		return fmt.Errorf("%s: %w", op, relay.ErrLockLost)
@@ -180,7 +181,9 @@ func (q *Queue) getSender() (*azservicebus.Sender, error) {
 // allows. It returns nil once Service Bus acknowledged every batch. A
 // message too large to fit any batch is left out, the others are sent, and
 // the error is then a *relay.NotSentError naming it, wrapping
-// relay.ErrMessageTooLarge.
+// relay.ErrMessageTooLarge. So is one that Service Bus itself refuses for
+// its size (amqp:link:message-size-exceeded): a batch it refuses so, though
+// the SDK sized it to fit, is sent again one message at a time.
 // If a later batch fails after an earlier one succeeded, the error says so;
 // a retry is deduplicated by MessageID on a queue with duplicate detection.
 // A message with a DeadLetterReason is sent marked (PropDeadLetterReason),
@@ -191,28 +194,65 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		return err
 	}
 	sessions := q.cfg.sessions()
+	var tooLarge, tooLargeIDs []string
+	leaveOut := func(i int) {
+		tooLarge = append(tooLarge, fmt.Sprintf("%q (%d bytes of body)", msgs[i].ID, len(msgs[i].Body)))
+		tooLargeIDs = append(tooLargeIDs, msgs[i].ID)
+	}
+	ms := make([]*azservicebus.Message, len(msgs))
 	var batch *azservicebus.MessageBatch
+	var inBatch []int // the indices of msgs in batch
+	// sendAlone sends msgs[i] in a batch of its own, leaving it out if
+	// Service Bus refuses it for its size.
+	sendAlone := func(i int) error {
+		b, err := s.NewMessageBatch(ctx, nil)
+		if err != nil {
+			return mapErr("create batch", err)
+		}
+		if err := b.AddMessage(ms[i], nil); err != nil {
+			return mapErr("add to batch", err)
+		}
+		if err := s.SendMessageBatch(ctx, b, nil); err != nil {
+			if sizeExceeded(err) {
+				leaveOut(i)
+				return nil
+			}
+			return mapErr("send", err)
+		}
+		return nil
+	}
 	send := func() error {
 		if batch == nil || batch.NumMessages() == 0 {
 			return nil
 		}
-		if err := s.SendMessageBatch(ctx, batch, nil); err != nil {
+		err := s.SendMessageBatch(ctx, batch, nil)
+		sent := inBatch
+		batch, inBatch = nil, nil
+		switch {
+		case err == nil:
+			return nil
+		case sizeExceeded(err):
+			for _, i := range sent {
+				if err := sendAlone(i); err != nil {
+					return err
+				}
+			}
+			return nil
+		default:
 			return mapErr("send", err)
 		}
-		batch = nil
-		return nil
 	}
-	var tooLarge, tooLargeIDs []string
 	for i := range msgs {
-		m := toMessage(&msgs[i], sessions)
+		ms[i] = toMessage(&msgs[i], sessions)
 		for attempt := 0; ; attempt++ {
 			if batch == nil {
 				if batch, err = s.NewMessageBatch(ctx, nil); err != nil {
 					return mapErr("create batch", err)
 				}
 			}
-			err := batch.AddMessage(m, nil)
+			err := batch.AddMessage(ms[i], nil)
 			if err == nil {
+				inBatch = append(inBatch, i)
 				break
 			}
 			if !errors.Is(err, azservicebus.ErrMessageTooLarge) {
@@ -222,8 +262,7 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 				// It can never be sent; the others still are, so that one
 				// oversized event does not take the rest of its request
 				// with it.
-				tooLarge = append(tooLarge, fmt.Sprintf("%q (%d bytes of body)", msgs[i].ID, len(msgs[i].Body)))
-				tooLargeIDs = append(tooLargeIDs, msgs[i].ID)
+				leaveOut(i)
 				break
 			}
 			if err := send(); err != nil {
@@ -239,6 +278,15 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 			relay.ErrMessageTooLarge, len(tooLarge), len(msgs), strings.Join(tooLarge, ", "))}
 	}
 	return nil
+}
+
+// sizeExceeded reports whether Service Bus refused a send for its size. The
+// SDK turns that condition into ErrMessageTooLarge for single messages, not
+// for batches.
+func sizeExceeded(err error) bool {
+	var amqpErr *amqp.Error
+	return errors.Is(err, azservicebus.ErrMessageTooLarge) ||
+		(errors.As(err, &amqpErr) && amqpErr.Condition == amqp.ErrCondMessageSizeExceeded)
 }
 
 // Ping checks the queue is reachable and readable: a peek of one message
