@@ -59,7 +59,7 @@ delivered in order (non-zero otherwise).`,
 			if err != nil {
 				return err
 			}
-			if err := f.check(vs, common.queueURL); err != nil {
+			if err := f.check(vs, common.queueURL, &sf); err != nil {
 				return err
 			}
 			if err := sf.check(cmd.Flags(), common.queueURL); err != nil {

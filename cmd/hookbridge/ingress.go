@@ -191,7 +191,7 @@ same variables with _FILE appended.`,
 			if err != nil {
 				return err
 			}
-			if err := f.check(vs, common.queueURL); err != nil {
+			if err := f.check(vs, common.queueURL, &sf); err != nil {
 				return err
 			}
 			if err := sf.check(cmd.Flags(), common.queueURL); err != nil {
@@ -265,9 +265,10 @@ func (f *ingressFlags) config(vs *verifiers) (ingress.Config, error) {
 }
 
 // check refuses flags the ingress cannot honour before anything is opened
-// or created (the queue file, the spool); queueURL is --queue, whose
-// largest message must hold the largest body.
-func (f *ingressFlags) check(vs *verifiers, queueURL string) error {
+// or created (the queue file, the spool); queueURL is --queue, and sf the
+// spool's flags: the largest message of the local store that takes the
+// events (the embedded queue, or the spool) must hold the largest body.
+func (f *ingressFlags) check(vs *verifiers, queueURL string, sf *spoolFlags) error {
 	if f.rateLimit < 0 {
 		return usageError{fmt.Errorf("--rate-limit %g: must not be negative (0: no per-client limit)", f.rateLimit)}
 	}
@@ -276,7 +277,10 @@ func (f *ingressFlags) check(vs *verifiers, queueURL string) error {
 		return err
 	}
 	cfg.Publisher = noPublisher{}
-	if strings.HasPrefix(queueURL, "sqlite:") {
+	switch {
+	case sf.enabled():
+		cfg.MaxMessageBytes = sf.maxMessageBytes()
+	case strings.HasPrefix(queueURL, "sqlite:"):
 		// A URL that does not parse is reported when the queue opens.
 		if qc, err := sqlite.ParseURL(queueURL); err == nil {
 			cfg.MaxMessageBytes = cmp.Or(qc.MaxMessageBytes, sqlite.DefaultMaxMessageBytes)
@@ -333,6 +337,11 @@ func buildIngress(ctx context.Context, h *host, f *ingressFlags, sf *spoolFlags,
 	h.closer(func() error { b.Close(); return nil })
 	cfg.Publisher = b
 	cfg.MaxMessageBytes = q.maxMessageBytes()
+	if sf.enabled() {
+		// Service Bus says its limit only when a send exceeds it; the
+		// spool, which takes the events while it fails, has its own.
+		cfg.MaxMessageBytes = sf.maxMessageBytes()
+	}
 	cfg.Logger, cfg.Registerer, cfg.TracerProvider = h.log, h.reg, h.tp
 	cfg.TraceQueue, cfg.TraceQueueAttributes = queueName, queueAttrs
 	srv, err := ingress.New(cfg)

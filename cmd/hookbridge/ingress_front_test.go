@@ -159,6 +159,7 @@ func TestIngressDrainsOnSIGTERM(t *testing.T) {
 func TestIngressFlagErrors(t *testing.T) {
 	t.Parallel()
 	queue := "sqlite:" + filepath.Join(t.TempDir(), "q.db")
+	spoolURL := "sqlite:" + filepath.Join(t.TempDir(), "spool.db")
 	tests := []struct {
 		args []string
 		want string
@@ -167,6 +168,8 @@ func TestIngressFlagErrors(t *testing.T) {
 		{[]string{"--acs-replay-defence", "sometimes"}, "--acs-replay-defence"},
 		// A queue whose largest message is smaller than a body.
 		{[]string{"--queue", queue + "?max_message_bytes=262144"}, "max_message_bytes"},
+		// So with a spool, which takes the events while Service Bus fails.
+		{[]string{"--queue", "servicebus:///q", "--spool", spoolURL + "?max_message_bytes=262144"}, "max_message_bytes"},
 	}
 	for _, tt := range tests {
 		args := append([]string{"ingress", "--queue", queue, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--insecure-allow-unauthenticated"}, tt.args...)
@@ -177,7 +180,9 @@ func TestIngressFlagErrors(t *testing.T) {
 		}
 	}
 	// Refused before anything was created.
-	if _, err := os.Stat(strings.TrimPrefix(queue, "sqlite:")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the queue file exists after refused flags: %v", err)
+	for _, u := range []string{queue, spoolURL} {
+		if _, err := os.Stat(strings.TrimPrefix(u, "sqlite:")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s exists after refused flags: %v", u, err)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -62,6 +63,19 @@ func (f *spoolFlags) check(fs *pflag.FlagSet, queueURL string) error {
 
 // enabled reports whether --spool is set.
 func (f *spoolFlags) enabled() bool { return f.url != "" }
+
+// maxMessageBytes is the largest message the spool takes (its
+// max_message_bytes), 0 without --spool or with a URL check refuses.
+func (f *spoolFlags) maxMessageBytes() int {
+	if f.url == "" {
+		return 0
+	}
+	cfg, err := sqlite.ParseURL(f.url)
+	if err != nil {
+		return 0
+	}
+	return cmp.Or(cfg.MaxMessageBytes, sqlite.DefaultMaxMessageBytes)
+}
 
 // add puts a spool in front of q's sends when --spool is set, and returns
 // what the ingress's group commit sends to: the spool, or q itself. The
