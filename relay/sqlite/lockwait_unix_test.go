@@ -21,7 +21,8 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "q.db")
 	reg := prometheus.NewRegistry()
-	q, err := Open(ctx, Config{Path: path, Metrics: NewMetrics(reg)}, nil)
+	const busy = 200 * time.Millisecond
+	q, err := Open(ctx, Config{Path: path, Metrics: NewMetrics(reg), BusyTimeout: busy}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 	const held = 50 * time.Millisecond
 	// hold takes the other queue's lock and lets go after held; the
 	// function it returns waits until it has.
-	hold := func() (released func()) {
+	hold := func(held time.Duration) (released func()) {
 		t.Helper()
 		if err := other.lock.lock(ctx, time.Second); err != nil {
 			t.Fatal(err)
@@ -47,7 +48,7 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 	const name = "hookbridge_queue_lock_wait_seconds"
 	waited := func(writer string) float64 { return metrictest.SampleSum(t, reg, name, "writer", writer) }
 
-	released := hold()
+	released := hold(held)
 	if err := q.SendBatch(ctx, []relay.Message{dupMsg("m1", "s1")}); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 		t.Errorf("receive waits %.3fs before any receive", got)
 	}
 
-	released = hold()
+	released = hold(held)
 	got, _ := receiveIDs(t, q, 5*time.Second)
 	released()
 	if len(got) != 1 {
@@ -67,5 +68,18 @@ func TestLockWaitRecordedByWriter(t *testing.T) {
 	}
 	if got := waited("receive"); got < 0.8*held.Seconds() {
 		t.Errorf("a claim behind a lock held %v waited %.3fs by its metric", held, got)
+	}
+
+	// A send that gives up after busy_timeout (the sender gets 503) is
+	// counted with its wait too.
+	before := waited("send")
+	released = hold(3 * busy)
+	err = q.SendBatch(ctx, []relay.Message{dupMsg("m2", "s1")})
+	released()
+	if err == nil {
+		t.Fatal("a send behind a lock held past busy_timeout succeeded")
+	}
+	if got := waited("send") - before; got < 0.8*busy.Seconds() {
+		t.Errorf("a send that gave up after busy_timeout %v waited %.3fs by its metric", busy, got)
 	}
 }

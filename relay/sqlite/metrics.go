@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	lockWait := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "hookbridge_queue_lock_wait_seconds",
-		Help:    "Time each write transaction waited for the queue's write lock, behind this process's other writers and every other process on the file, by writer: send (commits of sends), receive (claims and settlements), background (restarting checkpoints, pruning, readiness probes).",
+		Help:    "Time each write transaction waited for the queue's write lock (until it got it, or gave up after busy_timeout), behind this process's other writers and every other process on the file, by writer: send (commits of sends), receive (claims and settlements), background (restarting checkpoints, pruning, readiness probes).",
 		Buckets: lockBuckets,
 	}, []string{"writer"})
 	for w, name := range writerNames {

@@ -252,10 +252,11 @@ func (q *Queue) writeTx(ctx context.Context, c *conn, fn func() error) (uint64, 
 // lockedTx is writeTx with writeMu already held, taken from the time
 // given.
 func (q *Queue) lockedTx(ctx context.Context, c *conn, from time.Time, fn func() error) (uint64, error) {
-	if err := q.lock.lock(ctx, q.cfg.BusyTimeout); err != nil {
+	err := q.lock.lock(ctx, q.cfg.BusyTimeout)
+	q.metrics.waited(q.writerOf(c), time.Since(from)) // a wait that gave up too
+	if err != nil {
 		return 0, unavailable("lock", err)
 	}
-	q.metrics.waited(q.writerOf(c), time.Since(from))
 	defer q.lock.unlock()
 	defer c.hold()()
 	if err := c.tx(ctx, fn); err != nil {

@@ -348,10 +348,11 @@ func (q *Queue) restart(ctx context.Context) (frames int, took time.Duration, er
 	if q.isClosed() {
 		return 0, 0, relay.ErrClosed
 	}
-	if err := q.lock.lock(ctx, q.cfg.BusyTimeout); err != nil {
+	err = q.lock.lock(ctx, q.cfg.BusyTimeout)
+	q.metrics.waited(writerBackground, time.Since(from))
+	if err != nil {
 		return 0, 0, unavailable("lock", err)
 	}
-	q.metrics.waited(writerBackground, time.Since(from))
 	defer q.lock.unlock()
 	var busy, done int
 	defer q.ckpt.hold()()
