@@ -210,6 +210,10 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 			return mapErr("create batch", err)
 		}
 		if err := b.AddMessage(ms[i], nil); err != nil {
+			if errors.Is(err, azservicebus.ErrMessageTooLarge) { // the link's limit shrank
+				leaveOut(i)
+				return nil
+			}
 			return mapErr("add to batch", err)
 		}
 		if err := s.SendMessageBatch(ctx, b, nil); err != nil {
@@ -230,6 +234,9 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		batch, inBatch = nil, nil
 		switch {
 		case err == nil:
+			return nil
+		case sizeExceeded(err) && len(sent) == 1:
+			leaveOut(sent[0])
 			return nil
 		case sizeExceeded(err):
 			for _, i := range sent {
