@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hookbridge/hookbridge/relay"
@@ -164,6 +165,7 @@ func (s *Spool) forward(ctx context.Context, held []*relay.Received, received ti
 		sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)
 		err := s.primary.SendBatch(sctx, msgs)
 		timedOut := errors.Is(sctx.Err(), context.DeadlineExceeded)
+		var notSent *relay.NotSentError
 		cancel()
 		switch {
 		case err == nil:
@@ -176,6 +178,20 @@ func (s *Spool) forward(ctx context.Context, held []*relay.Received, received ti
 		case errors.Is(err, relay.ErrClosed):
 			s.release(ctx, held)
 			return fmt.Errorf("spool: Service Bus was closed while forwarding: %w", err)
+		case errors.As(err, &notSent) && errors.Is(err, relay.ErrMessageTooLarge):
+			// Service Bus took the others and named the ones it refuses:
+			// set those aside and complete the rest, sending nothing twice.
+			s.primaryOK()
+			var sent []*relay.Received
+			for _, m := range held {
+				if slices.Contains(notSent.IDs, m.ID) {
+					s.setAside(ctx, m, err)
+				} else {
+					sent = append(sent, m)
+				}
+			}
+			s.completed(ctx, sent)
+			return nil
 		case errors.Is(err, relay.ErrMessageTooLarge):
 			s.primaryOK() // it answered
 			if held = s.oneByOne(ctx, held); len(held) == 0 {

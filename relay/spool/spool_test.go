@@ -813,6 +813,43 @@ func TestTooLargeWhileForwarding(t *testing.T) {
 	}
 }
 
+// TestTooLargeNamedWhileForwarding: Service Bus, as relay/servicebus sends
+// to it, takes a batch's other messages and names the one too large: the
+// forwarder sets that one aside and completes the others without sending
+// them again.
+func TestTooLargeNamedWhileForwarding(t *testing.T) {
+	t.Parallel()
+	p := &primary{}
+	p.set(failAll)
+	h := start(t, p, spool.Config{}, "", 0)
+	h.mustSend(msg("m1", "k1"), msg("big", "k2"), msg("m2", "k3"))
+	p.set(func(ctx context.Context, msgs []relay.Message) error {
+		if !contains(msgs, "big") {
+			return nil
+		}
+		var others []relay.Message
+		for _, m := range msgs {
+			if m.ID != "big" {
+				others = append(others, m)
+			}
+		}
+		p.accept(others)
+		return &relay.NotSentError{IDs: []string{"big"}, Err: fmt.Errorf("%w: message big exceeds the queue's limit", relay.ErrMessageTooLarge)}
+	})
+	h.drained()
+	for _, id := range []string{"m1", "m2"} {
+		if n := p.times(id); n != 1 {
+			t.Errorf("%s reached Service Bus %d times, want once", id, n)
+		}
+	}
+	if p.has("big") {
+		t.Error("the event too large was accepted")
+	}
+	if _, d := h.counts(); d != 1 {
+		t.Errorf("the spool's dead-letter queue holds %d, want 1", d)
+	}
+}
+
 // TestLocksHeldThroughLongOutage: the forwarder keeps renewing the locks of
 // what it holds, so an outage longer than the store's lock duration does
 // not make it send an event twice or count deliveries towards the store's
