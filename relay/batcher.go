@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -358,6 +359,22 @@ func (b *Batcher) commit(batch []*request, count, size int) {
 		err = fmt.Errorf("%w: commit timed out after %s: %w", ErrUnavailable, b.cfg.Timeout, err)
 	}
 	b.metrics.observeCommit(len(msgs), size, time.Since(start), err)
+	var notSent *NotSentError
+	if len(batch) > 1 && errors.As(err, &notSent) {
+		// Every message but the named ones was sent: only the requests
+		// holding one of those failed.
+		for _, r := range batch {
+			var rerr error
+			if slices.ContainsFunc(r.msgs, func(m Message) bool { return slices.Contains(notSent.IDs, m.ID) }) {
+				rerr = err
+			}
+			r.done <- rerr
+			if r.release != nil {
+				r.release()
+			}
+		}
+		return
+	}
 	if len(batch) > 1 && errors.Is(err, ErrMessageTooLarge) {
 		// The queue refused some request's message as too large; the
 		// refusal is final for that request's sender only. Commit every

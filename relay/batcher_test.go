@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -536,12 +537,24 @@ func TestBatchConfigValidate(t *testing.T) {
 }
 
 // tooLargeSender refuses any batch holding a message with the ID big-0, as
-// a queue refuses a message over its size limit, and records the others.
-type tooLargeSender struct{ gateSender }
+// a queue refuses a message over its size limit, and records the others:
+// whole (as the embedded queue refuses a batch), or, when partial, sending
+// the others and naming big-0 (as Service Bus does).
+type tooLargeSender struct {
+	gateSender
+	partial bool
+}
 
 func (s *tooLargeSender) SendBatch(ctx context.Context, msgs []Message) error {
 	for i := range msgs {
 		if msgs[i].ID == "big-0" {
+			if s.partial {
+				others := slices.Delete(slices.Clone(msgs), i, i+1)
+				if err := s.gateSender.SendBatch(ctx, others); err != nil {
+					return err
+				}
+				return &NotSentError{IDs: []string{"big-0"}, Err: fmt.Errorf("%w: message big-0 exceeds the limit", ErrMessageTooLarge)}
+			}
 			s.started <- struct{}{}
 			<-s.gate
 			return fmt.Errorf("%w: message big-0 exceeds the limit", ErrMessageTooLarge)
@@ -551,9 +564,15 @@ func (s *tooLargeSender) SendBatch(ctx context.Context, msgs []Message) error {
 }
 
 // A message too large for the queue fails its own request only: requests
-// gathered into the same commit are committed without it.
+// gathered into the same commit are committed without it, once each.
 func TestBatcherTooLargeFailsOnlyItsRequest(t *testing.T) {
-	s := &tooLargeSender{*newGateSender(false)}
+	for _, partial := range []bool{false, true} {
+		t.Run(fmt.Sprintf("partial=%v", partial), func(t *testing.T) { testTooLargeFailsOnlyItsRequest(t, partial) })
+	}
+}
+
+func testTooLargeFailsOnlyItsRequest(t *testing.T, partial bool) {
+	s := &tooLargeSender{gateSender: *newGateSender(false), partial: partial}
 	b := newTestBatcher(t, s, BatchConfig{}, nil)
 	first := make(chan error, 1)
 	go func() { first <- b.Publish(context.Background(), msgs("first", 1)) }()
@@ -580,16 +599,21 @@ func TestBatcherTooLargeFailsOnlyItsRequest(t *testing.T) {
 			t.Errorf("%s, committed with big: %v", name, err)
 		}
 	}
-	stored := map[string]bool{}
+	stored := map[string]int{}
 	for _, batch := range s.committed() {
 		for _, m := range batch {
-			stored[m.ID] = true
+			stored[m.ID]++
 		}
 	}
 	for _, id := range []string{"first-0", "a-0", "a-1", "b-0", "b-1", "c-0", "c-1"} {
-		if !stored[id] {
-			t.Errorf("%s not stored; stored %v", id, stored)
+		if stored[id] != 1 {
+			t.Errorf("%s stored %d times, want once; stored %v", id, stored[id], stored)
 		}
+	}
+	// The refused request's other message: sent by a queue that sends
+	// the rest of a batch, not by one that refuses it whole.
+	if want := map[bool]int{false: 0, true: 1}[partial]; stored["big-1"] != want || stored["big-0"] != 0 {
+		t.Errorf("big-0 stored %d times, big-1 %d, want 0 and %d", stored["big-0"], stored["big-1"], want)
 	}
 }
 
