@@ -785,68 +785,54 @@ func TestDeadLetterMarkingSurvivesSpool(t *testing.T) {
 
 // TestTooLargeWhileForwarding: an event spooled while Service Bus was down
 // turns out too large for it; it is set aside in the spool's dead-letter
-// queue and the others are forwarded.
+// queue and the others are forwarded, once each: whether Service Bus
+// refuses the batch whole, or (as relay/servicebus sends to it) takes the
+// others and names the one too large.
 func TestTooLargeWhileForwarding(t *testing.T) {
 	t.Parallel()
-	p := &primary{}
-	p.set(failAll)
-	h := start(t, p, spool.Config{}, "", 0)
-	h.mustSend(msg("m1", "k1"), msg("big", "k2"), msg("m2", "k3"))
-	p.set(func(ctx context.Context, msgs []relay.Message) error {
-		if contains(msgs, "big") {
-			return fmt.Errorf("%w: message big exceeds the queue's limit", relay.ErrMessageTooLarge)
-		}
-		return nil
-	})
-	h.drained()
-	if !h.p.has("m1") || !h.p.has("m2") || h.p.has("big") {
-		t.Errorf("forwarded %v", h.p.accepted)
-	}
-	if _, d := h.counts(); d != 1 {
-		t.Errorf("the spool's dead-letter queue holds %d, want 1", d)
-	}
-	if n := metrictest.Value(t, h.reg, "hookbridge_spool_dead_lettered_total"); n != 1 {
-		t.Errorf("dead_lettered_total = %v", n)
-	}
-	if !strings.Contains(h.logs.String(), spool.ReasonTooLarge) {
-		t.Error("setting the event aside was not logged")
-	}
-}
-
-// TestTooLargeNamedWhileForwarding: Service Bus, as relay/servicebus sends
-// to it, takes a batch's other messages and names the one too large: the
-// forwarder sets that one aside and completes the others without sending
-// them again.
-func TestTooLargeNamedWhileForwarding(t *testing.T) {
-	t.Parallel()
-	p := &primary{}
-	p.set(failAll)
-	h := start(t, p, spool.Config{}, "", 0)
-	h.mustSend(msg("m1", "k1"), msg("big", "k2"), msg("m2", "k3"))
-	p.set(func(ctx context.Context, msgs []relay.Message) error {
-		if !contains(msgs, "big") {
-			return nil
-		}
-		var others []relay.Message
-		for _, m := range msgs {
-			if m.ID != "big" {
-				others = append(others, m)
+	tooLarge := fmt.Errorf("%w: message big exceeds the queue's limit", relay.ErrMessageTooLarge)
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
+			t.Parallel()
+			p := &primary{}
+			p.set(failAll)
+			h := start(t, p, spool.Config{}, "", 0)
+			h.mustSend(msg("m1", "k1"), msg("big", "k2"), msg("m2", "k3"))
+			p.set(func(ctx context.Context, msgs []relay.Message) error {
+				switch {
+				case !contains(msgs, "big"):
+					return nil
+				case !named:
+					return tooLarge
+				}
+				var others []relay.Message
+				for _, m := range msgs {
+					if m.ID != "big" {
+						others = append(others, m)
+					}
+				}
+				p.accept(others)
+				return &relay.NotSentError{IDs: []string{"big"}, Err: tooLarge}
+			})
+			h.drained()
+			for _, id := range []string{"m1", "m2"} {
+				if n := p.times(id); n != 1 {
+					t.Errorf("%s reached Service Bus %d times, want once", id, n)
+				}
 			}
-		}
-		p.accept(others)
-		return &relay.NotSentError{IDs: []string{"big"}, Err: fmt.Errorf("%w: message big exceeds the queue's limit", relay.ErrMessageTooLarge)}
-	})
-	h.drained()
-	for _, id := range []string{"m1", "m2"} {
-		if n := p.times(id); n != 1 {
-			t.Errorf("%s reached Service Bus %d times, want once", id, n)
-		}
-	}
-	if p.has("big") {
-		t.Error("the event too large was accepted")
-	}
-	if _, d := h.counts(); d != 1 {
-		t.Errorf("the spool's dead-letter queue holds %d, want 1", d)
+			if p.has("big") {
+				t.Errorf("the event too large was accepted: %v", p.accepted)
+			}
+			if _, d := h.counts(); d != 1 {
+				t.Errorf("the spool's dead-letter queue holds %d, want 1", d)
+			}
+			if n := metrictest.Value(t, h.reg, "hookbridge_spool_dead_lettered_total"); n != 1 {
+				t.Errorf("dead_lettered_total = %v", n)
+			}
+			if !strings.Contains(h.logs.String(), spool.ReasonTooLarge) {
+				t.Error("setting the event aside was not logged")
+			}
+		})
 	}
 }
 
