@@ -209,21 +209,19 @@ func (q *Queue) SendBatch(ctx context.Context, msgs []relay.Message) error {
 		if err != nil {
 			return mapErr("create batch", err)
 		}
-		if err := b.AddMessage(ms[i], nil); err != nil {
-			if errors.Is(err, azservicebus.ErrMessageTooLarge) { // the link's limit shrank
-				leaveOut(i)
-				return nil
-			}
-			return mapErr("add to batch", err)
+		err = b.AddMessage(ms[i], nil) // fails only if the link's limit shrank
+		if err == nil {
+			err = s.SendMessageBatch(ctx, b, nil)
 		}
-		if err := s.SendMessageBatch(ctx, b, nil); err != nil {
-			if sizeExceeded(err) {
-				leaveOut(i)
-				return nil
-			}
+		switch {
+		case err == nil:
+			return nil
+		case sizeExceeded(err):
+			leaveOut(i)
+			return nil
+		default:
 			return mapErr("send", err)
 		}
-		return nil
 	}
 	send := func() error {
 		if batch == nil || batch.NumMessages() == 0 {
